@@ -1,0 +1,47 @@
+//! Shared helpers for tests that compare against `../shared/fixtures`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+
+/// The fixture folder: `$DREAMWALK_FIXTURES`, or `../shared/fixtures` beside the project.
+pub fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("DREAMWALK_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
+    }
+}
+
+/// A file inside the fixture folder, e.g. `fixture("taesd/case.safetensors")`.
+pub fn fixture(relative: &str) -> PathBuf {
+    let path = fixtures_dir().join(relative);
+    assert!(
+        path.exists(),
+        "fixture {} not found: set DREAMWALK_FIXTURES to the fixtures folder",
+        path.display()
+    );
+    path
+}
+
+/// All tensors of a fixture safetensors file, on the CPU.
+pub fn load_tensors(relative: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(relative), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot read fixture {relative}: {e}"))
+}
+
+/// Largest absolute element-wise difference; panics when the shapes differ.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    let b = b.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
