@@ -10,6 +10,7 @@ pub mod taesd;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 
