@@ -6,3 +6,6 @@
 
 pub mod frame;
 pub mod model;
+pub mod pipeline;
+pub mod upscale;
+pub mod walk;
