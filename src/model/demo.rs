@@ -1,0 +1,144 @@
+//! The built-in demo model: Stable Diffusion's architecture in miniature, with weights made
+//! from a fixed seed in code, so that dreamwalk runs on a fresh machine with no files.
+//!
+//! Its images are not pictures of anything (the weights are random); it exists so the whole
+//! path — tokenizer, text encoder, UNet, sampler, decoders — runs for real. Everything that
+//! shows or saves its output says [`DEMO_NAME`].
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use super::clip::{ClipTextConfig, ClipTextEncoder};
+use super::scheduler::{PredictionType, SchedulerConfig};
+use super::sd::StableDiffusion;
+use super::taesd::{TaesdConfig, TaesdDecoder};
+use super::tokenizer::ClipTokenizer;
+use super::unet::{UNet2DConditionModel, UNetConfig};
+use super::vae::{AutoencoderKlConfig, VaeDecoder};
+use super::ModelDefaults;
+
+/// How the demo model is named wherever its output is shown or saved.
+pub const DEMO_NAME: &str = "demo model (random weights)";
+
+const SEED: u64 = 0x00d2_ea3f_a1c0;
+
+/// Weights drawn from a generator seeded by `SEED` and the tensor's name, following the
+/// initialisation hint of each layer (PyTorch-like: N(0, 1/fan_in) for weights, the
+/// constants for norms). Deterministic on every machine.
+struct SeededWeights;
+
+fn name_hash(name: &str) -> u64 {
+    // FNV-1a: a stable hash (std's hasher may change between Rust versions).
+    name.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+impl SimpleBackend for SeededWeights {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        hint: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(SEED ^ name_hash(name));
+        let count = shape.elem_count();
+        let dims = shape.dims();
+        let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+        let values: Vec<f32> = match hint {
+            Init::Const(v) => vec![v as f32; count],
+            Init::Uniform { lo, up } => (0..count).map(|_| rng.random_range(lo..up) as f32).collect(),
+            Init::Randn { mean, stdev } => (0..count)
+                .map(|_| (mean + stdev * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
+                .collect(),
+            Init::Kaiming { .. } => {
+                let std = (1.0 / fan_in as f64).sqrt();
+                (0..count)
+                    .map(|_| (std * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
+                    .collect()
+            }
+        };
+        Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("demo weights are made by shape; `{name}` was asked without one")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        // Only what the architecture asks for exists: optional tensors are absent.
+        false
+    }
+}
+
+fn seeded_var_builder(device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(SeededWeights), DType::F32, device.clone())
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("the demo model's built-in config is valid")
+}
+
+impl StableDiffusion {
+    /// The built-in demo model (see the module docs). 1024x576 images by default.
+    pub fn demo() -> Self {
+        let device = Device::Cpu;
+        let vb = seeded_var_builder(&device);
+        let clip_config: ClipTextConfig = from_json(json!({
+            "vocab_size": 514, "hidden_size": 32, "intermediate_size": 37,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
+        }));
+        // Attention only at the lowest resolution: 1024x576 images are 128x72 latents,
+        // too many tokens for attention at full latent size to be quick.
+        let unet_config: UNetConfig = from_json(json!({
+            "in_channels": 4, "out_channels": 4, "block_out_channels": [16, 32, 32],
+            "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+            "layers_per_block": 1, "attention_head_dim": 4, "cross_attention_dim": 32,
+            "norm_num_groups": 8, "sample_size": 64
+        }));
+        let vae_config: AutoencoderKlConfig = from_json(json!({
+            "block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "latent_channels": 4,
+            "norm_num_groups": 4, "scaling_factor": 0.18215,
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
+        }));
+        // TAESD's shape with 8 channels and no full-resolution blocks: a 1024x576 decode
+        // is ~2 GFLOP, so the demo walks in real time on two cores.
+        let taesd_config: TaesdConfig = from_json(json!({
+            "latent_channels": 4,
+            "decoder_block_out_channels": [8, 8, 8, 8],
+            "num_decoder_blocks": [1, 1, 1, 0]
+        }));
+        let text_encoder = ClipTextEncoder::new(vb.pp("text_model"), &clip_config)
+            .expect("demo text encoder");
+        let unet = UNet2DConditionModel::new(vb.pp("unet"), &unet_config).expect("demo UNet");
+        let vae = VaeDecoder::new(vb.pp("vae"), &vae_config).expect("demo VAE");
+        let taesd = TaesdDecoder::random(&taesd_config, SEED).expect("demo TAESD");
+        Self {
+            name: DEMO_NAME.to_string(),
+            device,
+            tokenizer: ClipTokenizer::bytes_only(),
+            text_encoder,
+            unet,
+            scheduler: SchedulerConfig::stable_diffusion(PredictionType::Epsilon),
+            vae: Some(vae),
+            taesd: Some(taesd),
+            defaults: ModelDefaults {
+                image_size: (1024, 576),
+                steps: 10,
+                guidance: 7.5,
+            },
+        }
+    }
+
+    /// Whether this is the built-in demo model.
+    pub fn is_demo(&self) -> bool {
+        self.name == DEMO_NAME
+    }
+}

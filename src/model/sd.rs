@@ -1,0 +1,345 @@
+//! A whole Stable Diffusion model: prompts in, keyframe latents out, latents to pixels.
+//!
+//! One type for real weights (a diffusers folder or the Hugging Face cache) and the
+//! built-in demo model (`demo.rs`): they differ only in where weights and configs come from.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::clip::ClipTextEncoder;
+use super::scheduler::{denoise, Sampler, SamplerKind, SchedulerConfig};
+use super::taesd::TaesdDecoder;
+use super::tokenizer::ClipTokenizer;
+use super::unet::UNet2DConditionModel;
+use super::vae::VaeDecoder;
+use super::{
+    DecoderKind, EndpointError, EndpointRequest, Engine, ModelDefaults, ModelError, Result,
+    SamplingProgress,
+};
+use crate::frame::RgbaImage;
+
+/// The parts of a Stable Diffusion pipeline, ready to run on the CPU.
+pub struct StableDiffusion {
+    pub(super) name: String,
+    pub(super) device: Device,
+    pub(super) tokenizer: ClipTokenizer,
+    pub(super) text_encoder: ClipTextEncoder,
+    pub(super) unet: UNet2DConditionModel,
+    pub(super) scheduler: SchedulerConfig,
+    pub(super) vae: Option<VaeDecoder>,
+    pub(super) taesd: Option<TaesdDecoder>,
+    pub(super) defaults: ModelDefaults,
+}
+
+/// Pipelines whose folders this loader understands (SD 1.x, 2.x, SD-Turbo all save as
+/// `StableDiffusionPipeline`).
+const SUPPORTED_PIPELINES: [&str; 2] = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"];
+
+impl StableDiffusion {
+    /// Loads a diffusers folder, or a Hugging Face id (`org/name`) from the local cache.
+    /// `taesd` adds a TAESD decoder; without it, `madebyollin/taesd` is used when cached.
+    pub fn load(model: &str, taesd: Option<&Path>) -> Result<Self> {
+        let dir = resolve_model(model)?;
+        let index_path = dir.join("model_index.json");
+        let index: serde_json::Value = super::weights::read_config(&index_path)?;
+        let class = index.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
+        if !SUPPORTED_PIPELINES.contains(&class) {
+            return Err(ModelError::Config {
+                path: index_path,
+                key: "_class_name".into(),
+                message: format!(
+                    "unknown model family `{class}`: dreamwalk runs Stable Diffusion 1.x, 2.x and SD-Turbo ({})",
+                    SUPPORTED_PIPELINES.join(", ")
+                ),
+            });
+        }
+        let device = Device::Cpu;
+        let tokenizer = ClipTokenizer::from_folder(&dir.join("tokenizer"))?;
+        let text_encoder = ClipTextEncoder::load(&dir.join("text_encoder"), &device)?;
+        let unet = UNet2DConditionModel::load(&dir.join("unet"), &device)?;
+        let scheduler = SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
+        let vae = VaeDecoder::load(&dir.join("vae"), &device)?;
+        let taesd = match taesd {
+            Some(path) => Some(TaesdDecoder::load(path)?),
+            None => find_cached("madebyollin/taesd", "config.json")
+                .and_then(|p| TaesdDecoder::load(p.parent()?).ok()),
+        };
+        let factor = vae.upscale_factor() as u32;
+        let sample = unet.config().sample_size as u32;
+        let few_step = SamplerKind::default_for(&scheduler) == SamplerKind::Euler;
+        let defaults = ModelDefaults {
+            image_size: (sample * factor, sample * factor),
+            // SD-Turbo's recipe: one Euler step, no guidance; others: DDIM 25, 7.5.
+            steps: if few_step { 1 } else { 25 },
+            guidance: if few_step { 0.0 } else { 7.5 },
+        };
+        let name = Path::new(model)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|_| Path::new(model).exists())
+            .unwrap_or_else(|| model.to_string());
+        Ok(Self {
+            name,
+            device,
+            tokenizer,
+            text_encoder,
+            unet,
+            scheduler,
+            vae: Some(vae),
+            taesd,
+            defaults,
+        })
+    }
+
+    /// Replaces the TAESD decoder with one loaded from `path`.
+    pub fn set_taesd(&mut self, path: &Path) -> Result<()> {
+        self.taesd = Some(TaesdDecoder::load(path)?);
+        Ok(())
+    }
+
+    /// The prompt's CLIP embedding (1, 77, hidden).
+    pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
+        let ids = self.tokenizer.encode(text);
+        let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        Ok(self.text_encoder.forward(&ids)?.last_hidden_state)
+    }
+
+    /// Latent (height, width) for an image size, checked against the model's multiples.
+    pub fn latent_hw(&self, image_size: (u32, u32)) -> Result<(usize, usize)> {
+        let m = self.size_multiple();
+        let (w, h) = image_size;
+        if w == 0 || h == 0 || w % m != 0 || h % m != 0 {
+            return Err(ModelError::Invalid(format!(
+                "image size {w}x{h}: both sides must be positive multiples of {m} for this model"
+            )));
+        }
+        let f = self.decoder_factor();
+        Ok(((h / f) as usize, (w / f) as usize))
+    }
+
+    fn decoder_factor(&self) -> u32 {
+        match (&self.vae, &self.taesd) {
+            (Some(vae), _) => vae.upscale_factor() as u32,
+            (None, Some(taesd)) => taesd.upscale_factor() as u32,
+            (None, None) => 8,
+        }
+    }
+
+    /// Samples latents for one prompt from `init` noise with the model's scheduler.
+    pub fn sample(
+        &self,
+        prompt: &str,
+        negative: &str,
+        init: &Tensor,
+        steps: usize,
+        guidance: f64,
+        mut on_step: impl FnMut(usize, usize) -> bool,
+    ) -> std::result::Result<Tensor, EndpointError> {
+        let cond = self.encode_prompt(prompt)?;
+        let context = if guidance > 1.0 {
+            Tensor::cat(&[&self.encode_prompt(negative)?, &cond], 0)?
+        } else {
+            cond
+        };
+        let kind = SamplerKind::default_for(&self.scheduler);
+        let sampler = Sampler::new(&self.scheduler, kind, steps)?;
+        let mut cancelled = false;
+        let result = denoise(
+            &sampler,
+            init,
+            guidance,
+            |x, t| {
+                if cancelled {
+                    // Stop at the next step: denoise passes the error straight up.
+                    return Err(ModelError::Invalid("cancelled".into()));
+                }
+                Ok(self.unet.forward(x, t, &context)?)
+            },
+            |i, n| cancelled = !on_step(i + 1, n),
+        );
+        match result {
+            Err(_) if cancelled => Err(EndpointError::Cancelled),
+            other => Ok(other?),
+        }
+    }
+}
+
+/// Unit-variance noise from a seeded generator: the same seed gives the same latents on
+/// every run and machine (candle's CPU `set_seed` is not usable for this).
+pub fn seeded_noise(seed: u64, shape: &[usize], device: &Device) -> Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let count = shape.iter().product();
+    let values: Vec<f32> = (0..count).map(|_| rng.sample(rand_distr::StandardNormal)).collect();
+    Ok(Tensor::from_vec(values, shape, device)?)
+}
+
+/// Reads `init_latents` from a safetensors file (as `--init-latents` takes it).
+pub fn load_init_latents(path: &Path) -> Result<Tensor> {
+    if !path.is_file() {
+        return Err(ModelError::Missing { path: path.to_path_buf() });
+    }
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| ModelError::bad_file(path, format!("not a valid safetensors file: {e}")))?;
+    let latents = tensors
+        .get("init_latents")
+        .ok_or_else(|| ModelError::bad_file(path, "no tensor named `init_latents`"))?;
+    if latents.rank() != 4 || latents.dim(0)? != 1 {
+        return Err(ModelError::bad_file(
+            path,
+            format!("`init_latents` has shape {:?}, expected (1, channels, h, w)", latents.dims()),
+        ));
+    }
+    Ok(latents.to_dtype(DType::F32)?)
+}
+
+/// Converts a decoder's (1, 3, H, W) output in [-1, 1] to RGBA bytes, as the SD pipeline
+/// does: `(x / 2 + 0.5).clamp(0, 1)`, then `* 255` rounded.
+pub fn image_from_decoded(decoded: &Tensor) -> Result<RgbaImage> {
+    let (_, c, h, w) = decoded.dims4()?;
+    if c != 3 {
+        return Err(ModelError::Invalid(format!("decoder gave {c} channels, expected 3")));
+    }
+    let planes = decoded.squeeze(0)?.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+    let mut image = RgbaImage::new(w as u32, h as u32);
+    for (i, px) in image.pixels.chunks_exact_mut(4).enumerate() {
+        let (y, x) = (i / w, i % w);
+        for ch in 0..3 {
+            let v = (planes[ch][y][x] / 2.0 + 0.5).clamp(0.0, 1.0);
+            px[ch] = (v * 255.0).round() as u8;
+        }
+    }
+    Ok(image)
+}
+
+/// A model folder from a path, or a Hugging Face id looked up in the local cache.
+fn resolve_model(model: &str) -> Result<PathBuf> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let looks_like_id = model.split('/').count() == 2 && !model.starts_with(['.', '/']);
+    if looks_like_id {
+        if let Some(index) = find_cached(model, "model_index.json") {
+            if let Some(dir) = index.parent() {
+                return Ok(dir.to_path_buf());
+            }
+        }
+        let cache = hf_hub::Cache::from_env();
+        return Err(ModelError::Invalid(format!(
+            "`{model}` is neither a folder nor in the Hugging Face cache at {} (download it there first, e.g. `huggingface-cli download {model}`)",
+            cache.path().display()
+        )));
+    }
+    Err(ModelError::Missing { path: path.to_path_buf() })
+}
+
+/// A file of a cached Hugging Face repo (no network: the cache's snapshot of `main`).
+fn find_cached(repo: &str, file: &str) -> Option<PathBuf> {
+    hf_hub::Cache::from_env().model(repo.to_string()).get(file)
+}
+
+impl Engine for StableDiffusion {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn decoders(&self) -> Vec<DecoderKind> {
+        let mut kinds = Vec::new();
+        if self.taesd.is_some() {
+            kinds.push(DecoderKind::Taesd);
+        }
+        if self.vae.is_some() {
+            kinds.push(DecoderKind::Vae);
+        }
+        kinds
+    }
+
+    fn size_multiple(&self) -> u32 {
+        let levels = self.unet.config().block_out_channels.len().max(1) as u32;
+        self.decoder_factor() * (1 << (levels - 1))
+    }
+
+    fn defaults(&self) -> ModelDefaults {
+        self.defaults
+    }
+
+    fn endpoints(
+        &self,
+        request: &EndpointRequest,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> std::result::Result<Vec<Tensor>, EndpointError> {
+        if request.prompts.is_empty() {
+            return Err(ModelError::Invalid("no prompt to sample".into()).into());
+        }
+        if request.steps == 0 {
+            return Err(ModelError::Invalid("sampler steps must be at least 1".into()).into());
+        }
+        let (h, w) = self.latent_hw(request.image_size)?;
+        let shape = [1, self.unet.in_channels(), h, w];
+        let keyframes = request.prompts.len();
+        let mut latents = Vec::with_capacity(keyframes);
+        for (keyframe, prompt) in request.prompts.iter().enumerate() {
+            let init = match &request.init_latents {
+                Some(init) if init.dims() != shape => {
+                    return Err(ModelError::Invalid(format!(
+                        "initial latents have shape {:?}, but {}x{} images need {:?}",
+                        init.dims(),
+                        request.image_size.0,
+                        request.image_size.1,
+                        shape
+                    ))
+                    .into())
+                }
+                Some(init) => init.clone(),
+                None => {
+                    let seed = if request.seed_per_keyframe {
+                        request.seed.wrapping_add(keyframe as u64)
+                    } else {
+                        request.seed
+                    };
+                    seeded_noise(seed, &shape, &self.device)?
+                }
+            };
+            let sampled = self.sample(
+                prompt,
+                &request.negative,
+                &init,
+                request.steps,
+                request.guidance,
+                |step, steps| {
+                    progress(SamplingProgress {
+                        keyframe,
+                        keyframes,
+                        step,
+                        steps,
+                    })
+                },
+            )?;
+            latents.push(sampled);
+        }
+        Ok(latents)
+    }
+
+    fn decode(&self, latents: &Tensor, decoder: DecoderKind) -> Result<RgbaImage> {
+        match decoder {
+            DecoderKind::Taesd => {
+                let taesd = self.taesd.as_ref().ok_or_else(|| {
+                    ModelError::Invalid("no TAESD decoder loaded (give --taesd)".into())
+                })?;
+                let mut images = taesd.decode_rgba(latents)?;
+                images
+                    .pop()
+                    .ok_or_else(|| ModelError::Invalid("TAESD decoded no image".into()))
+            }
+            DecoderKind::Vae => {
+                let vae = self
+                    .vae
+                    .as_ref()
+                    .ok_or_else(|| ModelError::Invalid("this model has no full VAE".into()))?;
+                image_from_decoded(&vae.decode(latents)?)
+            }
+        }
+    }
+}
