@@ -5,6 +5,7 @@
 //! (the AutoencoderKL); where it does not, the part is written here and says why.
 
 pub mod clip;
+pub mod conv;
 pub mod scheduler;
 pub mod taesd;
 pub mod tokenizer;

@@ -1,1 +1,631 @@
-//! placeholder, filled in by its own change
+//! TAESD, the tiny autoencoder's decoder (diffusers `AutoencoderTiny`, `DecoderTiny`):
+//! latents -> image, matched against diffusers, and fast on the CPU.
+//!
+//! Decoding is the whole per-frame cost of a latent walk, so the convolutions do not go
+//! through candle: they run in [`super::conv`] (Winograd F(4x4, 3x3) on NHWC activations,
+//! AVX2/FMA micro-kernel, upsampling, bias, ReLU, residual add and the output mapping fused).
+//! TAESD has no normalization layer, so nothing needs the whole image at once.
+//!
+//! The graph (diffusers names, default config):
+//!
+//! ```text
+//! x = tanh(latents / 3) * 3
+//! layers.0 conv(latent -> 64) + ReLU
+//! per stage i: num_decoder_blocks[i] x Block, then (not last) nearest x2 + conv (no bias)
+//! last: conv(64 -> 3, bias);  image = x * 2 - 1
+//! Block(x) = relu(conv.4(relu(conv.2(relu(conv.0(x))))) + x)
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use parking_lot::Mutex;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::conv::{Act, Conv3x3, Sink};
+use super::{weights, ModelError, Result};
+use crate::frame::RgbaImage;
+
+/// An `AutoencoderTiny` `config.json` (diffusers names and defaults).
+///
+/// Only the decoder keys change what [`TaesdDecoder`] computes; the encoder and scaling keys
+/// are kept so a config round-trips and callers can read them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaesdConfig {
+    /// Image channels the encoder takes.
+    pub in_channels: usize,
+    /// Image channels the decoder produces (3 for RGB).
+    pub out_channels: usize,
+    /// Channels of each encoder stage.
+    pub encoder_block_out_channels: Vec<usize>,
+    /// Channels of each decoder stage.
+    pub decoder_block_out_channels: Vec<usize>,
+    /// Activation; TAESD uses `relu` (the only one supported here).
+    pub act_fn: String,
+    /// Upsampling mode between decoder stages; `nearest` (the only one supported here).
+    pub upsample_fn: String,
+    /// Channels of the latents.
+    pub latent_channels: usize,
+    /// Upsampling factor between decoder stages.
+    pub upsampling_scaling_factor: usize,
+    /// Residual blocks of each encoder stage.
+    pub num_encoder_blocks: Vec<usize>,
+    /// Residual blocks of each decoder stage.
+    pub num_decoder_blocks: Vec<usize>,
+    /// Latent range used by `scale_latents` (not by decoding).
+    pub latent_magnitude: f64,
+    /// Latent shift used by `scale_latents` (not by decoding).
+    pub latent_shift: f64,
+    /// Whether pipelines should run the model in f32.
+    pub force_upcast: bool,
+    /// Latent scaling used by pipelines (decode itself does not apply it).
+    pub scaling_factor: f64,
+    /// Latent shift used by pipelines (decode itself does not apply it); `null` reads as 0.
+    #[serde(deserialize_with = "null_as_zero")]
+    pub shift_factor: f64,
+}
+
+fn null_as_zero<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(0.0))
+}
+
+impl Default for TaesdConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            encoder_block_out_channels: vec![64; 4],
+            decoder_block_out_channels: vec![64; 4],
+            act_fn: "relu".into(),
+            upsample_fn: "nearest".into(),
+            latent_channels: 4,
+            upsampling_scaling_factor: 2,
+            num_encoder_blocks: vec![1, 3, 3, 3],
+            num_decoder_blocks: vec![3, 3, 3, 1],
+            latent_magnitude: 3.0,
+            latent_shift: 0.5,
+            force_upcast: false,
+            scaling_factor: 1.0,
+            shift_factor: 0.0,
+        }
+    }
+}
+
+impl TaesdConfig {
+    /// Checks that the decoder part describes a network diffusers can run and this
+    /// decoder supports; the error is `(key, message)`.
+    pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        if self.act_fn != "relu" {
+            return Err((
+                "act_fn",
+                format!("`{}` is not supported (only relu)", self.act_fn),
+            ));
+        }
+        if self.upsample_fn != "nearest" {
+            let message = format!("`{}` is not supported (only nearest)", self.upsample_fn);
+            return Err(("upsample_fn", message));
+        }
+        if self.upsampling_scaling_factor == 0 {
+            return Err(("upsampling_scaling_factor", "must be at least 1".into()));
+        }
+        if self.latent_channels == 0 {
+            return Err(("latent_channels", "must be at least 1".into()));
+        }
+        if self.out_channels == 0 {
+            return Err(("out_channels", "must be at least 1".into()));
+        }
+        let channels = &self.decoder_block_out_channels;
+        if channels.is_empty() || channels.len() != self.num_decoder_blocks.len() {
+            let message = format!(
+                "{} stages, but num_decoder_blocks has {}",
+                channels.len(),
+                self.num_decoder_blocks.len()
+            );
+            return Err(("decoder_block_out_channels", message));
+        }
+        if channels.iter().any(|&c| c == 0) {
+            return Err((
+                "decoder_block_out_channels",
+                "a stage has 0 channels".into(),
+            ));
+        }
+        // DecoderTiny's conv between stages keeps the channel count, so diffusers itself
+        // cannot run stages of different widths.
+        if channels.windows(2).any(|w| w[0] != w[1]) {
+            let message = format!("stages must all have the same width, got {channels:?}");
+            return Err(("decoder_block_out_channels", message));
+        }
+        Ok(())
+    }
+
+    /// Image pixels per latent pixel along each side (8 for the default config).
+    pub fn upscale_factor(&self) -> usize {
+        let stages = self.decoder_block_out_channels.len().max(1) as u32;
+        self.upsampling_scaling_factor.pow(stages - 1)
+    }
+
+    /// Every decoder tensor with its diffusers name and shape, in layer order.
+    pub fn decoder_tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut shapes = Vec::new();
+        let conv = |shapes: &mut Vec<(String, Vec<usize>)>, name: String, o, i, bias: bool| {
+            shapes.push((format!("{name}.weight"), vec![o, i, 3, 3]));
+            if bias {
+                shapes.push((format!("{name}.bias"), vec![o]));
+            }
+        };
+        for (index, layer) in self.layers().iter().enumerate() {
+            let name = format!("decoder.layers.{index}");
+            match *layer {
+                LayerKind::Conv { cin, cout, bias } => conv(&mut shapes, name, cout, cin, bias),
+                LayerKind::Block { channels } => {
+                    for k in [0, 2, 4] {
+                        conv(
+                            &mut shapes,
+                            format!("{name}.conv.{k}"),
+                            channels,
+                            channels,
+                            true,
+                        );
+                    }
+                }
+                LayerKind::Relu | LayerKind::Upsample => {}
+            }
+        }
+        shapes
+    }
+
+    /// The `DecoderTiny.layers` sequence, index = diffusers layer number.
+    fn layers(&self) -> Vec<LayerKind> {
+        let channels = &self.decoder_block_out_channels;
+        let mut layers = vec![
+            LayerKind::Conv {
+                cin: self.latent_channels,
+                cout: channels.first().copied().unwrap_or(0),
+                bias: true,
+            },
+            LayerKind::Relu,
+        ];
+        for (stage, (&width, &blocks)) in channels.iter().zip(&self.num_decoder_blocks).enumerate()
+        {
+            let last = stage + 1 == channels.len();
+            layers.extend((0..blocks).map(|_| LayerKind::Block { channels: width }));
+            if !last {
+                layers.push(LayerKind::Upsample);
+            }
+            layers.push(LayerKind::Conv {
+                cin: width,
+                cout: if last { self.out_channels } else { width },
+                bias: last,
+            });
+        }
+        layers
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LayerKind {
+    Conv { cin: usize, cout: usize, bias: bool },
+    Relu,
+    Block { channels: usize },
+    Upsample,
+}
+
+/// One decoder stage: residual blocks, then a convolution (on the upsampled input for all
+/// stages but the last, whose convolution makes the image).
+#[derive(Debug)]
+struct Stage {
+    blocks: Vec<[Conv3x3; 3]>,
+    conv: Conv3x3,
+}
+
+/// The TAESD decoder, ready to run on the CPU.
+#[derive(Debug)]
+pub struct TaesdDecoder {
+    config: TaesdConfig,
+    first: Conv3x3,
+    stages: Vec<Stage>,
+    /// Activation buffers kept between calls: a walk decodes frame after frame at one size,
+    /// and fresh buffers of ~150 MB each would cost page faults every frame.
+    buffers: Mutex<Vec<Vec<f32>>>,
+}
+
+/// The weight file names a folder may hold besides diffusers' `find_weights` names.
+const DECODER_FILES: [&str; 2] = ["decoder.safetensors", "taesd_decoder.safetensors"];
+
+impl TaesdDecoder {
+    /// Loads a decoder from a diffusers `AutoencoderTiny` folder (`config.json` +
+    /// `diffusion_pytorch_model.safetensors` or `model.safetensors`, encoder keys ignored),
+    /// a folder holding `decoder.safetensors` / `taesd_decoder.safetensors`, or a single
+    /// `.safetensors` file.
+    ///
+    /// Keys may use diffusers names (`decoder.layers.N.*`) or the original madebyollin/taesd
+    /// layout (`N.*`, N = diffusers N + 1). Without a `config.json` the default config is
+    /// used, with the latent and stage widths taken from the first convolution's weight
+    /// (so 16-channel decoders such as TAEF1/TAESD3 load too).
+    pub fn load(path: &Path) -> Result<Self> {
+        let (file, config_path) = if path.is_dir() {
+            let file = decoder_file(path)?;
+            let config = path.join("config.json");
+            (file, config.is_file().then_some(config))
+        } else if path.is_file() {
+            (path.to_path_buf(), None)
+        } else {
+            return Err(ModelError::Missing {
+                path: path.to_path_buf(),
+            });
+        };
+        let tensors = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| {
+            ModelError::bad_file(&file, format!("not a valid safetensors file: {e}"))
+        })?;
+        let tensors = diffusers_names(tensors).map_err(|e| ModelError::bad_file(&file, e))?;
+        let config = match &config_path {
+            Some(config_path) => {
+                let config: TaesdConfig = weights::read_config(config_path)?;
+                config
+                    .validate()
+                    .map_err(|(key, message)| ModelError::Config {
+                        path: config_path.clone(),
+                        key: key.into(),
+                        message,
+                    })?;
+                config
+            }
+            None => inferred_config(&tensors),
+        };
+        Self::from_tensors(&tensors, &config).map_err(|e| match e {
+            ModelError::Invalid(message) => ModelError::bad_file(&file, message),
+            ModelError::Candle(e) => ModelError::bad_file(&file, e),
+            other => other,
+        })
+    }
+
+    /// Builds the decoder from tensors with diffusers names (`decoder.layers.N.*`, other
+    /// keys ignored), e.g. weights made in code. Fails on a missing tensor, a wrong shape,
+    /// or a `decoder.*` tensor the config has no place for.
+    pub fn from_tensors(tensors: &HashMap<String, Tensor>, config: &TaesdConfig) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|(key, message)| ModelError::Invalid(format!("config `{key}`: {message}")))?;
+        let shapes = config.decoder_tensor_shapes();
+        let expected: std::collections::HashSet<&str> =
+            shapes.iter().map(|(name, _)| name.as_str()).collect();
+        let mut unexpected: Vec<&str> = tensors
+            .keys()
+            .map(String::as_str)
+            .filter(|name| name.starts_with("decoder.") && !expected.contains(name))
+            .collect();
+        if !unexpected.is_empty() {
+            unexpected.sort_unstable();
+            return Err(ModelError::Invalid(format!(
+                "tensors the TAESD config has no place for (wrong config, or an unsupported \
+                 variant): {}",
+                unexpected.join(", ")
+            )));
+        }
+        let fetch = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let tensor = tensors
+                .get(name)
+                .ok_or_else(|| ModelError::Invalid(format!("missing tensor `{name}`")))?;
+            if tensor.dims() != shape {
+                return Err(ModelError::Invalid(format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    tensor.dims()
+                )));
+            }
+            Ok(tensor
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        let conv = |name: &str, cout: usize, cin: usize, bias: bool| -> Result<Conv3x3> {
+            let weight = fetch(&format!("{name}.weight"), &[cout, cin, 3, 3])?;
+            let bias = match bias {
+                true => Some(fetch(&format!("{name}.bias"), &[cout])?),
+                false => None,
+            };
+            Ok(Conv3x3::new(&weight, bias.as_deref(), cout, cin))
+        };
+
+        let layers = config.layers();
+        let mut first = None;
+        let mut stages = Vec::new();
+        let mut blocks = Vec::new();
+        for (index, layer) in layers.iter().enumerate() {
+            let name = format!("decoder.layers.{index}");
+            match *layer {
+                LayerKind::Conv { cin, cout, bias } => {
+                    let conv = conv(&name, cout, cin, bias)?;
+                    if index == 0 {
+                        first = Some(conv);
+                    } else {
+                        stages.push(Stage {
+                            blocks: std::mem::take(&mut blocks),
+                            conv,
+                        });
+                    }
+                }
+                LayerKind::Block { channels: c } => blocks.push([
+                    conv(&format!("{name}.conv.0"), c, c, true)?,
+                    conv(&format!("{name}.conv.2"), c, c, true)?,
+                    conv(&format!("{name}.conv.4"), c, c, true)?,
+                ]),
+                LayerKind::Relu | LayerKind::Upsample => {}
+            }
+        }
+        let first = first.ok_or_else(|| ModelError::Invalid("decoder has no layers".into()))?;
+        Ok(Self {
+            config: config.clone(),
+            first,
+            stages,
+            buffers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A decoder with random weights, `normal(0, 0.05)` for convolution weights and
+    /// `0.01 * normal(0, 1)` for biases (the fixture generator's rule), for benchmarks and
+    /// demos without a model file.
+    pub fn random(config: &TaesdConfig, seed: u64) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let normal = rand_distr::StandardNormal;
+        let mut tensors = HashMap::new();
+        for (name, shape) in config.decoder_tensor_shapes() {
+            let scale = if name.ends_with(".bias") { 0.01 } else { 0.05 };
+            let count = shape.iter().product();
+            let values: Vec<f32> = (0..count)
+                .map(|_| scale * rng.sample::<f32, _>(normal))
+                .collect();
+            tensors.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
+        }
+        Self::from_tensors(&tensors, config)
+    }
+
+    /// The config the decoder was built from.
+    pub fn config(&self) -> &TaesdConfig {
+        &self.config
+    }
+
+    /// Image pixels per latent pixel along each side (8 for the default config).
+    pub fn upscale_factor(&self) -> usize {
+        self.config.upscale_factor()
+    }
+
+    /// Decodes `(B, latent_channels, h, w)` latents to `(B, out_channels, h*f, w*f)` f32
+    /// images, exactly as diffusers' `AutoencoderTiny.decode(latents).sample`: the soft clamp
+    /// `tanh(x / 3) * 3` on the way in, `x * 2 - 1` on the way out, no clamp of the result.
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let (n, h, w) = self.check_latents(latents)?;
+        let f = self.upscale_factor();
+        let mut image = vec![0f32; n * self.config.out_channels * h * f * w * f];
+        self.run(latents, Sink::Image { out: &mut image })?;
+        let shape = (n, self.config.out_channels, h * f, w * f);
+        Ok(Tensor::from_vec(image, shape, &Device::Cpu)?)
+    }
+
+    /// Decodes to one RGBA8 image per batch row: TAESD's native [0, 1] output (diffusers'
+    /// `(image + 1) / 2`) clamped to [0, 1], times 255, rounded; alpha 255. Written by the
+    /// last convolution directly, with no full-size float image in between.
+    pub fn decode_rgba(&self, latents: &Tensor) -> Result<Vec<RgbaImage>> {
+        if self.config.out_channels != 3 {
+            return Err(ModelError::Invalid(format!(
+                "RGBA output needs a 3-channel decoder, this one has {}",
+                self.config.out_channels
+            )));
+        }
+        let (n, h, w) = self.check_latents(latents)?;
+        let f = self.upscale_factor();
+        let (height, width) = (h * f, w * f);
+        let mut images = vec![vec![255u8; height * width * 4]; n];
+        self.run(latents, Sink::Rgba { out: &mut images })?;
+        images
+            .into_iter()
+            .map(|pixels| {
+                RgbaImage::from_pixels(width as u32, height as u32, pixels)
+                    .ok_or_else(|| ModelError::Invalid("RGBA image size".into()))
+            })
+            .collect()
+    }
+
+    /// Multiply-adds x 2 of one decode of `h x w` latents as a direct convolution would do
+    /// them (the usual GFLOP count, to compare with other implementations).
+    pub fn flops(&self, h: usize, w: usize) -> f64 {
+        let per_pixel =
+            |conv: &Conv3x3| 2.0 * 9.0 * (conv.in_channels() * conv.out_channels()) as f64;
+        let scale = self.config.upsampling_scaling_factor;
+        let mut pixels = (h * w) as f64;
+        let mut total = per_pixel(&self.first) * pixels;
+        for (stage, s) in self.stages.iter().enumerate() {
+            let block: f64 = s.blocks.iter().flatten().map(per_pixel).sum();
+            total += block * pixels;
+            if stage + 1 < self.stages.len() {
+                pixels *= (scale * scale) as f64;
+            }
+            total += per_pixel(&s.conv) * pixels;
+        }
+        total
+    }
+
+    fn check_latents(&self, latents: &Tensor) -> Result<(usize, usize, usize)> {
+        match *latents.dims() {
+            [n, c, h, w] if c == self.config.latent_channels && n * h * w > 0 => Ok((n, h, w)),
+            _ => Err(ModelError::Invalid(format!(
+                "TAESD latents must be (batch, {}, height, width), got {:?}",
+                self.config.latent_channels,
+                latents.dims()
+            ))),
+        }
+    }
+
+    /// The whole decoder, the last convolution writing into `sink`.
+    fn run(&self, latents: &Tensor, sink: Sink<'_>) -> Result<()> {
+        let (n, h, w) = self.check_latents(latents)?;
+        let values = latents
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut pool = std::mem::take(&mut *self.buffers.lock());
+        let mut take = || pool.pop().unwrap_or_default();
+        let shape = (n, self.config.latent_channels, h, w);
+        let input = Act::from_nchw(take(), &values, shape, |x| (x / 3.0).tanh() * 3.0);
+
+        let c = self.first.out_channels_padded();
+        let mut x = Act::reuse(take(), n, h, w, c);
+        self.first.forward(&input, 1, relu_into(&mut x));
+        let mut spare = [input.into_buffer(), take()];
+        let scale = self.config.upsampling_scaling_factor;
+        let mut sink = Some(sink);
+        for (index, stage) in self.stages.iter().enumerate() {
+            for [conv0, conv2, conv4] in &stage.blocks {
+                let (nn, hh, ww, cc) = (x.n, x.h, x.w, x.c);
+                let [a, b] = std::mem::take(&mut spare);
+                let mut t1 = Act::reuse(a, nn, hh, ww, cc);
+                let mut t2 = Act::reuse(b, nn, hh, ww, cc);
+                conv0.forward(&x, 1, relu_into(&mut t1));
+                conv2.forward(&t1, 1, relu_into(&mut t2));
+                let sink = Sink::Act {
+                    out: &mut t1,
+                    skip: Some(&x),
+                    relu: true,
+                };
+                conv4.forward(&t2, 1, sink);
+                spare = [x.into_buffer(), t2.into_buffer()];
+                x = t1;
+            }
+            if index + 1 < self.stages.len() {
+                let [a, b] = std::mem::take(&mut spare);
+                let c = stage.conv.out_channels_padded();
+                let mut y = Act::reuse(a, x.n, x.h * scale, x.w * scale, c);
+                let sink = Sink::Act {
+                    out: &mut y,
+                    skip: None,
+                    relu: false,
+                };
+                stage.conv.forward(&x, scale, sink);
+                spare = [x.into_buffer(), b];
+                x = y;
+            } else if let Some(sink) = sink.take() {
+                stage.conv.forward(&x, 1, sink);
+            }
+        }
+        let mut pool = self.buffers.lock();
+        pool.push(x.into_buffer());
+        pool.extend(spare);
+        Ok(())
+    }
+}
+
+/// The weights file of a folder: diffusers' names first, then the decoder-only names.
+fn decoder_file(dir: &Path) -> Result<PathBuf> {
+    weights::find_weights(dir).or_else(|_| {
+        DECODER_FILES
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                let message = format!(
+                    "no TAESD weights (looked for diffusion_pytorch_model.safetensors, \
+                     model.safetensors, {})",
+                    DECODER_FILES.join(", ")
+                );
+                ModelError::bad_file(dir, message)
+            })
+    })
+}
+
+fn relu_into(out: &mut Act) -> Sink<'_> {
+    Sink::Act {
+        out,
+        skip: None,
+        relu: true,
+    }
+}
+
+/// Renames the original madebyollin/taesd keys (`N.*`, a `Sequential` starting with a
+/// parameter-less `Clamp`) to diffusers' `decoder.layers.(N-1).*`; diffusers-named files
+/// pass through.
+fn diffusers_names(
+    tensors: HashMap<String, Tensor>,
+) -> std::result::Result<HashMap<String, Tensor>, String> {
+    if tensors.keys().any(|k| k.starts_with("decoder.layers.")) {
+        return Ok(tensors);
+    }
+    let original = regex::Regex::new(r"^(\d+)\.(.+)$").map_err(|e| e.to_string())?;
+    let mut renamed = HashMap::new();
+    for (name, tensor) in tensors {
+        let Some(caps) = original.captures(&name) else {
+            continue;
+        };
+        let index: usize = caps[1].parse().map_err(|_| format!("bad key `{name}`"))?;
+        if index == 0 {
+            return Err(format!(
+                "`{name}`: layer 0 of the original TAESD has no weights"
+            ));
+        }
+        renamed.insert(format!("decoder.layers.{}.{}", index - 1, &caps[2]), tensor);
+    }
+    if renamed.is_empty() {
+        return Err(
+            "no TAESD decoder tensors (expected `decoder.layers.*` or the original \
+                    `1.weight`, `3.conv.0.weight`, ...)"
+                .into(),
+        );
+    }
+    Ok(renamed)
+}
+
+/// The default config, with the latent and stage widths read from the first convolution.
+fn inferred_config(tensors: &HashMap<String, Tensor>) -> TaesdConfig {
+    let mut config = TaesdConfig::default();
+    if let Some(&[cout, cin, 3, 3]) = tensors.get("decoder.layers.0.weight").map(Tensor::dims) {
+        config.latent_channels = cin;
+        config.decoder_block_out_channels = vec![cout; config.num_decoder_blocks.len()];
+    }
+    config
+}
+
+/// Timing of repeated decodes, for the `bench` subcommand and `examples/taesd_speed.rs`.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeTiming {
+    /// Fastest decode, milliseconds.
+    pub min_ms: f64,
+    /// Median decode, milliseconds.
+    pub median_ms: f64,
+    /// Direct-convolution GFLOP per decode divided by the fastest time.
+    pub gflops: f64,
+}
+
+/// Times `runs` decodes (after one warm-up) of random `(batch, C, h, w)` latents with
+/// `decode_rgba` (`rgba`) or `decode`.
+pub fn bench_decode(
+    decoder: &TaesdDecoder,
+    (batch, h, w): (usize, usize, usize),
+    runs: usize,
+    rgba: bool,
+) -> Result<DecodeTiming> {
+    let shape = (batch, decoder.config().latent_channels, h, w);
+    let latents = Tensor::randn(0f32, 1f32, shape, &Device::Cpu)?;
+    let once = || -> Result<f64> {
+        let start = Instant::now();
+        if rgba {
+            decoder.decode_rgba(&latents)?;
+        } else {
+            decoder.decode(&latents)?;
+        }
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    once()?;
+    let mut times = (0..runs.max(1))
+        .map(|_| once())
+        .collect::<Result<Vec<_>>>()?;
+    times.sort_by(f64::total_cmp);
+    let min_ms = times[0];
+    Ok(DecodeTiming {
+        min_ms,
+        median_ms: times[times.len() / 2],
+        gflops: batch as f64 * decoder.flops(h, w) / (min_ms * 1e6),
+    })
+}
