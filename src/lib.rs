@@ -2,10 +2,11 @@
 //!
 //! The data path, one module per stage (see ARCHITECTURE.md):
 //! prompts -> [`model`] (endpoints) -> [`walk`] (latent path) -> decode -> [`pipeline`]
-//! (in-betweens, ordered ring buffer) -> [`upscale`] / [`gpu`] -> display ([`app`]) / [`record`].
+//! (in-betweens, ordered ring buffer) -> [`upscale`] -> display / [`record`].
 
 pub mod frame;
 pub mod model;
 pub mod pipeline;
+pub mod record;
 pub mod upscale;
 pub mod walk;

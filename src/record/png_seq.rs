@@ -1,0 +1,97 @@
+//! Numbered RGB8 PNG files, lossless, for editors that take image sequences.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{Encoder, FrameSink, RecordError};
+use crate::frame::RgbaImage;
+
+/// Writes `frame_000000.png`, ... into a folder, or `name_000000.png`, ... beside `name.png`.
+/// Numbers count the recording's frames from 0, whatever the walk's frame indices.
+pub(super) struct PngSequenceSink {
+    dir: PathBuf,
+    prefix: String,
+    frames: u64,
+}
+
+impl PngSequenceSink {
+    /// Creates the folder if needed and checks that files can be written in it.
+    pub(super) fn create(path: &Path) -> Result<Self, RecordError> {
+        let is_png_name = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+        let (dir, prefix) = if is_png_name && !path.is_dir() {
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+            let dir = path.parent().unwrap_or(Path::new(""));
+            (dir.to_path_buf(), format!("{stem}_"))
+        } else {
+            (path.to_path_buf(), "frame_".to_string())
+        };
+        let unwritable = |source| RecordError::Unwritable {
+            path: path.to_path_buf(),
+            source,
+        };
+        let probe_dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &dir
+        };
+        fs::create_dir_all(probe_dir).map_err(unwritable)?;
+        // Fail at the start, not at the first frame, when the folder is read-only.
+        let probe = probe_dir.join(".dreamwalk-write-probe");
+        fs::write(&probe, b"").map_err(unwritable)?;
+        let _ = fs::remove_file(&probe);
+        Ok(Self {
+            dir,
+            prefix,
+            frames: 0,
+        })
+    }
+
+    fn frame_path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("{}{number:06}.png", self.prefix))
+    }
+}
+
+impl FrameSink for PngSequenceSink {
+    fn encoder(&self) -> Encoder {
+        Encoder::Png
+    }
+
+    fn write_frame(&mut self, frame: &RgbaImage) -> Result<(), RecordError> {
+        let path = self.frame_path(self.frames);
+        let failed = |what: String| RecordError::failed(&path, what);
+        let encoded = encode_png(frame).map_err(|e| failed(format!("encoding failed: {e}")))?;
+        if let Err(e) = fs::write(&path, encoded) {
+            // A partial PNG would look like a frame but not decode.
+            let _ = fs::remove_file(&path);
+            return Err(failed(format!("writing failed: {e}")));
+        }
+        self.frames += 1;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<String, RecordError> {
+        Ok(match self.frames {
+            0 => "no frames".to_string(),
+            n => format!(
+                "{n} PNG files, {} to {}",
+                self.frame_path(0).display(),
+                self.frame_path(n - 1).display()
+            ),
+        })
+    }
+}
+
+fn encode_png(frame: &RgbaImage) -> Result<Vec<u8>, png::EncodingError> {
+    let mut encoded = Vec::new();
+    let mut encoder = png::Encoder::new(&mut encoded, frame.width, frame.height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    // Speed over size: the encoder thread's pace is the walk's while recording.
+    encoder.set_compression(png::Compression::Fast);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(&frame.to_rgb())?;
+    writer.finish()?;
+    Ok(encoded)
+}
