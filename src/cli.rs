@@ -112,8 +112,8 @@ pub struct RenderArgs {
     #[arg(long, value_enum, default_value_t = UpscaleMode::Cpu)]
     pub upscale: UpscaleMode,
     /// Frames per second of the output video.
-    #[arg(long, default_value_t = 30.0)]
-    pub fps: f64,
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=240))]
+    pub fps: u32,
     /// Output: a folder (PNG sequence), or a file .mp4 / .y4m.
     #[arg(long)]
     pub out: PathBuf,
@@ -124,8 +124,8 @@ pub struct RenderArgs {
     #[arg(long)]
     pub save_latents: Option<PathBuf>,
     /// H.264 quality for .mp4 (lower is better; 18 is visually lossless).
-    #[arg(long, default_value_t = 18)]
-    pub crf: u32,
+    #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(0..=51))]
+    pub crf: u8,
     /// Size of the recorded video when it should differ from the frames.
     #[arg(long)]
     pub record_size: Option<Size>,
@@ -153,9 +153,6 @@ pub fn render_settings(args: &RenderArgs, engine: &dyn Engine) -> anyhow::Result
     }
     if let Some(i) = args.prompts.iter().position(|p| p.trim().is_empty()) {
         bail!("prompt {} is empty", i + 1);
-    }
-    if !(args.fps > 0.0 && args.fps <= 240.0) {
-        bail!("--fps must be between 0 and 240, got {}", args.fps);
     }
     if args.steps_between == 0 {
         bail!("--steps-between must be at least 1");
@@ -202,7 +199,7 @@ pub fn render_settings(args: &RenderArgs, engine: &dyn Engine) -> anyhow::Result
         },
         decoder: args.decoder,
         inbetweens: args.inbetween,
-        target_fps: args.fps,
+        target_fps: args.fps as f64,
         upscale: args.upscale,
         output_size: (args.size.width, args.size.height),
     })
@@ -273,8 +270,7 @@ pub fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<()> {
     let summary = recorder.finish().context("finishing the output file")?;
     progress.finish_and_clear();
     eprintln!(
-        "wrote {written} frames to {} ({})\n  decoded {} (+{} from cache), decode {:.1} ms, in-between {:.2} ms, upscale {:.1} ms per frame",
-        args.out.display(),
+        "wrote {written} frames: {}\n  decoded {} (+{} from cache), decode {:.1} ms, in-between {:.2} ms, upscale {:.1} ms per frame",
         summary,
         stats.frames_decoded,
         stats.frames_from_cache,
@@ -293,4 +289,13 @@ fn progress_bar() -> indicatif::ProgressBar {
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     bar
+}
+
+/// `dreamwalk` with no subcommand: the desktop viewer.
+pub fn run_viewer(model: &ModelArgs) -> anyhow::Result<()> {
+    let _ = model;
+    bail!(
+        "the desktop viewer is not built yet; use `dreamwalk render --prompt A --prompt B --out DIR` \
+         to render a walk headless"
+    )
 }

@@ -4,6 +4,7 @@
 //! prompts -> [`model`] (endpoints) -> [`walk`] (latent path) -> decode -> [`pipeline`]
 //! (in-betweens, ordered ring buffer) -> [`upscale`] -> display / [`record`].
 
+pub mod cli;
 pub mod frame;
 pub mod model;
 pub mod pipeline;

@@ -66,7 +66,8 @@ impl StableDiffusion {
                 .and_then(|p| TaesdDecoder::load(p.parent()?).ok()),
         };
         let factor = vae.upscale_factor() as u32;
-        let sample = unet.config().sample_size as u32;
+        // 64 for SD 1.5 (512 px), 96 for SD 2.1-768.
+        let sample = unet.config().sample_size.unwrap_or(64) as u32;
         let few_step = SamplerKind::default_for(&scheduler) == SamplerKind::Euler;
         let defaults = ModelDefaults {
             image_size: (sample * factor, sample * factor),
@@ -144,22 +145,22 @@ impl StableDiffusion {
         };
         let kind = SamplerKind::default_for(&self.scheduler);
         let sampler = Sampler::new(&self.scheduler, kind, steps)?;
-        let mut cancelled = false;
+        let cancelled = std::cell::Cell::new(false);
         let result = denoise(
             &sampler,
             init,
             guidance,
             |x, t| {
-                if cancelled {
+                if cancelled.get() {
                     // Stop at the next step: denoise passes the error straight up.
                     return Err(ModelError::Invalid("cancelled".into()));
                 }
                 Ok(self.unet.forward(x, t, &context)?)
             },
-            |i, n| cancelled = !on_step(i + 1, n),
+            |i, n| cancelled.set(!on_step(i + 1, n)),
         );
         match result {
-            Err(_) if cancelled => Err(EndpointError::Cancelled),
+            Err(_) if cancelled.get() => Err(EndpointError::Cancelled),
             other => Ok(other?),
         }
     }
