@@ -5,4 +5,5 @@
 //! (in-betweens, ordered ring buffer) -> [`upscale`] / [`gpu`] -> display ([`app`]) / [`record`].
 
 pub mod frame;
+pub mod gpu;
 pub mod model;
