@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod frame;
+pub mod gpu;
 pub mod model;
 pub mod pipeline;
 pub mod record;

@@ -1,0 +1,265 @@
+//! GPU side of the display path: a wgpu context for headless use (tests, recording) and the
+//! bicubic upscaler that turns a source-resolution frame into an output-resolution texture
+//! without making the big image on the CPU.
+//!
+//! The upscaler reproduces the CPU upscaler (fast_image_resize, Catmull-Rom) byte for byte;
+//! [`filter_table`] says how.
+//!
+//! For the viewer (eframe + egui_wgpu): make the output with [`create_output_texture`],
+//! register its view once with `egui_wgpu::Renderer::register_native_texture` (egui wants
+//! `Rgba8Unorm` and treats the bytes as sRGB-encoded, which frames are), then per frame call
+//! [`BicubicUpscaler::upload`] and [`BicubicUpscaler::render`] into it and submit.
+
+mod bicubic;
+mod filter_table;
+
+pub use bicubic::{create_output_texture, BicubicUpscaler, OUTPUT_FORMAT};
+
+use crate::frame::RgbaImage;
+
+/// `tracing_subscriber::EnvFilter` directives that keep wgpu and naga below WARN (they log
+/// per frame and per resource at INFO and DEBUG). Append to the binary's filter.
+pub const QUIET_WGPU_LOG_DIRECTIVES: &str = "wgpu=warn,wgpu_core=warn,wgpu_hal=warn,naga=warn";
+
+/// What can go wrong on the GPU side.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// No adapter on any backend; on a machine without a GPU a software one must be installed.
+    #[error(
+        "no GPU adapter found ({0}); without a GPU install a software one: \
+         Debian packages `mesa-vulkan-drivers` and `libvulkan1` (lavapipe, Vulkan)"
+    )]
+    NoAdapter(String),
+    /// The adapter refused to create a device.
+    #[error("could not create a device on adapter {adapter}: {source}")]
+    RequestDevice {
+        /// Adapter name.
+        adapter: String,
+        /// The wgpu error.
+        #[source]
+        source: wgpu::RequestDeviceError,
+    },
+    /// An image size the upscaler cannot handle (zero, or beyond the device's texture limit).
+    #[error("{what} size {width}x{height} not supported: {why}")]
+    BadSize {
+        /// Which image ("source", "target").
+        what: &'static str,
+        /// Requested width in pixels.
+        width: u32,
+        /// Requested height in pixels.
+        height: u32,
+        /// The limit broken.
+        why: String,
+    },
+    /// The target texture cannot be rendered into by this upscaler.
+    #[error("target texture {0}")]
+    BadTarget(String),
+    /// wgpu reported an error while running GPU work.
+    #[error("GPU work failed: {0}")]
+    Wgpu(String),
+    /// Reading a texture back to the CPU failed.
+    #[error("reading back from the GPU failed: {0}")]
+    Readback(String),
+}
+
+/// A wgpu instance, adapter, device and queue not tied to any window.
+pub struct GpuContext {
+    /// The wgpu instance the adapter came from.
+    pub instance: wgpu::Instance,
+    /// The chosen adapter.
+    pub adapter: wgpu::Adapter,
+    /// The device created on it.
+    pub device: wgpu::Device,
+    /// The device's queue.
+    pub queue: wgpu::Queue,
+}
+
+impl GpuContext {
+    /// Picks the best adapter on any backend (hardware before software, native APIs before
+    /// OpenGL; `WGPU_BACKEND` narrows the backends) and creates a device with the adapter's
+    /// full limits, so output sizes up to its texture limit work.
+    pub fn new_headless() -> Result<Self, GpuError> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let adapter = adapters
+            .into_iter()
+            .min_by_key(|a| adapter_rank(&a.get_info()))
+            .ok_or_else(|| {
+                let searched = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
+                    & wgpu::Instance::enabled_backend_features();
+                GpuError::NoAdapter(format!("searched backends: {searched:?}"))
+            })?;
+        let info = adapter.get_info();
+        tracing::debug!(
+            "GPU adapter: {} ({:?}, {:?})",
+            info.name,
+            info.backend,
+            info.device_type
+        );
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("dreamwalk headless"),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|source| GpuError::RequestDevice {
+            adapter: info.name.clone(),
+            source,
+        })?;
+        Ok(Self {
+            instance,
+            adapter,
+            device,
+            queue,
+        })
+    }
+
+    /// The adapter's name with its backend, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".
+    pub fn adapter_name(&self) -> String {
+        let info = self.adapter.get_info();
+        format!("{} ({:?})", info.name, info.backend)
+    }
+
+    /// Whether the adapter runs on the CPU (lavapipe, llvmpipe, WARP).
+    pub fn is_software(&self) -> bool {
+        self.adapter.get_info().device_type == wgpu::DeviceType::Cpu
+    }
+}
+
+/// Lower is better: device type first, then backend (OpenGL support in wgpu is downlevel).
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    };
+    (device, backend)
+}
+
+/// Upscales (or resizes) `src` to `width x height` on the GPU and reads the result back:
+/// the same bytes as the CPU Catmull-Rom resize.
+pub fn upscale_to_image(
+    ctx: &GpuContext,
+    src: &RgbaImage,
+    width: u32,
+    height: u32,
+) -> Result<RgbaImage, GpuError> {
+    let device = &ctx.device;
+    // Without a scope wgpu's default handler panics on a validation error.
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut upscaler = BicubicUpscaler::new(device, OUTPUT_FORMAT);
+    upscaler.upload(device, &ctx.queue, src)?;
+    check_size(device, "target", width, height)?;
+    let target = create_output_texture(device, width, height);
+    let view = target.create_view(&wgpu::TextureViewDescriptor::default());
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        label: Some("upscale_to_image"),
+    });
+    upscaler.render(device, &ctx.queue, &mut encoder, &view)?;
+    ctx.queue.submit([encoder.finish()]);
+    if let Some(error) = pollster::block_on(scope.pop()) {
+        return Err(GpuError::Wgpu(error.to_string()));
+    }
+    read_texture(ctx, &target)
+}
+
+/// Copies an `Rgba8Unorm` (or `Rgba8UnormSrgb`, `Rgba8Uint`) texture back into an image,
+/// waiting for the GPU. The texture needs `COPY_SRC` usage.
+pub fn read_texture(ctx: &GpuContext, texture: &wgpu::Texture) -> Result<RgbaImage, GpuError> {
+    use wgpu::TextureFormat as F;
+    if !matches!(
+        texture.format(),
+        F::Rgba8Unorm | F::Rgba8UnormSrgb | F::Rgba8Uint
+    ) {
+        return Err(GpuError::BadTarget(format!(
+            "format {:?} cannot be read back as RGBA8",
+            texture.format()
+        )));
+    }
+    let (width, height) = (texture.width(), texture.height());
+    let row_bytes = width * 4;
+    // Buffer rows of a texture copy must start on 256-byte boundaries.
+    let padded_row_bytes = row_bytes.next_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT);
+    let device = &ctx.device;
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size: u64::from(padded_row_bytes) * u64::from(height),
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        label: Some("readback"),
+    });
+    encoder.copy_texture_to_buffer(
+        texture.as_image_copy(),
+        wgpu::TexelCopyBufferInfo {
+            buffer: &buffer,
+            layout: wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(padded_row_bytes),
+                rows_per_image: Some(height),
+            },
+        },
+        texture.size(),
+    );
+    ctx.queue.submit([encoder.finish()]);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    buffer.map_async(wgpu::MapMode::Read, .., move |result| {
+        // The receiver outlives the poll below; a failed send only means it gave up.
+        let _ = sender.send(result);
+    });
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| GpuError::Readback(e.to_string()))?;
+    if let Some(error) = pollster::block_on(scope.pop()) {
+        return Err(GpuError::Wgpu(error.to_string()));
+    }
+    receiver
+        .recv()
+        .map_err(|_| GpuError::Readback("buffer mapping never completed".into()))?
+        .map_err(|e| GpuError::Readback(e.to_string()))?;
+
+    let mut pixels = Vec::with_capacity(row_bytes as usize * height as usize);
+    {
+        let mapped = buffer
+            .get_mapped_range(..)
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        for row in mapped.chunks_exact(padded_row_bytes as usize) {
+            pixels.extend_from_slice(&row[..row_bytes as usize]);
+        }
+    }
+    buffer.unmap();
+    RgbaImage::from_pixels(width, height, pixels)
+        .ok_or_else(|| GpuError::Readback("read back fewer bytes than the texture holds".into()))
+}
+
+/// Rejects sizes a texture on `device` cannot have.
+fn check_size(
+    device: &wgpu::Device,
+    what: &'static str,
+    width: u32,
+    height: u32,
+) -> Result<(), GpuError> {
+    let max = device.limits().max_texture_dimension_2d;
+    let why = if width == 0 || height == 0 {
+        "empty".to_string()
+    } else if width > max || height > max {
+        format!("the device allows at most {max} pixels per side")
+    } else {
+        return Ok(());
+    };
+    Err(GpuError::BadSize {
+        what,
+        width,
+        height,
+        why,
+    })
+}
