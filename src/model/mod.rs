@@ -10,6 +10,7 @@ pub mod scheduler;
 pub mod taesd;
 pub mod tokenizer;
 pub mod unet;
+mod unet_blocks;
 pub mod vae;
 pub mod weights;
 
