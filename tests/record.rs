@@ -1242,7 +1242,6 @@ fn disk_full_with_builtin_encoder_keeps_a_playable_file() {
     let (width, height) = (160, 96);
     let opts = RecordOptions {
         force_builtin_encoder: true,
-        crf: 8,
         ..RecordOptions::default()
     };
     let recorder = Recorder::start(&out, opts).unwrap();

@@ -21,6 +21,10 @@ use super::mp4::{self, Track, MDAT_HEADER_LEN};
 use super::{Encoder, FrameSink, RecordError, RecordOptions};
 use crate::frame::RgbaImage;
 
+/// The lowest quantizer used: OpenH264 sizes its output buffer for ordinary quality and fails
+/// on a frame that does not fit, which detailed small frames below about QP 12 can do.
+const MIN_QP: u8 = 16;
+
 /// How often the index may be retried with fewer frames when the disk is full.
 const INDEX_RETRIES: usize = 8;
 
@@ -71,7 +75,7 @@ impl OpenH264Sink {
             part,
             file,
             fps: opts.fps,
-            qp: opts.crf,
+            qp: opts.crf.max(MIN_QP),
             encoder: None,
             header_len: ftyp.len() as u64 + MDAT_HEADER_LEN,
             payload_len: 0,

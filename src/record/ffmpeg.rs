@@ -203,6 +203,11 @@ impl FfmpegSink {
         args.push(self.crf.to_string().into());
         args.extend(
             [
+                // No B-frames: packets are written in display order, so a fragment cut off by
+                // a killed ffmpeg or a full disk never leaves a later frame without an earlier
+                // one (costs about 13% in size at the same quality).
+                "-bf",
+                "0",
                 "-pix_fmt",
                 "yuv420p",
                 "-colorspace",

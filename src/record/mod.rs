@@ -23,7 +23,8 @@
 //! * When writing fails mid-way (disk full, the `ffmpeg` process dying), the error says what
 //!   failed (with the tail of ffmpeg's stderr) and what was kept, and what was kept is a
 //!   complete file, never a silent truncation:
-//!   * MP4 via ffmpeg: ffmpeg writes a fragmented MP4 (a fragment about every second) to
+//!   * MP4 via ffmpeg: ffmpeg writes a fragmented MP4 (a fragment about every second, no
+//!     B-frames so that what a cut keeps is always the first frames, in order) to
 //!     [`partial_path`] beside the output; it stays playable up to its last complete fragment
 //!     even when ffmpeg is killed. [`Recorder::finish`], or the recovery after a failure, cuts
 //!     off an incomplete last fragment and remuxes the file (stream copy, fast) into the
@@ -104,7 +105,7 @@ pub struct RecordOptions {
     /// a copy of the last, because yuv420p needs even sizes.
     pub size: Option<(u32, u32)>,
     /// x264 constant rate factor, 0 (lossless) ..= 51; 18 is visually lossless. The built-in
-    /// encoder uses it as its fixed quantizer.
+    /// encoder uses it as its fixed quantizer, 16 at the least.
     pub crf: u8,
     /// x264 preset, one of [`X264_PRESETS`]; slower ones give smaller files for the same
     /// quality but may throttle the walk.
@@ -401,6 +402,11 @@ impl Recorder {
             },
             OutputFormat::Y4m => Box::new(y4m::Y4mSink::create(path, opts.fps)?),
             OutputFormat::PngSequence => Box::new(png_seq::PngSequenceSink::create(path)?),
+            OutputFormat::Custom => {
+                return Err(RecordError::InvalidOption(
+                    "a custom format is recorded with Recorder::with_sink".to_string(),
+                ))
+            }
         };
         Self::spawn(path, format, sink, opts)
     }
