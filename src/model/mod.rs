@@ -5,8 +5,10 @@
 //! (the AutoencoderKL); where it does not, the part is written here and says why.
 
 pub mod clip;
+pub mod demo;
 pub mod conv;
 pub mod scheduler;
+pub mod sd;
 pub mod taesd;
 pub mod tokenizer;
 pub mod unet;
@@ -48,6 +50,8 @@ impl ModelError {
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+pub use sd::{load_init_latents, StableDiffusion};
 
 /// Which network turns latents into pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, clap::ValueEnum, serde::Serialize)]
