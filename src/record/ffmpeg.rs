@@ -412,8 +412,14 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
+/// ffmpeg's last lines as one line of an error message.
 fn format_tail(tail: &str) -> String {
-    let tail = tail.trim();
+    let lines: Vec<&str> = tail
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let tail = lines.join(" | ");
     if tail.is_empty() {
         String::new()
     } else {
