@@ -17,7 +17,14 @@ fn fixture_unet() -> UNet2DConditionModel {
 }
 
 /// Runs a guided sampling loop like the SD pipeline: context row 0 uncond, row 1 cond.
-fn run_loop(case: &str, config: &SchedulerConfig, kind: SamplerKind, steps: usize, guidance: f64, init: &Tensor) -> Tensor {
+fn run_loop(
+    case: &str,
+    config: &SchedulerConfig,
+    kind: SamplerKind,
+    steps: usize,
+    guidance: f64,
+    init: &Tensor,
+) -> Tensor {
     let case = common::load_tensors(case);
     let unet = fixture_unet();
     let context = if guidance > 1.0 {
@@ -26,16 +33,31 @@ fn run_loop(case: &str, config: &SchedulerConfig, kind: SamplerKind, steps: usiz
         case["cond"].clone()
     };
     let sampler = Sampler::new(config, kind, steps).unwrap();
-    denoise(&sampler, init, guidance, |x, t| Ok(unet.forward(x, t, &context)?), |_, _| {}).unwrap()
+    denoise(
+        &sampler,
+        init,
+        guidance,
+        |x, t| Ok(unet.forward(x, t, &context)?),
+        |_, _| {},
+    )
+    .unwrap()
 }
 
 #[test]
 fn ddim_twenty_steps_with_guidance_matches() {
     let case = common::load_tensors("ddim/case.safetensors");
-    let mut config = SchedulerConfig::stable_diffusion(dreamwalk::model::scheduler::PredictionType::Epsilon);
+    let mut config =
+        SchedulerConfig::stable_diffusion(dreamwalk::model::scheduler::PredictionType::Epsilon);
     config.set_alpha_to_one = false;
     let guidance = case["guidance_scale"].to_vec1::<f32>().unwrap()[0] as f64;
-    let out = run_loop("ddim/case.safetensors", &config, SamplerKind::Ddim, 20, guidance, &case["init_latents"]);
+    let out = run_loop(
+        "ddim/case.safetensors",
+        &config,
+        SamplerKind::Ddim,
+        20,
+        guidance,
+        &case["init_latents"],
+    );
     // 1e-3: guidance 7.5 amplifies f32 rounding over 20 steps (README: f32 vs f64 5.5e-5).
     let diff = common::max_abs_diff(&out, &case["final_latents"]);
     assert!(diff <= 1e-3, "ddim final latents max |diff| {diff}");
@@ -47,7 +69,14 @@ fn ddim_v_prediction_matches() {
     let config = SchedulerConfig::load(&common::fixture("ddim_v/scheduler_config.json")).unwrap();
     let guidance = case["guidance_scale"].to_vec1::<f32>().unwrap()[0] as f64;
     let steps = case["timesteps"].dim(0).unwrap();
-    let out = run_loop("ddim_v/case.safetensors", &config, SamplerKind::Ddim, steps, guidance, &case["init_latents"]);
+    let out = run_loop(
+        "ddim_v/case.safetensors",
+        &config,
+        SamplerKind::Ddim,
+        steps,
+        guidance,
+        &case["init_latents"],
+    );
     let diff = common::max_abs_diff(&out, &case["final_latents"]);
     assert!(diff <= 1e-3, "ddim_v final latents max |diff| {diff}");
 }
@@ -57,7 +86,14 @@ fn euler_trailing_few_steps_match() {
     let case = common::load_tensors("euler/case.safetensors");
     let config = SchedulerConfig::load(&common::fixture("euler/scheduler_config.json")).unwrap();
     for n in [1, 2, 4] {
-        let out = run_loop("euler/case.safetensors", &config, SamplerKind::Euler, n, 0.0, &case["init_latents"]);
+        let out = run_loop(
+            "euler/case.safetensors",
+            &config,
+            SamplerKind::Euler,
+            n,
+            0.0,
+            &case["init_latents"],
+        );
         let diff = common::max_abs_diff(&out, &case[&format!("final_latents_{n}")]);
         assert!(diff <= 1e-3, "euler {n} steps: max |diff| {diff}");
     }
@@ -74,13 +110,19 @@ fn tiny_sd_endpoints_match_the_diffusers_pipeline() {
     let case = common::load_tensors("e2e/case.safetensors");
     let model = StableDiffusion::load(common::fixture("tiny-sd").to_str().unwrap(), None).unwrap();
     let request = EndpointRequest {
-        prompts: vec![s["prompt_a"].as_str().unwrap().into(), s["prompt_b"].as_str().unwrap().into()],
+        prompts: vec![
+            s["prompt_a"].as_str().unwrap().into(),
+            s["prompt_b"].as_str().unwrap().into(),
+        ],
         negative: s["negative"].as_str().unwrap().into(),
         seed: 0,
         seed_per_keyframe: false,
         steps: s["steps"].as_u64().unwrap() as usize,
         guidance: s["guidance"].as_f64().unwrap(),
-        image_size: (s["width"].as_u64().unwrap() as u32, s["height"].as_u64().unwrap() as u32),
+        image_size: (
+            s["width"].as_u64().unwrap() as u32,
+            s["height"].as_u64().unwrap() as u32,
+        ),
         init_latents: Some(case["init_latents"].clone()),
     };
     let latents = model.endpoints(&request, &mut |_| true).unwrap();
@@ -101,11 +143,35 @@ fn tiny_sd_render_frames_match_the_walk_images() {
         .arg("render")
         .arg("--model")
         .arg(common::fixture("tiny-sd"))
-        .args(["--prompt", s["prompt_a"].as_str().unwrap(), "--prompt", s["prompt_b"].as_str().unwrap()])
+        .args([
+            "--prompt",
+            s["prompt_a"].as_str().unwrap(),
+            "--prompt",
+            s["prompt_b"].as_str().unwrap(),
+        ])
         .args(["--negative", s["negative"].as_str().unwrap()])
-        .args(["--steps", &s["steps"].to_string(), "--guidance", &s["guidance"].to_string()])
-        .args(["--source", &size, "--size", &size, "--upscale", "none", "--decoder", "vae"])
-        .args(["--inbetween", "0", "--steps-between", &(walk_t.len() - 1).to_string()])
+        .args([
+            "--steps",
+            &s["steps"].to_string(),
+            "--guidance",
+            &s["guidance"].to_string(),
+        ])
+        .args([
+            "--source",
+            &size,
+            "--size",
+            &size,
+            "--upscale",
+            "none",
+            "--decoder",
+            "vae",
+        ])
+        .args([
+            "--inbetween",
+            "0",
+            "--steps-between",
+            &(walk_t.len() - 1).to_string(),
+        ])
         .arg("--init-latents")
         .arg(common::fixture("e2e/case.safetensors"))
         .arg("--out")
@@ -113,15 +179,24 @@ fn tiny_sd_render_frames_match_the_walk_images() {
         .status()
         .unwrap();
     assert!(status.success());
-    let expected = case["walk_images"].to_dtype(candle_core::DType::F32).unwrap();
+    let expected = case["walk_images"]
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
     for i in 0..walk_t.len() {
         let path = dir.path().join(format!("frame_{i:06}.png"));
-        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         let info = reader.next_frame(&mut buf).unwrap();
         let channels = info.color_type.samples();
-        let reference = expected.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let reference = expected
+            .get(i)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let mut worst = 0f32;
         for (p, r) in buf.chunks_exact(channels).zip(reference.chunks_exact(3)) {
             for c in 0..3 {
@@ -129,6 +204,10 @@ fn tiny_sd_render_frames_match_the_walk_images() {
             }
         }
         // 2/255: u8 rounding of the reference plus f32 differences in the VAE.
-        assert!(worst <= 2.0 / 255.0, "frame {i}: max diff {:.2}/255", worst * 255.0);
+        assert!(
+            worst <= 2.0 / 255.0,
+            "frame {i}: max diff {:.2}/255",
+            worst * 255.0
+        );
     }
 }

@@ -12,7 +12,10 @@ fn one_inbetween_is_the_rounded_mean() {
     let a = image(&[0, 10, 255, 255, 1, 2, 3, 255]);
     let b = image(&[255, 11, 0, 255, 2, 2, 4, 255]);
     // round((a+b)/2), halves up: 127.5 -> 128, 10.5 -> 11.
-    assert_eq!(blend(&a, &b, 0, 1).pixels, vec![128, 11, 128, 255, 2, 2, 4, 255]);
+    assert_eq!(
+        blend(&a, &b, 0, 1).pixels,
+        vec![128, 11, 128, 255, 2, 2, 4, 255]
+    );
 }
 
 #[test]

@@ -11,9 +11,7 @@ use dreamwalk::model::{
     DecoderKind, EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress,
 };
 use dreamwalk::pipeline::display::Display;
-use dreamwalk::pipeline::{
-    Inbetweens, Pipeline, PipelineOptions, Popped, RingPolicy, Settings,
-};
+use dreamwalk::pipeline::{Inbetweens, Pipeline, PipelineOptions, Popped, RingPolicy, Settings};
 use dreamwalk::upscale::UpscaleMode;
 use dreamwalk::walk::{LoopMode, WalkSettings};
 
@@ -73,7 +71,11 @@ impl Engine for FakeEngine {
                 }
             }
             let value = (k as u64 * 4 + request.seed) as f32;
-            out.push(Tensor::full(value, (1, 4, h as usize / 8, w as usize / 8), &Device::Cpu)?);
+            out.push(Tensor::full(
+                value,
+                (1, 4, h as usize / 8, w as usize / 8),
+                &Device::Cpu,
+            )?);
         }
         Ok(out)
     }
@@ -133,13 +135,21 @@ fn drain(pipeline: &Pipeline) -> Vec<Arc<dreamwalk::pipeline::Frame>> {
 #[test]
 fn a_once_walk_yields_every_frame_in_order() {
     let engine = FakeEngine::new(Duration::ZERO);
-    let pipeline = Pipeline::start(engine.clone(), settings(4, 3, LoopMode::Once), render_options());
+    let pipeline = Pipeline::start(
+        engine.clone(),
+        settings(4, 3, LoopMode::Once),
+        render_options(),
+    );
     let frames = drain(&pipeline);
     // 3 keyframes, 4 steps between: 9 decoded frames, 8 gaps of 3 in-betweens.
     assert_eq!(frames.len(), 9 + 8 * 3);
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(f.index, i as u64);
-        assert_eq!((f.image.width, f.image.height), (64, 40), "upscaled to the output size");
+        assert_eq!(
+            (f.image.width, f.image.height),
+            (64, 40),
+            "upscaled to the output size"
+        );
     }
     // Decoded frames sit every 4th position; grey levels rise monotonically along the walk.
     let greys: Vec<u8> = frames.iter().map(|f| f.image.pixels[0]).collect();
@@ -163,9 +173,16 @@ fn a_pingpong_lap_replays_from_the_cache() {
     let frames = drain(&pipeline);
     // Path of 7 positions; two laps there and back: 2 * 2 * 6 + 1 frames.
     assert_eq!(frames.len(), 25);
-    assert_eq!(engine.decodes.load(Ordering::SeqCst), 7, "each position decoded once");
+    assert_eq!(
+        engine.decodes.load(Ordering::SeqCst),
+        7,
+        "each position decoded once"
+    );
     assert_eq!(pipeline.stats_snapshot().frames_from_cache, 18);
-    assert_eq!(frames[0].image.pixels, frames[12].image.pixels, "back at the start");
+    assert_eq!(
+        frames[0].image.pixels, frames[12].image.pixels,
+        "back at the start"
+    );
 }
 
 #[test]
@@ -184,7 +201,9 @@ fn live_settings_reach_the_next_frames() {
     let frames = drain(&pipeline);
     let late = &frames[frames.len() - 10..];
     assert!(late.iter().any(|f| f.source.inbetween == Some((1, 2))));
-    assert!(late.iter().all(|f| (f.image.width, f.image.height) == (64, 40)));
+    assert!(late
+        .iter()
+        .all(|f| (f.image.width, f.image.height) == (64, 40)));
     for (a, b) in frames.windows(2).map(|w| (w[0].index, w[1].index)) {
         assert_eq!(b, a + 1);
     }
@@ -210,7 +229,10 @@ fn new_prompts_sample_new_endpoints_while_the_walk_goes_on() {
         }
         assert!(Instant::now() < deadline, "new endpoints never arrived");
     };
-    assert!(switched.image.pixels[0] >= 7 * 20, "seed 7 shifts the grey level");
+    assert!(
+        switched.image.pixels[0] >= 7 * 20,
+        "seed 7 shifts the grey level"
+    );
     assert_eq!(engine.endpoint_calls.load(Ordering::SeqCst), 2);
     // A change that needs no new endpoints samples nothing.
     pipeline.update_settings(|s| s.target_fps = 12.0);
@@ -229,13 +251,22 @@ fn pause_stops_frames_and_resume_goes_on() {
     let first = pipeline.ring().pop().unwrap();
     pipeline.pause();
     // Drain what was already in flight, then nothing more comes.
-    while let Popped::Frame(_) = pipeline.ring().pop_by(Instant::now() + Duration::from_millis(300)) {}
+    while let Popped::Frame(_) = pipeline
+        .ring()
+        .pop_by(Instant::now() + Duration::from_millis(300))
+    {}
     let decodes = engine.decodes.load(Ordering::SeqCst);
     assert!(matches!(
-        pipeline.ring().pop_by(Instant::now() + Duration::from_millis(300)),
+        pipeline
+            .ring()
+            .pop_by(Instant::now() + Duration::from_millis(300)),
         Popped::Late
     ));
-    assert_eq!(engine.decodes.load(Ordering::SeqCst), decodes, "no decoding while paused");
+    assert_eq!(
+        engine.decodes.load(Ordering::SeqCst),
+        decodes,
+        "no decoding while paused"
+    );
     pipeline.resume();
     let next = pipeline.ring().pop().unwrap();
     assert!(next.index > first.index);
@@ -253,7 +284,10 @@ fn shutdown_joins_while_producers_are_blocked_on_a_full_ring() {
     // Nobody consumes: wait until the ring is full and the stages behind it are stuck.
     while pipeline.ring().fill() < 2 {
         std::thread::yield_now();
-        let _ = pipeline.ring().pop_by(Instant::now() + Duration::from_millis(5)).is_late();
+        let _ = pipeline
+            .ring()
+            .pop_by(Instant::now() + Duration::from_millis(5))
+            .is_late();
     }
     let started = Instant::now();
     pipeline.shutdown();

@@ -11,8 +11,21 @@ fn dreamwalk() -> Command {
 /// Renders a short demo walk into `out`; returns the PNG files in name order.
 fn render(out: &Path, seed: u64) -> Vec<std::path::PathBuf> {
     let status = dreamwalk()
-        .args(["render", "--prompt", "a red fox", "--prompt", "a lighthouse"])
-        .args(["--seed", &seed.to_string(), "--steps", "3", "--steps-between", "3"])
+        .args([
+            "render",
+            "--prompt",
+            "a red fox",
+            "--prompt",
+            "a lighthouse",
+        ])
+        .args([
+            "--seed",
+            &seed.to_string(),
+            "--steps",
+            "3",
+            "--steps-between",
+            "3",
+        ])
         .args(["--inbetween", "1", "--source", "128x64", "--size", "160x96"])
         .arg("--out")
         .arg(out)
@@ -40,7 +53,11 @@ fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
 #[test]
 fn demo_render_writes_every_frame_in_order_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
     let first = render(&a, 7);
     // 2 keyframes, 3 steps between: 4 decoded frames and 3 in-betweens.
     assert_eq!(first.len(), 7);
@@ -79,12 +96,34 @@ fn bad_input_is_a_clear_error() {
     assert!(one.contains("two or more prompts"), "{one}");
     let empty = render_error(&["render", "--prompt", "a", "--prompt", " ", "--out", out]);
     assert!(empty.contains("prompt 2 is empty"), "{empty}");
-    let size = render_error(&["render", "--prompt", "a", "--prompt", "b", "--size", "12by4", "--out", out]);
+    let size = render_error(&[
+        "render", "--prompt", "a", "--prompt", "b", "--size", "12by4", "--out", out,
+    ]);
     assert!(size.contains("not a size"), "{size}");
-    let source = render_error(&["render", "--prompt", "a", "--prompt", "b", "--source", "100x60", "--out", out]);
+    let source = render_error(&[
+        "render", "--prompt", "a", "--prompt", "b", "--source", "100x60", "--out", out,
+    ]);
     assert!(source.contains("multiples of"), "{source}");
-    let unwritable = render_error(&["render", "--prompt", "a", "--prompt", "b", "--out", "/proc/dreamwalk-out"]);
+    let unwritable = render_error(&[
+        "render",
+        "--prompt",
+        "a",
+        "--prompt",
+        "b",
+        "--out",
+        "/proc/dreamwalk-out",
+    ]);
     assert!(unwritable.contains("/proc/dreamwalk-out"), "{unwritable}");
-    let model = render_error(&["render", "--model", "/nonexistent/model", "--prompt", "a", "--prompt", "b", "--out", out]);
+    let model = render_error(&[
+        "render",
+        "--model",
+        "/nonexistent/model",
+        "--prompt",
+        "a",
+        "--prompt",
+        "b",
+        "--out",
+        out,
+    ]);
     assert!(model.contains("/nonexistent/model"), "{model}");
 }

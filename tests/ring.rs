@@ -20,49 +20,44 @@ fn frame(index: u64) -> Frame {
 #[test]
 fn workers_finishing_out_of_order_come_out_in_order() {
     let ring = Arc::new(RingBuffer::new(4, RingPolicy::Record, 0));
-    // Three workers; each gets its jobs from a FIFO queue and a gate per job that releases
-    // them in a scrambled order, so later frames land before earlier ones.
-    let (jobs_tx, jobs_rx) = bounded::<u64>(64);
-    let gates: Vec<_> = (0..3).map(|_| bounded::<()>(64)).collect();
+    // Worker w owns frames w, w+3, w+6, ...; a gate per worker releases one insert at a
+    // time and an ack says it landed, so the landing order is exactly 2,1,0, 5,4,3, ...
+    let (ack_tx, ack_rx) = bounded::<u64>(0);
+    let mut gates = Vec::new();
     let mut workers = Vec::new();
-    for (w, (_, gate_rx)) in gates.iter().enumerate() {
-        let (ring, jobs_rx, gate_rx) = (ring.clone(), jobs_rx.clone(), gate_rx.clone());
+    for w in 0..3u64 {
+        let (gate_tx, gate_rx) = bounded::<()>(0);
+        gates.push(gate_tx);
+        let (ring, ack_tx) = (ring.clone(), ack_tx.clone());
         workers.push(thread::spawn(move || {
-            let mut mine = Vec::new();
-            for index in jobs_rx.iter() {
-                if index % 3 == w as u64 {
-                    mine.push(index);
-                }
-            }
-            // Finish in reverse order of taking.
-            for index in mine.into_iter().rev() {
+            for index in (w..30).step_by(3) {
                 gate_rx.recv().unwrap();
                 ring.insert(frame(index)).unwrap();
+                ack_tx.send(index).unwrap();
             }
         }));
     }
-    for i in 0..30 {
-        jobs_tx.send(i).unwrap();
-    }
-    drop(jobs_tx);
-    // Open the gates one at a time in a worker order that keeps scrambling completions.
-    let opener = {
-        let senders: Vec<_> = gates.iter().map(|(tx, _)| tx.clone()).collect();
-        thread::spawn(move || {
-            for round in 0..10 {
-                for w in [2, 0, 1] {
-                    let _ = round;
-                    senders[w].send(()).unwrap();
-                }
-            }
-        })
-    };
     let consumer = {
         let ring = ring.clone();
-        thread::spawn(move || (0..30).map(|_| ring.pop().unwrap().index).collect::<Vec<_>>())
+        thread::spawn(move || {
+            (0..30)
+                .map(|_| ring.pop().unwrap().index)
+                .collect::<Vec<_>>()
+        })
     };
+    let mut landed = Vec::new();
+    for _round in 0..10 {
+        for w in [2usize, 1, 0] {
+            gates[w].send(()).unwrap();
+            landed.push(ack_rx.recv().unwrap());
+        }
+    }
+    assert_eq!(
+        &landed[..6],
+        &[2, 1, 0, 5, 4, 3],
+        "frames landed out of order"
+    );
     let seen = consumer.join().unwrap();
-    opener.join().unwrap();
     for w in workers {
         w.join().unwrap();
     }
@@ -167,7 +162,10 @@ fn close_wakes_blocked_producers_and_consumers() {
     barrier.wait();
     ring.close();
     other.close();
-    assert!(producer.join().unwrap().is_err(), "insert after close fails");
+    assert!(
+        producer.join().unwrap().is_err(),
+        "insert after close fails"
+    );
     assert!(consumer.join().unwrap().is_none(), "pop after close ends");
     // What was already in the ring still drains, in order.
     assert_eq!(ring.pop().unwrap().index, 0);

@@ -7,7 +7,10 @@ use dreamwalk::upscale::bicubic;
 fn output_has_the_asked_size() {
     let src = RgbaImage::new(32, 18);
     let out = bicubic(&src, 120, 67);
-    assert_eq!((out.width, out.height, out.pixels.len()), (120, 67, 120 * 67 * 4));
+    assert_eq!(
+        (out.width, out.height, out.pixels.len()),
+        (120, 67, 120 * 67 * 4)
+    );
 }
 
 #[test]
@@ -53,6 +56,9 @@ fn two_x_row_matches_catmull_rom_by_value() {
         let expected = (sum / wsum).round().clamp(0.0, 255.0) as i32;
         let got = out.pixels[x * 4] as i32;
         // ±1: fast_image_resize works in fixed point.
-        assert!((got - expected).abs() <= 1, "x={x}: got {got}, expected {expected}");
+        assert!(
+            (got - expected).abs() <= 1,
+            "x={x}: got {got}, expected {expected}"
+        );
     }
 }

@@ -34,7 +34,10 @@ fn lerp_walk_is_the_straight_line() {
         },
     );
     let mid = walk.latents_at(&walk.position(2)).unwrap();
-    assert_eq!(mid.to_vec2::<f32>().unwrap(), vec![vec![2.0, 2.0], vec![2.0, 0.0]]);
+    assert_eq!(
+        mid.to_vec2::<f32>().unwrap(),
+        vec![vec![2.0, 2.0], vec![2.0, 0.0]]
+    );
 }
 
 fn walk(keyframes: usize, steps: usize, loop_mode: LoopMode) -> Walk {

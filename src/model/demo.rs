@@ -32,8 +32,9 @@ struct SeededWeights;
 
 fn name_hash(name: &str) -> u64 {
     // FNV-1a: a stable hash (std's hasher may change between Rust versions).
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 impl SimpleBackend for SeededWeights {
@@ -51,7 +52,9 @@ impl SimpleBackend for SeededWeights {
         let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
         let values: Vec<f32> = match hint {
             Init::Const(v) => vec![v as f32; count],
-            Init::Uniform { lo, up } => (0..count).map(|_| rng.random_range(lo..up) as f32).collect(),
+            Init::Uniform { lo, up } => (0..count)
+                .map(|_| rng.random_range(lo..up) as f32)
+                .collect(),
             Init::Randn { mean, stdev } => (0..count)
                 .map(|_| (mean + stdev * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
                 .collect(),
@@ -115,8 +118,8 @@ impl StableDiffusion {
             "decoder_block_out_channels": [8, 8, 8, 8],
             "num_decoder_blocks": [1, 1, 1, 0]
         }));
-        let text_encoder = ClipTextEncoder::new(vb.pp("text_model"), &clip_config)
-            .expect("demo text encoder");
+        let text_encoder =
+            ClipTextEncoder::new(vb.pp("text_model"), &clip_config).expect("demo text encoder");
         let unet = UNet2DConditionModel::new(vb.pp("unet"), &unet_config).expect("demo UNet");
         let vae = VaeDecoder::new(vb.pp("vae"), &vae_config).expect("demo VAE");
         let taesd = TaesdDecoder::random(&taesd_config, SEED).expect("demo TAESD");

@@ -5,8 +5,8 @@
 //! (the AutoencoderKL); where it does not, the part is written here and says why.
 
 pub mod clip;
-pub mod demo;
 pub mod conv;
+pub mod demo;
 pub mod scheduler;
 pub mod sd;
 pub mod taesd;

@@ -34,7 +34,8 @@ pub struct StableDiffusion {
 
 /// Pipelines whose folders this loader understands (SD 1.x, 2.x, SD-Turbo all save as
 /// `StableDiffusionPipeline`).
-const SUPPORTED_PIPELINES: [&str; 2] = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"];
+const SUPPORTED_PIPELINES: [&str; 2] =
+    ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"];
 
 impl StableDiffusion {
     /// Loads a diffusers folder, or a Hugging Face id (`org/name`) from the local cache.
@@ -43,7 +44,10 @@ impl StableDiffusion {
         let dir = resolve_model(model)?;
         let index_path = dir.join("model_index.json");
         let index: serde_json::Value = super::weights::read_config(&index_path)?;
-        let class = index.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
+        let class = index
+            .get("_class_name")
+            .and_then(|c| c.as_str())
+            .unwrap_or("");
         if !SUPPORTED_PIPELINES.contains(&class) {
             return Err(ModelError::Config {
                 path: index_path,
@@ -58,7 +62,8 @@ impl StableDiffusion {
         let tokenizer = ClipTokenizer::from_folder(&dir.join("tokenizer"))?;
         let text_encoder = ClipTextEncoder::load(&dir.join("text_encoder"), &device)?;
         let unet = UNet2DConditionModel::load(&dir.join("unet"), &device)?;
-        let scheduler = SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
+        let scheduler =
+            SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
         let vae = VaeDecoder::load(&dir.join("vae"), &device)?;
         let taesd = match taesd {
             Some(path) => Some(TaesdDecoder::load(path)?),
@@ -172,14 +177,18 @@ pub fn seeded_noise(seed: u64, shape: &[usize], device: &Device) -> Result<Tenso
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let count = shape.iter().product();
-    let values: Vec<f32> = (0..count).map(|_| rng.sample(rand_distr::StandardNormal)).collect();
+    let values: Vec<f32> = (0..count)
+        .map(|_| rng.sample(rand_distr::StandardNormal))
+        .collect();
     Ok(Tensor::from_vec(values, shape, device)?)
 }
 
 /// Reads `init_latents` from a safetensors file (as `--init-latents` takes it).
 pub fn load_init_latents(path: &Path) -> Result<Tensor> {
     if !path.is_file() {
-        return Err(ModelError::Missing { path: path.to_path_buf() });
+        return Err(ModelError::Missing {
+            path: path.to_path_buf(),
+        });
     }
     let tensors = candle_core::safetensors::load(path, &Device::Cpu)
         .map_err(|e| ModelError::bad_file(path, format!("not a valid safetensors file: {e}")))?;
@@ -189,7 +198,10 @@ pub fn load_init_latents(path: &Path) -> Result<Tensor> {
     if latents.rank() != 4 || latents.dim(0)? != 1 {
         return Err(ModelError::bad_file(
             path,
-            format!("`init_latents` has shape {:?}, expected (1, channels, h, w)", latents.dims()),
+            format!(
+                "`init_latents` has shape {:?}, expected (1, channels, h, w)",
+                latents.dims()
+            ),
         ));
     }
     Ok(latents.to_dtype(DType::F32)?)
@@ -200,7 +212,9 @@ pub fn load_init_latents(path: &Path) -> Result<Tensor> {
 pub fn image_from_decoded(decoded: &Tensor) -> Result<RgbaImage> {
     let (_, c, h, w) = decoded.dims4()?;
     if c != 3 {
-        return Err(ModelError::Invalid(format!("decoder gave {c} channels, expected 3")));
+        return Err(ModelError::Invalid(format!(
+            "decoder gave {c} channels, expected 3"
+        )));
     }
     let planes = decoded.squeeze(0)?.to_dtype(DType::F32)?.to_vec3::<f32>()?;
     let mut image = RgbaImage::new(w as u32, h as u32);
@@ -233,7 +247,9 @@ fn resolve_model(model: &str) -> Result<PathBuf> {
             cache.path().display()
         )));
     }
-    Err(ModelError::Missing { path: path.to_path_buf() })
+    Err(ModelError::Missing {
+        path: path.to_path_buf(),
+    })
 }
 
 /// A file of a cached Hugging Face repo (no network: the cache's snapshot of `main`).

@@ -64,7 +64,9 @@ pub fn mmap_var_builder(files: &[PathBuf], device: &Device) -> Result<VarBuilder
         // truncated by another process while mapped.
         #[allow(unsafe_code)]
         let check = unsafe { candle_core::safetensors::MmapedSafetensors::new(file) };
-        check.map_err(|e| ModelError::bad_file(file, format!("not a valid safetensors file: {e}")))?;
+        check.map_err(|e| {
+            ModelError::bad_file(file, format!("not a valid safetensors file: {e}"))
+        })?;
     }
     // SAFETY: as above.
     #[allow(unsafe_code)]

@@ -65,21 +65,27 @@ impl Display {
                     }
                     !state.stopping && !quit2.load(Ordering::Relaxed)
                 };
-                run_display(&ring, &stop, target_fps, wait_while_paused, |event| match event {
-                    DisplayEvent::Shown(frame) => {
-                        *current2.frame.lock() = Some(frame.clone());
-                        for tap in taps2.lock().iter_mut() {
-                            tap(&frame);
+                run_display(
+                    &ring,
+                    &stop,
+                    target_fps,
+                    wait_while_paused,
+                    |event| match event {
+                        DisplayEvent::Shown(frame) => {
+                            *current2.frame.lock() = Some(frame.clone());
+                            for tap in taps2.lock().iter_mut() {
+                                tap(&frame);
+                            }
+                            stats.update(|s| s.frames_shown += 1);
                         }
-                        stats.update(|s| s.frames_shown += 1);
-                    }
-                    DisplayEvent::Underrun => {
-                        if stats.snapshot().playing {
-                            stats.update(|s| s.underruns += 1);
+                        DisplayEvent::Underrun => {
+                            if stats.snapshot().playing {
+                                stats.update(|s| s.underruns += 1);
+                            }
                         }
-                    }
-                    DisplayEvent::Fps(fps) => stats.update(|s| s.shown_fps = fps),
-                })
+                        DisplayEvent::Fps(fps) => stats.update(|s| s.shown_fps = fps),
+                    },
+                )
             })
             .expect("the OS refused to start the display thread");
         Self {
@@ -172,7 +178,9 @@ pub fn run_display(
         }
         let elapsed = window_start.elapsed();
         if elapsed >= Duration::from_secs(1) {
-            on_event(DisplayEvent::Fps(shown_in_window as f64 / elapsed.as_secs_f64()));
+            on_event(DisplayEvent::Fps(
+                shown_in_window as f64 / elapsed.as_secs_f64(),
+            ));
             window_start = Instant::now();
             shown_in_window = 0;
         }
@@ -181,5 +189,8 @@ pub fn run_display(
 
 /// Waits until `deadline`; `true` if the pipeline stopped meanwhile.
 fn wait_until(stop: &Receiver<()>, deadline: Instant) -> bool {
-    matches!(stop.recv_deadline(deadline), Err(RecvTimeoutError::Disconnected))
+    matches!(
+        stop.recv_deadline(deadline),
+        Err(RecvTimeoutError::Disconnected)
+    )
 }

@@ -146,7 +146,14 @@ impl Pipeline {
             threads.push(spawn(
                 "endpoints",
                 Box::new(move || {
-                    endpoint_thread(&*engine, &shared, request_rx, keyframes_tx, stop_rx, stop_at_end)
+                    endpoint_thread(
+                        &*engine,
+                        &shared,
+                        request_rx,
+                        keyframes_tx,
+                        stop_rx,
+                        stop_at_end,
+                    )
                 }),
             ));
         }
@@ -156,7 +163,12 @@ impl Pipeline {
             threads.push(spawn(
                 "decode",
                 Box::new(move || {
-                    DecodeStage::new(engine, shared, options).run(keyframes_rx, wake_rx, decoded_tx, stop_rx)
+                    DecodeStage::new(engine, shared, options).run(
+                        keyframes_rx,
+                        wake_rx,
+                        decoded_tx,
+                        stop_rx,
+                    )
                 }),
             ));
         }
@@ -340,7 +352,8 @@ fn endpoint_thread(
                 );
             });
             // Cancel when a newer request waits or the pipeline stops.
-            requests.is_empty() && stop.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected)
+            requests.is_empty()
+                && stop.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected)
         });
         stats.update(|s| s.endpoint_progress = None);
         match result {
@@ -439,7 +452,9 @@ impl DecodeStage {
         // Keep the walk where it is unless it had ended: then play the new one from the start.
         self.sequence = match (&self.walk, self.ended) {
             (Some(old), false) => {
-                let here = old.path_index_at(self.sequence.saturating_sub(1)).unwrap_or(0);
+                let here = old
+                    .path_index_at(self.sequence.saturating_sub(1))
+                    .unwrap_or(0);
                 old.carry_over(here, &walk) as u64
             }
             _ => 0,
@@ -465,7 +480,9 @@ impl DecodeStage {
         if let Some(walk) = &self.walk {
             if *walk.settings() != walk_settings {
                 let new = Walk::new(walk.keyframes().to_vec(), walk_settings);
-                let here = walk.path_index_at(self.sequence.saturating_sub(1)).unwrap_or(0);
+                let here = walk
+                    .path_index_at(self.sequence.saturating_sub(1))
+                    .unwrap_or(0);
                 let next = walk.carry_over(here, &new) as u64;
                 // Continue after the current place, not on it again.
                 self.sequence = if self.sequence == 0 { 0 } else { next + 1 };
@@ -542,7 +559,9 @@ impl DecodeStage {
                     .and_then(|latents| self.engine.decode(&latents, self.decoder));
                 match decoded {
                     Ok(image) => {
-                        self.shared.stats.record_decode(started.elapsed().as_secs_f64() * 1e3);
+                        self.shared
+                            .stats
+                            .record_decode(started.elapsed().as_secs_f64() * 1e3);
                         let image = Arc::new(image);
                         self.cache.insert(path_index, &image);
                         image
@@ -565,14 +584,21 @@ impl DecodeStage {
             inbetween: None,
             generation: self.generation,
         };
-        self.shared.stats.update(|s| s.position = (position.segment, position.t));
+        self.shared
+            .stats
+            .update(|s| s.position = (position.segment, position.t));
         self.sequence += 1;
         self.decoded_index += 1;
         Some(Decoded::Frame(image, source))
     }
 }
 
-fn inbetween_thread(shared: &Shared, decoded: Receiver<Decoded>, jobs: Sender<Job>, stop: Receiver<()>) {
+fn inbetween_thread(
+    shared: &Shared,
+    decoded: Receiver<Decoded>,
+    jobs: Sender<Job>,
+    stop: Receiver<()>,
+) {
     let mut previous: Option<Arc<RgbaImage>> = None;
     let mut next_index = 0u64;
     let send = |job: Job| -> bool {
@@ -592,16 +618,23 @@ fn inbetween_thread(shared: &Shared, decoded: Receiver<Decoded>, jobs: Sender<Jo
         let (count, upscale, output_size) = {
             let s = shared.settings.lock();
             let decode_ms = shared.stats.snapshot().decode_ms;
-            (s.inbetweens.count(decode_ms, s.target_fps), s.upscale, s.output_size)
+            (
+                s.inbetweens.count(decode_ms, s.target_fps),
+                s.upscale,
+                s.output_size,
+            )
         };
         shared.stats.update(|s| s.inbetweens = count);
-        if let Some(prev) = previous.as_ref().filter(|p| {
-            (p.width, p.height) == (image.width, image.height)
-        }) {
+        if let Some(prev) = previous
+            .as_ref()
+            .filter(|p| (p.width, p.height) == (image.width, image.height))
+        {
             for j in 0..count {
                 let started = Instant::now();
                 let blended = inbetween::blend(prev, &image, j, count);
-                shared.stats.record_inbetween(started.elapsed().as_secs_f64() * 1e3);
+                shared
+                    .stats
+                    .record_inbetween(started.elapsed().as_secs_f64() * 1e3);
                 let job = Job {
                     index: next_index,
                     image: Arc::new(blended),
@@ -642,7 +675,9 @@ fn upscale_worker(shared: &Shared, jobs: Receiver<Job>, live_workers: Arc<Mutex<
                 let started = Instant::now();
                 let (w, h) = job.output_size;
                 let image = Arc::new(resizer.resize(&job.image, w, h));
-                shared.stats.record_upscale(started.elapsed().as_secs_f64() * 1e3);
+                shared
+                    .stats
+                    .record_upscale(started.elapsed().as_secs_f64() * 1e3);
                 image
             }
             UpscaleMode::None | UpscaleMode::Gpu => job.image,

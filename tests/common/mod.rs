@@ -34,8 +34,16 @@ pub fn load_tensors(relative: &str) -> HashMap<String, Tensor> {
 /// Largest absolute element-wise difference; panics when the shapes differ.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap();
-    let b = b.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    let a = a
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    let b = b
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
     (a - b)
         .unwrap()
         .abs()
