@@ -72,8 +72,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::upscale::BicubicResizer;
 use crossbeam_channel::{Receiver, Sender};
-use fast_image_resize as fr;
 use parking_lot::Mutex;
 
 use crate::frame::RgbaImage;
@@ -605,7 +605,7 @@ struct EncoderThread {
 
 impl EncoderThread {
     fn run(mut self, receiver: Receiver<Arc<RgbaImage>>) -> Result<RecordSummary, RecordError> {
-        let mut resizer = fr::Resizer::new();
+        let mut resizer = BicubicResizer::new();
         let mut sizes = None;
         let mut frames = 0u64;
         for frame in receiver.iter() {
@@ -613,8 +613,8 @@ impl EncoderThread {
                 let wanted = self.opts.size.unwrap_or((frame.width, frame.height));
                 (wanted, self.sink.frame_size(wanted))
             });
-            let written = fit_frame(&mut resizer, &frame, wanted, fitted, &self.path)
-                .and_then(|fitted| self.sink.write_frame(fitted.as_ref().unwrap_or(&frame)));
+            let fitted = fit_frame(&mut resizer, &frame, wanted, fitted);
+            let written = self.sink.write_frame(fitted.as_ref().unwrap_or(&frame));
             if let Err(write_error) = written {
                 // Keep what has been written. A push blocked meanwhile stays blocked until the
                 // failure is recorded and the receiver dropped (on return), so it reports the
@@ -666,12 +666,11 @@ fn inner_reason(error: &RecordError) -> String {
 /// when it differs, then padded with copies of its last column and row up to `fitted`;
 /// `None` when the frame already fits.
 fn fit_frame(
-    resizer: &mut fr::Resizer,
+    resizer: &mut BicubicResizer,
     frame: &RgbaImage,
     wanted: (u32, u32),
     fitted: (u32, u32),
-    path: &Path,
-) -> Result<Option<RgbaImage>, RecordError> {
+) -> Option<RgbaImage> {
     // Padding keeps the picture's geometry; a sink asking for less than was wanted gets a
     // resize to its size instead.
     let base = if fitted.0 >= wanted.0 && fitted.1 >= wanted.1 {
@@ -681,44 +680,14 @@ fn fit_frame(
     };
     let mut fitted_frame = None;
     if (frame.width, frame.height) != base {
-        let resized = resize_bicubic(resizer, frame, base.0, base.1).map_err(|e| {
-            RecordError::failed(
-                path,
-                format!("resizing a frame to {}x{}: {e}", base.0, base.1),
-            )
-        })?;
-        fitted_frame = Some(resized);
+        // The pipeline's own bicubic, so recorded frames match displayed ones.
+        fitted_frame = Some(resizer.resize(frame, base.0, base.1));
     }
     if base != fitted {
         let padded = pad_edges(fitted_frame.as_ref().unwrap_or(frame), fitted.0, fitted.1);
         fitted_frame = Some(padded);
     }
-    Ok(fitted_frame)
-}
-
-/// Resizes an RGBA frame with a Catmull-Rom bicubic filter, alpha ignored (frames are opaque).
-fn resize_bicubic(
-    resizer: &mut fr::Resizer,
-    frame: &RgbaImage,
-    width: u32,
-    height: u32,
-) -> Result<RgbaImage, String> {
-    let source = fr::images::ImageRef::new(
-        frame.width,
-        frame.height,
-        &frame.pixels,
-        fr::PixelType::U8x4,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut destination = fr::images::Image::new(width, height, fr::PixelType::U8x4);
-    let options = fr::ResizeOptions::new()
-        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom))
-        .use_alpha(false);
-    resizer
-        .resize(&source, &mut destination, &options)
-        .map_err(|e| e.to_string())?;
-    RgbaImage::from_pixels(width, height, destination.into_vec())
-        .ok_or_else(|| "the resizer returned a buffer of the wrong size".to_string())
+    fitted_frame
 }
 
 /// `frame` grown to `width` x `height` (not smaller) by repeating its last column and row.
