@@ -217,6 +217,7 @@ pub fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<()> {
         fps: args.fps,
         size: args.record_size.map(|s| (s.width, s.height)),
         crf: args.crf,
+        comment: Some(crate::record::provenance(&engine.name(), &args.prompts)),
         ..Default::default()
     };
     // Open the output first: a bad path should fail before minutes of sampling.

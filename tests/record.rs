@@ -1259,3 +1259,79 @@ fn disk_full_with_builtin_encoder_keeps_a_playable_file() {
     );
     assert_eq!(decode_track_openh264(&track).len(), track.samples.len());
 }
+
+// ---------------------------------------------------------------------------------------
+// Provenance: every format carries the comment (the demo model labels its output with it)
+
+/// ffprobe's `comment` tag of a file's container.
+fn probe_comment(file: &Path) -> String {
+    let out = Command::new(require_ffprobe())
+        .args(["-v", "error", "-show_entries", "format_tags=comment"])
+        .args(["-of", "default=noprint_wrappers=1:nokey=1"])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs");
+    assert!(out.status.success(), "ffprobe {} failed", file.display());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn every_format_stores_the_comment() {
+    let comment = dreamwalk::record::provenance(
+        "demo model (random weights)",
+        &["a fox".to_string(), "ein Haus – 家".to_string()],
+    );
+    assert!(comment.contains("demo model (random weights)"));
+    let dir = tempfile::tempdir().unwrap();
+    let input = frames(3, 64, 48);
+    let opts = RecordOptions {
+        comment: Some(comment.clone()),
+        ..RecordOptions::default()
+    };
+
+    let _ = ffmpeg();
+    let via_ffmpeg = dir.path().join("ffmpeg.mp4");
+    record(&via_ffmpeg, opts.clone(), &input);
+    assert_eq!(probe_comment(&via_ffmpeg), comment);
+
+    let builtin = dir.path().join("builtin.mp4");
+    let summary = record(
+        &builtin,
+        RecordOptions {
+            force_builtin_encoder: true,
+            ..opts.clone()
+        },
+        &input,
+    );
+    assert!(matches!(summary.encoder, Encoder::OpenH264 { .. }));
+    assert_eq!(probe_comment(&builtin), comment);
+
+    let y4m = dir.path().join("walk.y4m");
+    record(&y4m, opts.clone(), &input);
+    let bytes = std::fs::read(&y4m).unwrap();
+    let header_end = bytes.iter().position(|&b| b == b'\n').unwrap();
+    let header = String::from_utf8(bytes[..header_end].to_vec()).unwrap();
+    // The header keeps the start of the comment, the model's name, within ffmpeg's limit.
+    let field = header.split(" XCOMMENT=").nth(1).expect("a comment field");
+    assert!(comment.replace(' ', "_").starts_with(field), "{header}");
+    assert!(field.contains("demo_model_(random_weights)"), "{header}");
+    assert!(header.len() < 96, "{header}");
+    // ffmpeg still reads the file with the extra field.
+    assert_eq!(probe_with(&require_ffprobe(), &y4m).nb_read_frames, 3);
+
+    let pngs = dir.path().join("pngs");
+    record(&pngs, opts, &input);
+    for i in 0..3 {
+        let file = pngs.join(format!("frame_{i:06}.png"));
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&file).unwrap()));
+        let reader = decoder.read_info().unwrap();
+        let texts: Vec<(String, String)> = reader
+            .info()
+            .utf8_text
+            .iter()
+            .map(|t| (t.keyword.clone(), t.get_text().unwrap()))
+            .collect();
+        assert_eq!(texts, vec![("Comment".to_string(), comment.clone())]);
+    }
+}

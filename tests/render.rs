@@ -76,6 +76,18 @@ fn demo_render_writes_every_frame_in_order_and_is_deterministic() {
     }
     let other = render(&c, 8);
     assert_ne!(read_png(&first[0]).2, read_png(&other[0]).2);
+    // What the demo model saves says so.
+    for file in &first {
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(file).unwrap()));
+        let reader = decoder.read_info().unwrap();
+        let comment = reader.info().utf8_text[0].get_text().unwrap();
+        assert!(
+            comment.starts_with("demo model (random weights)")
+                && comment.contains("a red fox | a lighthouse"),
+            "{comment}"
+        );
+    }
 }
 
 fn render_error(args: &[&str]) -> String {

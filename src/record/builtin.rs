@@ -46,6 +46,8 @@ pub(super) struct OpenH264Sink {
     size: (u32, u32),
     /// The current frame's sample, reused.
     sample: Vec<u8>,
+    /// The `comment` metadata tag.
+    comment: Option<String>,
 }
 
 impl OpenH264Sink {
@@ -85,6 +87,7 @@ impl OpenH264Sink {
             pps: None,
             size: (0, 0),
             sample: Vec::new(),
+            comment: opts.comment.clone(),
         })
     }
 
@@ -185,6 +188,7 @@ impl OpenH264Sink {
             sync_samples: &self.sync_samples,
             sps,
             pps,
+            comment: self.comment.as_deref(),
         })
     }
 

@@ -90,6 +90,8 @@ pub(super) struct FfmpegSink {
     fps: u32,
     crf: u8,
     preset: String,
+    /// The `comment` metadata tag.
+    comment: Option<String>,
     encoding: Option<Encoding>,
     frames_sent: u64,
     /// A failure already reported by `write_frame`, so `finish` only salvages.
@@ -116,6 +118,7 @@ impl FfmpegSink {
             fps: opts.fps,
             crf: opts.crf,
             preset: opts.preset.clone(),
+            comment: opts.comment.clone(),
             encoding: None,
             frames_sent: 0,
             failed: false,
@@ -201,6 +204,10 @@ impl FfmpegSink {
         args.push(self.preset.clone().into());
         args.push("-crf".into());
         args.push(self.crf.to_string().into());
+        if let Some(comment) = &self.comment {
+            args.push("-metadata".into());
+            args.push(format!("comment={comment}").into());
+        }
         args.extend(
             [
                 // No B-frames: packets are written in display order, so a fragment cut off by

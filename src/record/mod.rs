@@ -94,6 +94,16 @@ pub const X264_PRESETS: [&str; 10] = [
     "placebo",
 ];
 
+/// The metadata line a recording carries ([`RecordOptions::comment`]): the model by name
+/// ("demo model (random weights)" for the built-in one) first, as short fields (Y4M's header)
+/// keep only the start, then the keyframe prompts.
+pub fn provenance(model_name: &str, prompts: &[String]) -> String {
+    format!(
+        "{model_name}; dreamwalk latent walk; prompts: {}",
+        prompts.join(" | ")
+    )
+}
+
 /// How to record; [`RecordOptions::default`] suits a 30 fps walk.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecordOptions {
@@ -116,6 +126,11 @@ pub struct RecordOptions {
     pub force_builtin_encoder: bool,
     /// The ffmpeg program to run, before `DREAMWALK_FFMPEG` and `PATH` are looked at.
     pub ffmpeg: Option<PathBuf>,
+    /// A line stored in the output's metadata: the MP4 `comment` tag, a PNG `Comment` text
+    /// chunk, a Y4M `XCOMMENT=` header field (spaces as `_`, cut to ffmpeg's 96-byte header
+    /// limit). It says which model made the
+    /// frames, so a demo-model video is labelled as such wherever it goes.
+    pub comment: Option<String>,
 }
 
 impl Default for RecordOptions {
@@ -130,6 +145,7 @@ impl Default for RecordOptions {
             queue_capacity: 8,
             force_builtin_encoder: false,
             ffmpeg: None,
+            comment: None,
         }
     }
 }
@@ -400,8 +416,8 @@ impl Recorder {
                 Some(program) => Box::new(ffmpeg::FfmpegSink::create(path, program, &opts)?),
                 None => Box::new(builtin::OpenH264Sink::create(path, &opts)?),
             },
-            OutputFormat::Y4m => Box::new(y4m::Y4mSink::create(path, opts.fps)?),
-            OutputFormat::PngSequence => Box::new(png_seq::PngSequenceSink::create(path)?),
+            OutputFormat::Y4m => Box::new(y4m::Y4mSink::create(path, &opts)?),
+            OutputFormat::PngSequence => Box::new(png_seq::PngSequenceSink::create(path, &opts)?),
             OutputFormat::Custom => {
                 return Err(RecordError::InvalidOption(
                     "a custom format is recorded with Recorder::with_sink".to_string(),

@@ -20,6 +20,8 @@ pub(super) struct Track<'a> {
     /// The sequence and picture parameter sets, without start codes.
     pub sps: &'a [u8],
     pub pps: &'a [u8],
+    /// Stored as the movie's `©cmt` user data (ffprobe shows it as the `comment` tag).
+    pub comment: Option<&'a str>,
 }
 
 /// Builds nested boxes, patching each size when the box is closed.
@@ -231,6 +233,17 @@ pub(super) fn moov(track: &Track, payload_offset: u64) -> Vec<u8> {
     b.end(); // minf
     b.end(); // mdia
     b.end(); // trak
+    if let Some(comment) = track.comment {
+        // QuickTime user data text: 16-bit length, 16-bit language, the UTF-8 text.
+        let text = &comment.as_bytes()[..comment.len().min(u16::MAX as usize)];
+        b.begin(b"udta");
+        b.begin(b"\xa9cmt")
+            .u16(text.len() as u16)
+            .u16(0x55c4) // "und"
+            .bytes(text)
+            .end();
+        b.end();
+    }
     b.end(); // moov
     b.finish()
 }

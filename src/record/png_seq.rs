@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{Encoder, FrameSink, RecordError};
+use super::{Encoder, FrameSink, RecordError, RecordOptions};
 use crate::frame::RgbaImage;
 
 /// Writes `frame_000000.png`, ... into a folder, or `name_000000.png`, ... beside `name.png`.
@@ -12,11 +12,13 @@ pub(super) struct PngSequenceSink {
     dir: PathBuf,
     prefix: String,
     frames: u64,
+    /// Stored in each file as a `Comment` text chunk.
+    comment: Option<String>,
 }
 
 impl PngSequenceSink {
     /// Creates the folder if needed and checks that files can be written in it.
-    pub(super) fn create(path: &Path) -> Result<Self, RecordError> {
+    pub(super) fn create(path: &Path, opts: &RecordOptions) -> Result<Self, RecordError> {
         let is_png_name = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("png"));
@@ -45,6 +47,7 @@ impl PngSequenceSink {
             dir,
             prefix,
             frames: 0,
+            comment: opts.comment.clone(),
         })
     }
 
@@ -61,7 +64,8 @@ impl FrameSink for PngSequenceSink {
     fn write_frame(&mut self, frame: &RgbaImage) -> Result<(), RecordError> {
         let path = self.frame_path(self.frames);
         let failed = |what: String| RecordError::failed(&path, what);
-        let encoded = encode_png(frame).map_err(|e| failed(format!("encoding failed: {e}")))?;
+        let encoded = encode_png(frame, self.comment.as_deref())
+            .map_err(|e| failed(format!("encoding failed: {e}")))?;
         if let Err(e) = fs::write(&path, encoded) {
             // A partial PNG would look like a frame but not decode.
             let _ = fs::remove_file(&path);
@@ -83,9 +87,13 @@ impl FrameSink for PngSequenceSink {
     }
 }
 
-fn encode_png(frame: &RgbaImage) -> Result<Vec<u8>, png::EncodingError> {
+fn encode_png(frame: &RgbaImage, comment: Option<&str>) -> Result<Vec<u8>, png::EncodingError> {
     let mut encoded = Vec::new();
     let mut encoder = png::Encoder::new(&mut encoded, frame.width, frame.height);
+    if let Some(comment) = comment {
+        // iTXt, not tEXt: the comment may hold any Unicode (prompts).
+        encoder.add_itxt_chunk("Comment".to_string(), comment.to_string())?;
+    }
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     // Speed over size: the encoder thread's pace is the walk's while recording.

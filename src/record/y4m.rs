@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{Encoder, FrameSink, RecordError};
+use super::{Encoder, FrameSink, RecordError, RecordOptions};
 use crate::frame::RgbaImage;
 
 /// Writes a `.y4m` file; see the module docs.
@@ -13,6 +13,8 @@ pub(super) struct Y4mSink {
     path: PathBuf,
     file: File,
     fps: u32,
+    /// ` XCOMMENT=...` for the header, or empty.
+    comment_field: String,
     /// Bytes of complete header and frames: where the file is cut back to after a failure.
     complete_len: u64,
     frames: u64,
@@ -22,7 +24,7 @@ pub(super) struct Y4mSink {
 
 impl Y4mSink {
     /// Creates the file; the header is written with the first frame, which gives the size.
-    pub(super) fn create(path: &Path, fps: u32) -> Result<Self, RecordError> {
+    pub(super) fn create(path: &Path, opts: &RecordOptions) -> Result<Self, RecordError> {
         let file = File::create(path).map_err(|source| RecordError::Unwritable {
             path: path.to_path_buf(),
             source,
@@ -30,7 +32,12 @@ impl Y4mSink {
         Ok(Self {
             path: path.to_path_buf(),
             file,
-            fps,
+            fps: opts.fps,
+            comment_field: opts
+                .comment
+                .as_deref()
+                .map(comment_field)
+                .unwrap_or_default(),
             complete_len: 0,
             frames: 0,
             buffer: Vec::new(),
@@ -46,10 +53,12 @@ impl FrameSink for Y4mSink {
     fn write_frame(&mut self, frame: &RgbaImage) -> Result<(), RecordError> {
         self.buffer.clear();
         if self.frames == 0 {
-            let header = format!(
-                "YUV4MPEG2 W{} H{} F{}:1 Ip A1:1 C444 XCOLORRANGE=FULL\n",
+            let mut header = format!(
+                "YUV4MPEG2 W{} H{} F{}:1 Ip A1:1 C444 XCOLORRANGE=FULL",
                 frame.width, frame.height, self.fps
             );
+            push_within(&mut header, &self.comment_field, MAX_HEADER_LEN - 1);
+            header.push('\n');
             self.buffer.extend_from_slice(header.as_bytes());
         }
         self.buffer.extend_from_slice(b"FRAME\n");
@@ -78,6 +87,30 @@ impl FrameSink for Y4mSink {
             .map_err(|e| RecordError::failed(&self.path, format!("flushing failed: {e}")))?;
         Ok(format!("{} frames, complete", self.frames))
     }
+}
+
+/// ffmpeg refuses a Y4M header line longer than this (`MAX_YUV4_HEADER`), newline included,
+/// so the comment is cut to fit.
+const MAX_HEADER_LEN: usize = 96;
+
+/// Appends as much of `extra` to `line` as keeps it within `limit` bytes, whole characters.
+fn push_within(line: &mut String, extra: &str, limit: usize) {
+    for c in extra.chars() {
+        if line.len() + c.len_utf8() > limit {
+            break;
+        }
+        line.push(c);
+    }
+}
+
+/// A header field holding `comment`: header fields are separated by spaces and end at the
+/// newline, so those become `_`.
+fn comment_field(comment: &str) -> String {
+    let text: String = comment
+        .chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect();
+    format!(" XCOMMENT={text}")
 }
 
 /// Appends the Y, Cb and Cr planes of `frame`, full-range BT.601 (JFIF) in the exact integer
