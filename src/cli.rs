@@ -20,6 +20,22 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub viewer: ViewerArgs,
+}
+
+/// Options of the window (`dreamwalk` without a subcommand).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ViewerArgs {
+    /// Start playing as soon as the model is loaded.
+    #[arg(long)]
+    pub play: bool,
+    /// Save a PNG of the window (and a JSON with the picture's rectangle) once frames have
+    /// played for `--screenshot-after` seconds, then close. Implies --play.
+    #[arg(long, value_name = "PNG")]
+    pub screenshot: Option<PathBuf>,
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub screenshot_after: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -293,10 +309,18 @@ fn progress_bar() -> indicatif::ProgressBar {
 }
 
 /// `dreamwalk` with no subcommand: the desktop viewer.
-pub fn run_viewer(model: &ModelArgs) -> anyhow::Result<()> {
-    let _ = model;
-    bail!(
-        "the desktop viewer is not built yet; use `dreamwalk render --prompt A --prompt B --out DIR` \
-         to render a walk headless"
-    )
+pub fn run_viewer(model: &ModelArgs, viewer: &ViewerArgs) -> anyhow::Result<()> {
+    if !(0.0..=3600.0).contains(&viewer.screenshot_after) {
+        bail!("--screenshot-after must be between 0 and 3600 seconds");
+    }
+    crate::app::run(crate::app::ViewerOptions {
+        model: model.clone(),
+        autoplay: viewer.play || viewer.screenshot.is_some(),
+        screenshot: viewer.screenshot.clone().map(|path| {
+            (
+                path,
+                std::time::Duration::from_secs_f64(viewer.screenshot_after),
+            )
+        }),
+    })
 }

@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Render(args)) => dreamwalk::cli::render(args, &cli.model),
-        None => dreamwalk::cli::run_viewer(&cli.model),
+        None => dreamwalk::cli::run_viewer(&cli.model, &cli.viewer),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
