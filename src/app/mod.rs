@@ -248,6 +248,10 @@ impl ViewerApp {
                 text: problem,
                 is_error: true,
             });
+            // A paused walk still resumes, with the settings it had.
+            if let Some(session) = self.session() {
+                session.resume();
+            }
             return;
         }
         let settings = self.controls.settings(self.image_size());
@@ -286,9 +290,12 @@ impl ViewerApp {
                 .map(|s| crate::record::provenance(&s.engine().name(), &self.controls.prompts)),
             ..RecordOptions::default()
         };
-        if self.record_at_output_size {
-            options.size = Some(self.controls.output.size());
-        }
+        // The source size by default (what was decoded, however it is displayed).
+        options.size = Some(if self.record_at_output_size {
+            self.controls.output.size()
+        } else {
+            self.image_size()
+        });
         let Some(session) = self.session_mut() else {
             return;
         };
@@ -340,7 +347,20 @@ impl ViewerApp {
 
     /// Sends changed controls to the running walk.
     fn apply_controls(&mut self) {
-        if self.applied.as_ref() == Some(&self.controls) || self.controls.problem().is_some() {
+        if self.applied.as_ref() == Some(&self.controls) {
+            return;
+        }
+        if let Some(problem) = self.controls.problem() {
+            // The walk plays on with what it has; say why the change is not taken.
+            if self
+                .session()
+                .is_some_and(|s| s.state() != PlayState::Stopped)
+            {
+                self.notice = Some(Notice {
+                    text: problem,
+                    is_error: true,
+                });
+            }
             return;
         }
         let settings = self.controls.settings(self.image_size());
@@ -384,6 +404,12 @@ impl ViewerApp {
         self.poll(&ctx);
         if self.presenter.is_none() {
             self.presenter = Some(Presenter::new(render_state));
+        }
+        if self.controls.upscale == UpscaleMode::Gpu
+            && !self.presenter.as_ref().is_some_and(Presenter::has_gpu)
+        {
+            // No GPU adapter: the CPU path, as the Upscale choice says.
+            self.controls.upscale = UpscaleMode::Cpu;
         }
         if ctx.input(|i| i.key_pressed(egui::Key::F11)) {
             self.set_fullscreen(&ctx, !self.fullscreen);
@@ -453,7 +479,7 @@ impl ViewerApp {
                 if ui.button("Pause").clicked() {
                     self.pause();
                 }
-            } else if ui.add_enabled(ready, egui::Button::new("▶ Play")).clicked() {
+            } else if ui.add_enabled(ready, egui::Button::new("Play")).clicked() {
                 self.play(&ctx);
             }
             if ui
@@ -470,7 +496,7 @@ impl ViewerApp {
             match recording {
                 Some(status) => {
                     if ui
-                        .button(egui::RichText::new("● Stop recording").color(egui::Color32::RED))
+                        .button(egui::RichText::new("Stop recording").color(egui::Color32::RED))
                         .clicked()
                     {
                         self.stop_recording();
@@ -485,7 +511,7 @@ impl ViewerApp {
                 }
                 None => {
                     if ui
-                        .add_enabled(state != PlayState::Stopped, egui::Button::new("● Record"))
+                        .add_enabled(state != PlayState::Stopped, egui::Button::new("Record"))
                         .on_hover_text("Writes the frames shown, from now on, to the file below")
                         .clicked()
                     {
@@ -527,7 +553,7 @@ impl ViewerApp {
                 if response.lost_focus() {
                     commit = true;
                 }
-                if count > 2 && ui.small_button("✖").on_hover_text("remove").clicked() {
+                if count > 2 && ui.small_button("x").on_hover_text("remove").clicked() {
                     remove = Some(i);
                 }
             });
@@ -567,8 +593,9 @@ impl ViewerApp {
         ui.separator();
         ui.heading("Keyframes");
         ui.horizontal(|ui| {
-            ui.label("Seed");
-            ui.add(egui::DragValue::new(&mut self.controls.seed).range(0..=u32::MAX as u64));
+            let label = ui.label("Seed");
+            ui.add(egui::DragValue::new(&mut self.controls.seed).range(0..=u32::MAX as u64))
+                .labelled_by(label.id);
             if ui.button("New").on_hover_text("New seed").clicked() {
                 self.new_seed();
             }
@@ -695,7 +722,7 @@ impl ViewerApp {
         ui.checkbox(
             &mut self.record_at_output_size,
             format!(
-                "Record at {}x{} (else the frames' size, {}x{})",
+                "Record at {}x{} (else the source size, {}x{})",
                 output.0, output.1, source.0, source.1
             ),
         );
@@ -736,7 +763,7 @@ impl ViewerApp {
                         ui.label(format!("{}…", s.phase));
                     }
                     None => {
-                        ui.label("Type two prompts and press ▶ Play");
+                        ui.label("Type two prompts and press Play");
                     }
                 },
             });

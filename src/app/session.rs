@@ -110,6 +110,13 @@ impl Session {
         }
     }
 
+    /// Resumes a paused walk as it was.
+    pub fn resume(&self) {
+        if let Some(running) = &self.running {
+            running.pipeline.resume();
+        }
+    }
+
     pub fn pause(&self) {
         if let Some(running) = &self.running {
             running.pipeline.pause();

@@ -1,0 +1,282 @@
+//! The window's widgets, driven through egui_kittest (no display): typing prompts, Play,
+//! every slider and choice, Pause, Stop, Record. Each check reads what reached the running
+//! pipeline, not the widget.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dreamwalk::app::{OutputSize, PlayState, ViewerApp, ViewerOptions};
+use dreamwalk::model::DecoderKind;
+use dreamwalk::pipeline::{Inbetweens, Settings};
+use dreamwalk::upscale::UpscaleMode;
+use dreamwalk::walk::{Easing, Interp, LoopMode};
+use egui::accesskit::Role;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+
+fn harness() -> Harness<'static, ViewerApp> {
+    let mut app = ViewerApp::headless(ViewerOptions::default());
+    assert!(
+        app.wait_for_model(Duration::from_secs(60)),
+        "demo model loads"
+    );
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_ui_state(|ui, app: &mut ViewerApp| app.show(ui, None), app)
+}
+
+/// Steps the UI until `done` holds, in real time (frames come from pipeline threads).
+fn step_until(harness: &mut Harness<'_, ViewerApp>, what: &str, done: impl Fn(&ViewerApp) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(harness.state()) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        harness.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    harness.step();
+}
+
+fn settings(harness: &Harness<'_, ViewerApp>) -> Settings {
+    harness
+        .state()
+        .session()
+        .and_then(|s| s.settings())
+        .expect("the walk runs")
+}
+
+fn frames_shown(app: &ViewerApp) -> u64 {
+    app.session()
+        .and_then(|s| s.stats())
+        .map_or(0, |s| s.frames_shown)
+}
+
+fn set_text(harness: &mut Harness<'_, ViewerApp>, label: &str, text: &str) {
+    harness.get_by_label(label).focus();
+    harness.run_steps(1);
+    // Select all, then type over it.
+    harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    harness.run_steps(1);
+    harness.get_by_label(label).type_text(text);
+    harness.run_steps(1);
+    harness.key_press(egui::Key::Enter);
+    harness.run_steps(2);
+}
+
+fn click(harness: &mut Harness<'_, ViewerApp>, button: &str) {
+    harness.get_by_role_and_label(Role::Button, button).click();
+    harness.run_steps(2);
+}
+
+fn play_with_prompts(harness: &mut Harness<'_, ViewerApp>) {
+    set_text(harness, "Prompt A", "a red fox in snow");
+    set_text(harness, "Prompt B", "a city at night");
+    click(harness, "Play");
+    step_until(harness, "the first frame", |app| {
+        app.session().and_then(|s| s.current_frame()).is_some()
+    });
+}
+
+fn choose(harness: &mut Harness<'_, ViewerApp>, combo: &str, option: &str) {
+    harness.get_by_label(combo).click();
+    harness.run_steps(2);
+    harness.get_by_label(option).click();
+    harness.run_steps(2);
+}
+
+fn set_slider(harness: &mut Harness<'_, ViewerApp>, label: &str, value: f64) {
+    // The number box beside each slider (and the seed's) takes the value.
+    harness
+        .get_by_role_and_label(Role::SpinButton, label)
+        .set_value_accesskit(value);
+    harness.run_steps(2);
+}
+
+#[test]
+fn typed_prompts_play_pause_and_stop_reach_the_pipeline() {
+    let mut harness = harness();
+    play_with_prompts(&mut harness);
+    let s = settings(&harness);
+    assert_eq!(
+        s.endpoints.prompts,
+        vec![
+            "a red fox in snow".to_string(),
+            "a city at night".to_string()
+        ]
+    );
+    assert_eq!(
+        harness.state().session().unwrap().state(),
+        PlayState::Playing
+    );
+    step_until(&mut harness, "frames to play", |app| frames_shown(app) >= 5);
+
+    // A third keyframe and a negative prompt: new endpoints with three prompts.
+    click(&mut harness, "+ keyframe");
+    set_text(&mut harness, "Prompt C", "a desert");
+    set_text(&mut harness, "Negative prompt", "blurry");
+    let s = settings(&harness);
+    assert_eq!(s.endpoints.prompts.len(), 3);
+    assert_eq!(s.endpoints.prompts[2], "a desert");
+    assert_eq!(s.endpoints.negative, "blurry");
+
+    // An empty prompt is refused with a message, and the walk keeps its prompts.
+    set_text(&mut harness, "Prompt C", " ");
+    assert_eq!(settings(&harness).endpoints.prompts[2], "a desert");
+    let notice = harness.state().notice().unwrap_or_default().to_string();
+    assert!(notice.contains("prompt C is empty"), "{notice}");
+
+    click(&mut harness, "Pause");
+    assert_eq!(
+        harness.state().session().unwrap().state(),
+        PlayState::Paused
+    );
+    // The display thread may be showing one last frame as the pause lands.
+    std::thread::sleep(Duration::from_millis(300));
+    let paused_at = frames_shown(harness.state());
+    std::thread::sleep(Duration::from_millis(800));
+    harness.run_steps(2);
+    assert_eq!(
+        frames_shown(harness.state()),
+        paused_at,
+        "paused: no new frames"
+    );
+
+    click(&mut harness, "Play");
+    step_until(&mut harness, "frames after resuming", |app| {
+        frames_shown(app) > paused_at
+    });
+
+    // Stop joins every pipeline thread: nothing holds the engine but the session.
+    let engine = harness.state().session().unwrap().engine().clone();
+    click(&mut harness, "Stop");
+    assert_eq!(
+        harness.state().session().unwrap().state(),
+        PlayState::Stopped
+    );
+    assert_eq!(Arc::strong_count(&engine), 2, "the session's and ours");
+}
+
+#[test]
+fn every_slider_and_choice_acts_live() {
+    let mut harness = harness();
+    play_with_prompts(&mut harness);
+
+    set_slider(&mut harness, "Sampler steps", 4.0);
+    assert_eq!(settings(&harness).endpoints.steps, 4);
+    set_slider(&mut harness, "Guidance", 3.5);
+    assert_eq!(settings(&harness).endpoints.guidance, 3.5);
+    set_slider(&mut harness, "Seed", 1234.0);
+    assert_eq!(settings(&harness).endpoints.seed, 1234);
+    click(&mut harness, "New seed");
+    assert_ne!(settings(&harness).endpoints.seed, 1234);
+
+    set_slider(&mut harness, "Steps between keyframes", 12.0);
+    assert_eq!(settings(&harness).walk.steps_between, 12);
+    set_slider(&mut harness, "In-betweens", 7.0);
+    assert_eq!(settings(&harness).inbetweens, Inbetweens::Fixed(7));
+    harness.get_by_label("auto").click();
+    harness.run_steps(2);
+    assert_eq!(settings(&harness).inbetweens, Inbetweens::Auto);
+    set_slider(&mut harness, "Target fps", 24.0);
+    assert_eq!(settings(&harness).target_fps, 24.0);
+
+    choose(&mut harness, "Interpolation", "lerp");
+    assert_eq!(settings(&harness).walk.interp, Interp::Lerp);
+    choose(&mut harness, "Easing", "linear");
+    assert_eq!(settings(&harness).walk.easing, Easing::Linear);
+    choose(&mut harness, "Loop", "endless");
+    assert_eq!(settings(&harness).walk.loop_mode, LoopMode::Endless);
+    choose(&mut harness, "Decoder", "full VAE");
+    assert_eq!(settings(&harness).decoder, DecoderKind::Vae);
+    choose(&mut harness, "Output size", "1080p");
+    assert_eq!(settings(&harness).output_size, OutputSize::P1080.size());
+    // No GPU here: the CPU path is the default and "none" can be chosen.
+    assert_eq!(settings(&harness).upscale, UpscaleMode::Cpu);
+    choose(&mut harness, "Upscale", "none");
+    assert_eq!(settings(&harness).upscale, UpscaleMode::None);
+
+    // The walk still plays with all of it: frames at the source size (no upscale), decoded
+    // by the VAE from the new endpoints.
+    let shown = frames_shown(harness.state());
+    step_until(&mut harness, "frames after the changes", |app| {
+        frames_shown(app) > shown + 3
+    });
+    let frame = harness
+        .state()
+        .session()
+        .and_then(|s| s.current_frame())
+        .unwrap();
+    assert_eq!((frame.image.width, frame.image.height), (1024, 576));
+}
+
+#[test]
+fn record_button_writes_the_frames_shown() {
+    let mut harness = harness();
+    play_with_prompts(&mut harness);
+    // Frames at the source size, as recorded by default (no resize on the way).
+    choose(&mut harness, "Upscale", "none");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("walk.y4m");
+    set_text(&mut harness, "Record file", out.to_str().unwrap());
+    click(&mut harness, "Record");
+    let first_index = harness
+        .state()
+        .session()
+        .and_then(|s| s.current_frame())
+        .map(|f| f.index)
+        .unwrap();
+    step_until(&mut harness, "recorded frames", |app| {
+        app.session()
+            .and_then(|s| s.recording())
+            .is_some_and(|r| r.frames >= 6)
+    });
+    click(&mut harness, "Stop recording");
+    let notice = harness.state().notice().unwrap_or_default().to_string();
+    assert!(notice.starts_with("saved"), "{notice}");
+    let bytes = std::fs::read(&out).unwrap();
+    let header_end = bytes.iter().position(|&b| b == b'\n').unwrap();
+    let header = String::from_utf8_lossy(&bytes[..header_end]).into_owned();
+    assert!(header.starts_with("YUV4MPEG2 W1024 H576 F30:1"), "{header}");
+    assert!(header.contains("demo_model_(random_weights)"), "{header}");
+    let frame_len = 6 + 1024 * 576 * 3;
+    let frames = (bytes.len() - header_end - 1) / frame_len;
+    assert_eq!((bytes.len() - header_end - 1) % frame_len, 0);
+    assert!(frames >= 6, "{frames} frames");
+    // The walk went on while recording, from the frame shown when Record was pressed.
+    let last_index = harness
+        .state()
+        .session()
+        .and_then(|s| s.current_frame())
+        .map(|f| f.index)
+        .unwrap();
+    assert!(last_index >= first_index + frames as u64 - 1);
+
+    // An unwritable path is a message in the window; the walk keeps playing.
+    set_text(&mut harness, "Record file", "/proc/nope/walk.mp4");
+    click(&mut harness, "Record");
+    let notice = harness.state().notice().unwrap_or_default().to_string();
+    assert!(notice.starts_with("cannot record"), "{notice}");
+    assert_eq!(
+        harness.state().session().unwrap().state(),
+        PlayState::Playing
+    );
+}
+
+#[test]
+fn a_bad_model_folder_is_a_message_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = ViewerApp::headless(ViewerOptions {
+        model: dreamwalk::cli::ModelArgs {
+            model: Some(dir.path().display().to_string()),
+            taesd: None,
+        },
+        ..Default::default()
+    });
+    assert!(!app.wait_for_model(Duration::from_secs(60)));
+    let notice = app.notice().unwrap_or_default().to_string();
+    assert!(notice.contains("cannot load the model"), "{notice}");
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_ui_state(|ui, app: &mut ViewerApp| app.show(ui, None), app);
+    harness.run_steps(2);
+    assert!(harness.query_by_label_contains("no model loaded").is_some());
+}

@@ -1,0 +1,88 @@
+//! The real window under Xvfb on the demo model: it opens, plays, and its screenshot shows a
+//! picture (varied pixels where the frame is drawn), not a blank window. Saved to
+//! `target/screenshots/viewer.png` for people to look at. Needs `xvfb-run` (Debian `xvfb`,
+//! `xauth`; `.ci/run` installs them) and a wgpu adapter (Mesa's llvmpipe / lavapipe).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn viewer_plays_under_xvfb_and_its_screenshot_is_not_blank() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    let png_path = dir.join("viewer.png");
+    let _ = std::fs::remove_file(&png_path);
+    let _ = std::fs::remove_file(png_path.with_extension("json"));
+    let output = Command::new("timeout")
+        .args(["300", "xvfb-run", "-a", "-s", "-screen 0 1600x1000x24"])
+        .arg(env!("CARGO_BIN_EXE_dreamwalk"))
+        .arg("--screenshot")
+        .arg(&png_path)
+        .args(["--screenshot-after", "3"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("this test needs `timeout` and `xvfb-run` (Debian packages coreutils, xvfb)");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the viewer failed: {}\n{log}",
+        output.status
+    );
+    assert!(png_path.is_file(), "no screenshot was saved:\n{log}");
+
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(png_path.with_extension("json")).unwrap())
+            .unwrap();
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&png_path).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut rgb).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let width = info.width as usize;
+    assert_eq!(meta["width"].as_u64(), Some(info.width as u64));
+
+    // The picture's rectangle, minus the heads-up display in its top-left corner.
+    let rect: Vec<f64> = meta["picture"]
+        .as_array()
+        .expect("a frame was on screen when the screenshot was taken")
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let (x0, y0, x1, y1) = (rect[0], rect[1], rect[2], rect[3]);
+    assert!(
+        x1 - x0 > 300.0 && y1 - y0 > 150.0,
+        "picture {rect:?} is too small"
+    );
+    let (x0, y0) = (
+        (x0 + (x1 - x0) * 0.4) as usize,
+        (y0 + (y1 - y0) * 0.4) as usize,
+    );
+    let (x1, y1) = (x1 as usize - 2, y1 as usize - 2);
+    let mut colors = std::collections::HashSet::new();
+    let (mut sum, mut sum_sq, mut n) = (0f64, 0f64, 0f64);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let p = &rgb[(y * width + x) * 3..][..3];
+            colors.insert([p[0], p[1], p[2]]);
+            let luma = 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64;
+            sum += luma;
+            sum_sq += luma * luma;
+            n += 1.0;
+        }
+    }
+    let std_dev = (sum_sq / n - (sum / n).powi(2)).max(0.0).sqrt();
+    eprintln!(
+        "picture region {}x{}: {} colours, luma mean {:.1}, std dev {std_dev:.1}",
+        x1 - x0,
+        y1 - y0,
+        colors.len(),
+        sum / n
+    );
+    assert!(
+        colors.len() > 500,
+        "only {} colours: blank picture",
+        colors.len()
+    );
+    assert!(std_dev > 2.0, "luma std dev {std_dev:.2}: blank picture");
+}
