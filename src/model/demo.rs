@@ -86,6 +86,43 @@ fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
     serde_json::from_value(value).expect("the demo model's built-in config is valid")
 }
 
+/// TAESD with seeded weights scaled so the picture is visible: He-scaled convolutions keep
+/// the activations' size through the ReLUs, and the last layer's bias centres the output on
+/// mid-grey. (Small random weights, as in the fixtures, give an almost black picture.)
+fn demo_taesd(config: &TaesdConfig) -> super::Result<TaesdDecoder> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED ^ 0x7AE5D);
+    let shapes = config.decoder_tensor_shapes();
+    let last_bias = shapes
+        .iter()
+        .rposition(|(name, _)| name.ends_with(".bias"))
+        .unwrap_or(usize::MAX);
+    let last_weight = shapes
+        .iter()
+        .rposition(|(name, _)| name.ends_with(".weight"))
+        .unwrap_or(usize::MAX);
+    let mut tensors = std::collections::HashMap::new();
+    for (i, (name, shape)) in shapes.into_iter().enumerate() {
+        let count: usize = shape.iter().product();
+        let values: Vec<f32> = if name.ends_with(".bias") {
+            let mean = if i == last_bias { 0.5 } else { 0.0 };
+            (0..count)
+                .map(|_| mean + 0.05 * rng.sample::<f32, _>(rand_distr::StandardNormal))
+                .collect()
+        } else {
+            let fan_in: usize = shape[1..].iter().product();
+            // The last layer quieter: soft colour fields rather than clipped noise.
+            let gain = if i == last_weight { 0.025 } else { 1.0 };
+            let std = gain * (2.0 / fan_in as f32).sqrt();
+            (0..count)
+                .map(|_| std * rng.sample::<f32, _>(rand_distr::StandardNormal))
+                .collect()
+        };
+        tensors.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
+    }
+    TaesdDecoder::from_tensors(&tensors, config)
+}
+
 impl StableDiffusion {
     /// The built-in demo model (see the module docs). 1024x576 images by default.
     pub fn demo() -> Self {
@@ -122,7 +159,7 @@ impl StableDiffusion {
             ClipTextEncoder::new(vb.pp("text_model"), &clip_config).expect("demo text encoder");
         let unet = UNet2DConditionModel::new(vb.pp("unet"), &unet_config).expect("demo UNet");
         let vae = VaeDecoder::new(vb.pp("vae"), &vae_config).expect("demo VAE");
-        let taesd = TaesdDecoder::random(&taesd_config, SEED).expect("demo TAESD");
+        let taesd = demo_taesd(&taesd_config).expect("demo TAESD");
         Self {
             name: DEMO_NAME.to_string(),
             device,
