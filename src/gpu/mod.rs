@@ -12,8 +12,10 @@
 
 mod bicubic;
 mod filter_table;
+pub mod taesd;
 
 pub use bicubic::{create_output_texture, BicubicUpscaler, OUTPUT_FORMAT};
+pub use taesd::GpuTaesd;
 
 use crate::frame::RgbaImage;
 
@@ -57,6 +59,12 @@ pub enum GpuError {
     /// wgpu reported an error while running GPU work.
     #[error("GPU work failed: {0}")]
     Wgpu(String),
+    /// Input the GPU work cannot take (a tensor of the wrong shape, an unsupported model).
+    #[error("{0}")]
+    BadInput(String),
+    /// The device's limits are too small for this work.
+    #[error("the GPU cannot run this: {0}")]
+    Unsupported(String),
     /// Reading a texture back to the CPU failed.
     #[error("reading back from the GPU failed: {0}")]
     Readback(String),
