@@ -2,11 +2,13 @@
 //! `GpuContext::new_headless` picks: random weights (default config), 72x128 latents
 //! (576x1024 image) unless given.
 //!
-//! `cargo run --release --example gpu_taesd_speed -- [runs] [h] [w]` (default 5 runs after a
-//! warm-up; `WGPU_BACKEND=vulkan` etc. narrows the backends).
+//! `cargo run --release --example gpu_taesd_speed -- [runs] [h] [w] [modes]` (default 5 runs
+//! of each mode after a warm-up; `WGPU_BACKEND=vulkan` etc. narrows the backends).
 //!
-//! "to texture" is the viewer's path: decode into a texture and wait for the GPU, no read-back;
-//! "rgba" and "f32" include copying the frame back to the CPU.
+//! Modes, comma-separated (default all): `texture` is the viewer's path, decode into a texture
+//! and wait for the GPU, no read-back; `rgba` and `f32` include copying the frame back to the
+//! CPU. The warm-up (shader compilation) decodes 1x1 latents, so on a slow software adapter
+//! one run of one mode costs one decode.
 
 use std::time::Instant;
 
@@ -24,6 +26,7 @@ fn main() -> anyhow::Result<()> {
     let runs: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5);
     let h: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(72);
     let w: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(128);
+    let modes = args.next().unwrap_or_else(|| "texture,rgba,f32".into());
 
     let ctx = GpuContext::new_headless()?;
     println!(
@@ -56,18 +59,22 @@ fn main() -> anyhow::Result<()> {
         view_formats: &[],
     });
     let start = Instant::now();
-    decoder.decode_to_texture(&latents, &target)?;
-    ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    decoder.decode_rgba(&Tensor::zeros(
+        (1, 4, 1, 1),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )?)?;
     println!(
-        "first decode (plan + shader compile + run): {:.1} ms, {} band(s)",
+        "warm-up (shader compilation, 1x1 decode): {:.1} ms; {h}x{w} runs in {} band(s)",
         start.elapsed().as_secs_f64() * 1e3,
         decoder.band_count(h, w)?
     );
     let gflop = cpu.flops(h, w) / 1e9;
 
     let time = |what: &str, once: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<()> {
+        if !modes.split(',').any(|m| m == what) {
+            return Ok(());
+        }
         let mut times = Vec::with_capacity(runs);
         for _ in 0..runs.max(1) {
             let start = Instant::now();
@@ -82,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         );
         Ok(())
     };
-    time("to texture", &|| {
+    time("texture", &|| {
         decoder.decode_to_texture(&latents, &target)?;
         ctx.device
             .poll(wgpu::PollType::wait_indefinitely())

@@ -75,11 +75,18 @@ override CQ: u32 = 2u * COUT_GROUPS;
 var<workgroup> tile: array<vec4<f32>, TILE_LEN>;
 var<workgroup> wtile: array<mat4x4<f32>, 9u * CQ>;
 
-// Per invocation: 8 pixels x 2 output quads.
-var<private> acc: array<vec4<f32>, 16>;
+// Per invocation: 8 consecutive pixels (0..7) x 2 output quads (a, b). Named fields and
+// constant indices only, so every compiler keeps them in registers.
+struct Acc {
+    a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>,
+    a4: vec4<f32>, a5: vec4<f32>, a6: vec4<f32>, a7: vec4<f32>,
+    b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>,
+    b4: vec4<f32>, b5: vec4<f32>, b6: vec4<f32>, b7: vec4<f32>,
+}
 
+// Where an invocation's outputs go.
 struct Place {
-    // Which output quads (first of 2), x of the first pixel, local output row.
+    // First of its 2 output quads, x of its first pixel, local output row.
     quad: u32,
     x: u32,
     row: u32,
@@ -88,13 +95,35 @@ struct Place {
 fn place(wg: vec3<u32>, li: u32) -> Place {
     let cg = li % COUT_GROUPS;
     let rest = li / COUT_GROUPS;
-    let xg = rest % X_GROUPS;
-    let row = rest / X_GROUPS;
-    return Place(wg.z * CQ + cg * 2u, wg.x * TILE_W + xg * PIXELS, wg.y * TILE_H + row);
+    return Place(
+        wg.z * CQ + cg * 2u,
+        wg.x * TILE_W + (rest % X_GROUPS) * PIXELS,
+        wg.y * TILE_H + rest / X_GROUPS,
+    );
 }
 
-// Accumulates the convolution for this invocation's pixels into `acc`.
-fn convolve(wg: vec3<u32>, li: u32) {
+// One tap for the 8 pixels, pixel p reading x[p].
+fn tap(acc: ptr<function, Acc>, wa: mat4x4<f32>, wb: mat4x4<f32>, x: array<vec4<f32>, 8>) {
+    (*acc).a0 += wa * x[0];
+    (*acc).b0 += wb * x[0];
+    (*acc).a1 += wa * x[1];
+    (*acc).b1 += wb * x[1];
+    (*acc).a2 += wa * x[2];
+    (*acc).b2 += wb * x[2];
+    (*acc).a3 += wa * x[3];
+    (*acc).b3 += wb * x[3];
+    (*acc).a4 += wa * x[4];
+    (*acc).b4 += wb * x[4];
+    (*acc).a5 += wa * x[5];
+    (*acc).b5 += wb * x[5];
+    (*acc).a6 += wa * x[6];
+    (*acc).b6 += wb * x[6];
+    (*acc).a7 += wa * x[7];
+    (*acc).b7 += wb * x[7];
+}
+
+// The convolution (no bias) for this invocation's outputs.
+fn convolve(wg: vec3<u32>, li: u32) -> Acc {
     let cg = li % COUT_GROUPS;
     let rest = li / COUT_GROUPS;
     let xg = rest % X_GROUPS;
@@ -103,9 +132,7 @@ fn convolve(wg: vec3<u32>, li: u32) {
     // Global output-space row of tile row 0.
     let y0 = i32(params.out_row0 + wg.y * TILE_H) - 1;
     let quad0 = wg.z * CQ;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    var acc: Acc;
     for (var q = 0u; q < params.in_quads; q++) {
         let plane = q * params.in_rows;
         for (var i = li; i < TILE_LEN; i += THREADS) {
@@ -127,85 +154,96 @@ fn convolve(wg: vec3<u32>, li: u32) {
         }
         workgroupBarrier();
         for (var ky = 0u; ky < 3u; ky++) {
-            let base = (row + ky) * TILE_STRIDE + xg * PIXELS;
-            var x: array<vec4<f32>, 10>;
-            for (var i = 0u; i < 10u; i++) {
-                x[i] = tile[base + i];
-            }
-            for (var kx = 0u; kx < 3u; kx++) {
-                let w = (ky * 3u + kx) * CQ + cg * 2u;
-                let wa = wtile[w];
-                let wb = wtile[w + 1u];
-                for (var p = 0u; p < PIXELS; p++) {
-                    let v = x[p + kx];
-                    acc[2u * p] += wa * v;
-                    acc[2u * p + 1u] += wb * v;
+            // The 10 inputs of this tap row serve the 8 pixels at all 3 kx.
+            let t = (row + ky) * TILE_STRIDE + xg * PIXELS;
+            let x = array<vec4<f32>, 10>(
+                tile[t], tile[t + 1u], tile[t + 2u], tile[t + 3u], tile[t + 4u],
+                tile[t + 5u], tile[t + 6u], tile[t + 7u], tile[t + 8u], tile[t + 9u],
+            );
+            let w = ky * 3u * CQ + cg * 2u;
+            tap(&acc, wtile[w], wtile[w + 1u],
+                array(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]));
+            tap(&acc, wtile[w + CQ], wtile[w + CQ + 1u],
+                array(x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8]));
+            tap(&acc, wtile[w + 2u * CQ], wtile[w + 2u * CQ + 1u],
+                array(x[2], x[3], x[4], x[5], x[6], x[7], x[8], x[9]));
+        }
+        workgroupBarrier();
+    }
+    return acc;
+}
+
+// Bias, residual, ReLU for pixel p of the invocation, both quads.
+fn store_act(at: Place, p: u32, a: vec4<f32>, b: vec4<f32>) {
+    let x = at.x + p;
+    if (at.row >= params.out_rows || x >= params.out_w) {
+        return;
+    }
+    let skip_row = params.out_row0 + at.row - params.skip_row0;
+    let values = array<vec4<f32>, 2>(a, b);
+    for (var j = 0u; j < 2u; j++) {
+        let quad = at.quad + j;
+        var v = values[j] + bias[quad];
+        if ((params.flags & FLAG_SKIP) != 0u) {
+            v += skip[(quad * params.skip_rows + skip_row) * params.out_w + x];
+        }
+        if ((params.flags & FLAG_RELU) != 0u) {
+            v = max(v, vec4<f32>(0.0));
+        }
+        output[(quad * params.out_rows + at.row) * params.out_w + x] = v;
+    }
+}
+
+// The image for pixel p of the invocation: float planes (diffusers' `x * 2 - 1`) and RGBA8.
+fn store_image(at: Place, p: u32, a: vec4<f32>, b: vec4<f32>) {
+    let x = at.x + p;
+    if (at.row >= params.out_rows || x >= params.out_w) {
+        return;
+    }
+    let y = params.out_row0 + at.row;
+    let plane = params.out_h * params.out_w;
+    let values = array<vec4<f32>, 2>(a + bias[at.quad], b + bias[at.quad + 1u]);
+    if ((params.flags & FLAG_IMAGE_F32) != 0u) {
+        for (var j = 0u; j < 2u; j++) {
+            for (var k = 0u; k < 4u; k++) {
+                let c = (at.quad + j) * 4u + k;
+                if (c < params.out_channels) {
+                    image[c * plane + y * params.out_w + x] = values[j][k] * 2.0 - 1.0;
                 }
             }
         }
-        workgroupBarrier();
+    }
+    if ((params.flags & FLAG_IMAGE_RGBA) != 0u && at.quad == 0u) {
+        // TAESD's own [0, 1] image; pack4x8unorm rounds like the CPU's
+        // `(clamp(v, 0, 1) * 255).round()` (floor of + 0.5).
+        rgba[y * params.rgba_stride + x] = pack4x8unorm(vec4<f32>(values[0].xyz, 1.0));
     }
 }
 
 @compute @workgroup_size(THREADS)
 fn conv_act(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    convolve(wg, li);
+    let c = convolve(wg, li);
     let at = place(wg, li);
-    if (at.row >= params.out_rows) {
-        return;
-    }
-    let skip_row = params.out_row0 + at.row - params.skip_row0;
-    for (var j = 0u; j < 2u; j++) {
-        let quad = at.quad + j;
-        let b = bias[quad];
-        let out_base = (quad * params.out_rows + at.row) * params.out_w;
-        let skip_base = (quad * params.skip_rows + skip_row) * params.out_w;
-        for (var p = 0u; p < PIXELS; p++) {
-            let x = at.x + p;
-            if (x < params.out_w) {
-                var v = acc[2u * p + j] + b;
-                if ((params.flags & FLAG_SKIP) != 0u) {
-                    v += skip[skip_base + x];
-                }
-                if ((params.flags & FLAG_RELU) != 0u) {
-                    v = max(v, vec4<f32>(0.0));
-                }
-                output[out_base + x] = v;
-            }
-        }
-    }
+    store_act(at, 0u, c.a0, c.b0);
+    store_act(at, 1u, c.a1, c.b1);
+    store_act(at, 2u, c.a2, c.b2);
+    store_act(at, 3u, c.a3, c.b3);
+    store_act(at, 4u, c.a4, c.b4);
+    store_act(at, 5u, c.a5, c.b5);
+    store_act(at, 6u, c.a6, c.b6);
+    store_act(at, 7u, c.a7, c.b7);
 }
 
 @compute @workgroup_size(THREADS)
 fn conv_image(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    convolve(wg, li);
+    let c = convolve(wg, li);
     let at = place(wg, li);
-    if (at.row >= params.out_rows) {
-        return;
-    }
-    let y = params.out_row0 + at.row;
-    let plane = params.out_h * params.out_w;
-    for (var p = 0u; p < PIXELS; p++) {
-        let x = at.x + p;
-        if (x >= params.out_w) {
-            break;
-        }
-        if ((params.flags & FLAG_IMAGE_F32) != 0u) {
-            for (var j = 0u; j < 2u; j++) {
-                let v = acc[2u * p + j] + bias[at.quad + j];
-                for (var k = 0u; k < 4u; k++) {
-                    let c = (at.quad + j) * 4u + k;
-                    if (c < params.out_channels) {
-                        image[c * plane + y * params.out_w + x] = v[k] * 2.0 - 1.0;
-                    }
-                }
-            }
-        }
-        if ((params.flags & FLAG_IMAGE_RGBA) != 0u && at.quad == 0u) {
-            // TAESD's own [0, 1] image; pack4x8unorm rounds like the CPU's
-            // `(clamp(v, 0, 1) * 255).round()` (floor of + 0.5).
-            let v = acc[2u * p] + bias[0];
-            rgba[y * params.rgba_stride + x] = pack4x8unorm(vec4<f32>(v.xyz, 1.0));
-        }
-    }
+    store_image(at, 0u, c.a0, c.b0);
+    store_image(at, 1u, c.a1, c.b1);
+    store_image(at, 2u, c.a2, c.b2);
+    store_image(at, 3u, c.a3, c.b3);
+    store_image(at, 4u, c.a4, c.b4);
+    store_image(at, 5u, c.a5, c.b5);
+    store_image(at, 6u, c.a6, c.b6);
+    store_image(at, 7u, c.a7, c.b7);
 }

@@ -44,6 +44,17 @@ fn fixture_decoder() -> TaesdDecoder {
     TaesdDecoder::load(&fixture("taesd/decoder.safetensors")).expect("fixture decoder")
 }
 
+/// The fixture decoder on the CPU and the GPU, shared: a software adapter compiles the
+/// shader for each new decoder, which takes seconds.
+fn fixture_pair() -> &'static (TaesdDecoder, GpuTaesd) {
+    static PAIR: OnceLock<(TaesdDecoder, GpuTaesd)> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let cpu = fixture_decoder();
+        let gpu_decoder = GpuTaesd::new(gpu(), &cpu).expect("GPU decoder");
+        (cpu, gpu_decoder)
+    })
+}
+
 fn randn(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -79,8 +90,7 @@ fn max_byte_diff(a: &RgbaImage, b: &RgbaImage) -> u8 {
 
 #[test]
 fn fixture_matches_diffusers_and_cpu() {
-    let cpu = fixture_decoder();
-    let decoder = GpuTaesd::new(gpu(), &cpu).expect("GPU decoder");
+    let (cpu, decoder) = fixture_pair();
     assert_eq!(decoder.upscale_factor(), 8);
     let case = load_tensors("taesd/case.safetensors");
     let got = decoder.decode(&case["latents"]).expect("GPU decode");
@@ -88,24 +98,30 @@ fn fixture_matches_diffusers_and_cpu() {
     let vs_diffusers = max_abs_diff(&got, &case["image"]);
     let vs_cpu = max_abs_diff(&got, &cpu.decode(&case["latents"]).expect("CPU decode"));
     eprintln!("fixture 18x32: max |GPU - diffusers| {vs_diffusers:.3e}, |GPU - CPU| {vs_cpu:.3e}");
-    assert!(vs_diffusers <= MAX_FLOAT_DIFF, "vs diffusers: {vs_diffusers}");
+    assert!(
+        vs_diffusers <= MAX_FLOAT_DIFF,
+        "vs diffusers: {vs_diffusers}"
+    );
     assert!(vs_cpu <= MAX_FLOAT_DIFF, "vs CPU: {vs_cpu}");
-
-    // The flat vector is the same decode.
-    let flat = decoder.decode_f32(&case["latents"]).expect("GPU decode_f32");
-    let flat = Tensor::from_vec(flat, (1, 3, 144, 256), &Device::Cpu).expect("shape");
-    assert_eq!(max_abs_diff(&flat, &got), 0.0);
 }
 
 /// Non-square latents, odd sizes (partial workgroups on both axes), a batch of 2, and the
 /// decoder reused across sizes (the per-size plan rebuilt and reused).
 #[test]
 fn non_square_batches_and_size_changes_match_cpu() {
-    let cpu = fixture_decoder();
-    let decoder = GpuTaesd::new(gpu(), &cpu).expect("GPU decoder");
-    assert_matches_cpu(&decoder, &cpu, &randn((2, 4, 5, 9), 1), "batch of 2");
-    assert_matches_cpu(&decoder, &cpu, &randn((1, 4, 7, 3), 2), "tall");
-    assert_matches_cpu(&decoder, &cpu, &randn((1, 4, 5, 9), 3), "back to 5x9");
+    let (cpu, decoder) = fixture_pair();
+    assert_matches_cpu(decoder, cpu, &randn((2, 4, 5, 9), 1), "batch of 2");
+    let tall = randn((1, 4, 7, 3), 2);
+    assert_matches_cpu(decoder, cpu, &tall, "tall");
+    assert_matches_cpu(decoder, cpu, &randn((1, 4, 5, 9), 3), "back to 5x9");
+
+    // The flat vector is the same decode.
+    let flat = decoder.decode_f32(&tall).expect("GPU decode_f32");
+    let flat = Tensor::from_vec(flat, (1, 3, 56, 24), &Device::Cpu).expect("shape");
+    assert_eq!(
+        max_abs_diff(&flat, &decoder.decode(&tall).expect("decode")),
+        0.0
+    );
 }
 
 /// Row bands of the full-resolution stage compute every pixel with the same arithmetic in
@@ -113,11 +129,10 @@ fn non_square_batches_and_size_changes_match_cpu() {
 /// included.
 #[test]
 fn row_bands_give_the_same_image() {
-    let cpu = fixture_decoder();
-    let whole = GpuTaesd::new(gpu(), &cpu).expect("GPU decoder");
+    let (cpu, whole) = fixture_pair();
     // 64 channels x 4 bytes x 56 pixels = 14336 bytes per row; 40 rows per band buffer
     // leave 40 - 2 * 4 = 32 output rows per band: 3 bands for 88 rows.
-    let banded = GpuTaesd::new(gpu(), &cpu)
+    let banded = GpuTaesd::new(gpu(), cpu)
         .expect("GPU decoder")
         .with_band_limit(40 * 14336);
     let (h, w) = (11, 7);
@@ -127,14 +142,13 @@ fn row_bands_give_the_same_image() {
     let a = whole.decode(&latents).expect("one band");
     let b = banded.decode(&latents).expect("three bands");
     assert_eq!(max_abs_diff(&a, &b), 0.0);
-    assert_matches_cpu(&banded, &cpu, &latents, "three bands");
+    assert_matches_cpu(&banded, cpu, &latents, "three bands");
 }
 
 #[test]
 fn rgba_and_texture_output_match_cpu_rgba() {
     let ctx = gpu();
-    let cpu = fixture_decoder();
-    let decoder = GpuTaesd::new(ctx, &cpu).expect("GPU decoder");
+    let (cpu, decoder) = fixture_pair();
     let latents = randn((1, 4, 6, 10), 5);
     let expected = cpu.decode_rgba(&latents).expect("CPU rgba").remove(0);
     let got = decoder.decode_rgba(&latents).expect("GPU rgba");
@@ -166,7 +180,10 @@ fn rgba_and_texture_output_match_cpu_rgba() {
         .decode_to_texture(&latents, &target)
         .expect("decode to texture");
     let in_texture = read_texture(ctx, &target).expect("read back");
-    assert!(in_texture == got[0], "texture bytes differ from decode_rgba");
+    assert!(
+        in_texture == got[0],
+        "texture bytes differ from decode_rgba"
+    );
 }
 
 /// The viewer's path: decode into the upscaler's source texture, upscale, no CPU copy of
@@ -174,8 +191,7 @@ fn rgba_and_texture_output_match_cpu_rgba() {
 #[test]
 fn decoded_frame_feeds_the_bicubic_upscaler() {
     let ctx = gpu();
-    let cpu = fixture_decoder();
-    let decoder = GpuTaesd::new(ctx, &cpu).expect("GPU decoder");
+    let (_, decoder) = fixture_pair();
     let latents = randn((1, 4, 4, 6), 6);
     let frame = decoder.decode_rgba(&latents).expect("GPU rgba").remove(0);
     let (width, height) = (100, 70);
@@ -216,27 +232,33 @@ fn original_names(tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> 
 /// decoder the same weights.
 #[test]
 fn original_and_diffusers_layouts_decode_the_same() {
-    let ctx = gpu();
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("taesd_decoder.safetensors");
     let renamed = original_names(&load_tensors("taesd/decoder.safetensors"));
     assert!(renamed.contains_key("1.weight") && renamed.contains_key("19.bias"));
     candle_core::safetensors::save(&renamed, &path).expect("save");
 
+    let (reference_cpu, reference) = fixture_pair();
+    let original = TaesdDecoder::load(&path).expect("original layout");
+    let folder = TaesdDecoder::load(&fixture("taesd")).expect("diffusers folder");
+    for cpu in [&original, &folder] {
+        let (a, b) = (cpu.conv_weights(), reference_cpu.conv_weights());
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(b) {
+            assert_eq!((&a.weight, &a.bias), (&b.weight, &b.bias));
+        }
+    }
+    // And the upload from the original layout decodes like the shared decoder.
     let latents = randn((1, 4, 3, 5), 7);
-    let reference = GpuTaesd::new(ctx, &fixture_decoder())
+    let got = GpuTaesd::new(gpu(), &original)
         .expect("GPU decoder")
         .decode(&latents)
         .expect("decode");
-    for source in [path, fixture("taesd")] {
-        let cpu = TaesdDecoder::load(&source).expect("load");
-        let got = GpuTaesd::new(ctx, &cpu)
-            .expect("GPU decoder")
-            .decode(&latents)
-            .expect("decode");
-        // Same weights, same shader: identical.
-        assert_eq!(max_abs_diff(&got, &reference), 0.0, "{}", source.display());
-    }
+    // Same weights, same shader: identical.
+    assert_eq!(
+        max_abs_diff(&got, &reference.decode(&latents).expect("decode")),
+        0.0
+    );
 }
 
 /// Configs the shader must tile differently: 8 channels (one group of output channels per
@@ -274,14 +296,17 @@ fn other_configs_match_cpu() {
 #[test]
 fn bad_input_is_an_error() {
     let ctx = gpu();
-    let decoder = GpuTaesd::new(ctx, &fixture_decoder()).expect("GPU decoder");
+    let (_, decoder) = fixture_pair();
     let wrong_channels = randn((1, 3, 4, 4), 8);
     assert!(matches!(
         decoder.decode(&wrong_channels),
         Err(GpuError::BadInput(_))
     ));
     let empty = Tensor::zeros((1, 4, 0, 4), candle_core::DType::F32, &Device::Cpu).expect("t");
-    assert!(matches!(decoder.decode_rgba(&empty), Err(GpuError::BadInput(_))));
+    assert!(matches!(
+        decoder.decode_rgba(&empty),
+        Err(GpuError::BadInput(_))
+    ));
 
     let latents = randn((1, 4, 2, 2), 9);
     let texture = |width, height, format, usage| {
@@ -336,5 +361,8 @@ fn bad_input_is_an_error() {
     };
     let five = GpuTaesd::new(ctx, &TaesdDecoder::random(&config, 0).expect("decoder"))
         .expect("GPU decoder");
-    assert!(matches!(five.decode_rgba(&latents), Err(GpuError::BadInput(_))));
+    assert!(matches!(
+        five.decode_rgba(&latents),
+        Err(GpuError::BadInput(_))
+    ));
 }

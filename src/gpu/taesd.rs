@@ -522,7 +522,9 @@ impl GpuTaesd {
             return Err(self.too_large(
                 h,
                 w,
-                format!("the {width}x{height} image exceeds the device's {max_side} pixels per side"),
+                format!(
+                    "the {width}x{height} image exceeds the device's {max_side} pixels per side"
+                ),
             ));
         }
         let (band_rows, _) = self.band_rows(h, w)?;
@@ -584,12 +586,18 @@ impl GpuTaesd {
         for i in 0..3 {
             for (id, bytes) in [(Buf::Whole(i), whole_bytes), (Buf::Band(i), band_bytes)] {
                 ids.insert(id, buffers.len());
-                buffers.push(storage("taesd activation", bytes, wgpu::BufferUsages::empty()));
+                buffers.push(storage(
+                    "taesd activation",
+                    bytes,
+                    wgpu::BufferUsages::empty(),
+                ));
             }
         }
 
         let ops = self.ops(h, w, band_rows);
-        let align = limits.min_uniform_buffer_offset_alignment.max(PARAMS_BYTES as u32) as usize;
+        let align = limits
+            .min_uniform_buffer_offset_alignment
+            .max(PARAMS_BYTES as u32) as usize;
         let mut params = vec![0u8; ops.len() * align];
         let params_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("taesd params"),
@@ -748,9 +756,18 @@ impl GpuTaesd {
         for (s, stage) in self.stages.iter().enumerate().take(last) {
             for b in 0..stage.blocks.len() {
                 let [t1, t2] = spare;
-                let block_op = |k, input, output| act_op(ConvId::Block(s, b, k), input, output, 1, (hh, ww));
-                ops.push(block_op(0, whole(Buf::Whole(x), hh), whole(Buf::Whole(t1), hh)));
-                ops.push(block_op(1, whole(Buf::Whole(t1), hh), whole(Buf::Whole(t2), hh)));
+                let block_op =
+                    |k, input, output| act_op(ConvId::Block(s, b, k), input, output, 1, (hh, ww));
+                ops.push(block_op(
+                    0,
+                    whole(Buf::Whole(x), hh),
+                    whole(Buf::Whole(t1), hh),
+                ));
+                ops.push(block_op(
+                    1,
+                    whole(Buf::Whole(t1), hh),
+                    whole(Buf::Whole(t2), hh),
+                ));
                 let mut conv4 = block_op(2, whole(Buf::Whole(t2), hh), whole(Buf::Whole(t1), hh));
                 conv4.skip = Some(whole(Buf::Whole(x), hh));
                 ops.push(conv4);
@@ -1014,7 +1031,8 @@ impl GpuConv {
                 for tap in 0..9 {
                     let mat = (ci / 4 * 9 + tap) * out_quads_n + co / 4;
                     // Column = input channel, row = output channel (column-major mat4x4).
-                    weights[mat * 16 + (ci % 4) * 4 + co % 4] = conv.weight[(co * cin + ci) * 9 + tap];
+                    weights[mat * 16 + (ci % 4) * 4 + co % 4] =
+                        conv.weight[(co * cin + ci) * 9 + tap];
                 }
             }
         }
