@@ -124,25 +124,63 @@ fn non_square_batches_and_size_changes_match_cpu() {
     );
 }
 
-/// Row bands of the full-resolution stage compute every pixel with the same arithmetic in
-/// the same order as one band, so the result is identical, halo rows and image edges
-/// included.
+/// Decodes with the smallest band limit that works (many bands) and checks the image is
+/// the one-band image: every pixel gets the same arithmetic in the same order, so the result
+/// is identical, halo rows and image edges included. Returns the band count.
+fn assert_bands_change_nothing(
+    decoder: &mut GpuTaesd,
+    latents: &Tensor,
+    one_band: &Tensor,
+) -> usize {
+    let (_, _, h, w) = latents.dims4().expect("latents");
+    decoder.set_band_limit(1);
+    assert!(matches!(
+        decoder.band_count(h, w),
+        Err(GpuError::BadSize { .. })
+    ));
+    assert!(matches!(
+        decoder.decode(latents),
+        Err(GpuError::BadSize { .. })
+    ));
+    let mut limit = 1024;
+    loop {
+        decoder.set_band_limit(limit);
+        if decoder.band_count(h, w).is_ok() {
+            break;
+        }
+        limit *= 2;
+    }
+    let bands = decoder.band_count(h, w).expect("bands");
+    let banded = decoder.decode(latents).expect("banded decode");
+    assert_eq!(max_abs_diff(&banded, one_band), 0.0, "{bands} bands");
+    bands
+}
+
 #[test]
 fn row_bands_give_the_same_image() {
-    let (cpu, whole) = fixture_pair();
-    // 64 channels x 4 bytes x 56 pixels = 14336 bytes per row; 40 rows per band buffer
-    // leave 40 - 2 * 4 = 32 output rows per band: 3 bands for 88 rows.
-    let banded = GpuTaesd::new(gpu(), cpu)
-        .expect("GPU decoder")
-        .with_band_limit(40 * 14336);
+    let (cpu, _) = fixture_pair();
+    let mut decoder = GpuTaesd::new(gpu(), cpu).expect("GPU decoder");
     let (h, w) = (11, 7);
-    assert_eq!(whole.band_count(h, w).expect("bands"), 1);
-    assert_eq!(banded.band_count(h, w).expect("bands"), 3);
     let latents = randn((1, 4, h, w), 4);
-    let a = whole.decode(&latents).expect("one band");
-    let b = banded.decode(&latents).expect("three bands");
-    assert_eq!(max_abs_diff(&a, &b), 0.0);
-    assert_matches_cpu(&banded, cpu, &latents, "three bands");
+    assert_eq!(decoder.band_count(h, w).expect("bands"), 1);
+    let one_band = decoder.decode(&latents).expect("one band");
+    // 64 channels x 4 bytes x 56 pixels = 14336 bytes per row; 40 rows per band buffer
+    // leave 40 - 2 * 4 halo rows = 32 output rows per band: 3 bands for 88 rows.
+    decoder.set_band_limit(40 * 14336);
+    assert_eq!(decoder.band_count(h, w).expect("bands"), 3);
+    let banded = decoder.decode(&latents).expect("three bands");
+    assert_eq!(max_abs_diff(&banded, &one_band), 0.0);
+    assert_matches_cpu(&decoder, cpu, &latents, "three bands");
+    // Too small for even one band with its halo: an error, not a panic.
+    decoder.set_band_limit(1);
+    assert!(matches!(
+        decoder.band_count(h, w),
+        Err(GpuError::BadSize { .. })
+    ));
+    assert!(matches!(
+        decoder.decode(&latents),
+        Err(GpuError::BadSize { .. })
+    ));
 }
 
 #[test]
@@ -263,7 +301,8 @@ fn original_and_diffusers_layouts_decode_the_same() {
 
 /// Configs the shader must tile differently: 8 channels (one group of output channels per
 /// workgroup), 72 channels (two workgroups along the channels, padded), 16-channel latents,
-/// a last stage without blocks, and a single stage (no upsampling at all).
+/// a last stage without blocks, and a single stage (no upsampling at all); each in one band
+/// and in many.
 #[test]
 fn other_configs_match_cpu() {
     let configs = [
@@ -287,9 +326,13 @@ fn other_configs_match_cpu() {
     ];
     for (seed, config) in configs.iter().enumerate() {
         let cpu = TaesdDecoder::random(config, seed as u64).expect("random decoder");
-        let decoder = GpuTaesd::new(gpu(), &cpu).expect("GPU decoder");
-        let latents = randn((1, config.latent_channels, 5, 6), 10 + seed as u64);
+        let mut decoder = GpuTaesd::new(gpu(), &cpu).expect("GPU decoder");
+        // 16 rows: taller than two halos even for the single-stage config.
+        let latents = randn((1, config.latent_channels, 16, 6), 10 + seed as u64);
         assert_matches_cpu(&decoder, &cpu, &latents, &format!("config {seed}"));
+        let one_band = decoder.decode(&latents).expect("decode");
+        let bands = assert_bands_change_nothing(&mut decoder, &latents, &one_band);
+        assert!(bands > 1, "config {seed}: {bands} band");
     }
 }
 

@@ -10,9 +10,7 @@
 //! Storage bindings are limited (128 MiB by default, less than one 576x1024x64 f32
 //! activation), so the last stage, the one at full resolution, runs in row bands: each band
 //! computes its rows plus a halo of one row per remaining convolution, in buffers sized to fit
-//! [`GpuTaesd::with_band_limit`] and the device's limits. Earlier stages run whole.
-
-use std::collections::HashMap;
+//! [`GpuTaesd::set_band_limit`] and the device's limits. Earlier stages run whole.
 
 use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
@@ -22,8 +20,8 @@ use super::{GpuContext, GpuError};
 use crate::frame::RgbaImage;
 use crate::model::taesd::{ConvWeights, TaesdDecoder};
 
-/// Default cap on one full-resolution band buffer: bands of ~190 rows at 1024 pixels wide,
-/// a few percent of halo overhead and ~150 MB of band buffers.
+/// Default cap on one full-resolution band buffer. For 72x128 latents the 576 image rows run
+/// as 4 bands of 144 (each with 8 halo rows, ~4% more work) and all activations take ~160 MB.
 pub const DEFAULT_BAND_LIMIT_BYTES: u64 = 48 << 20;
 
 /// Output pixels per workgroup along a row (`TILE_W` in the shader).
@@ -202,10 +200,9 @@ impl GpuTaesd {
     /// Caps each full-resolution band buffer at `bytes` (default
     /// [`DEFAULT_BAND_LIMIT_BYTES`]; the device's storage-binding limit always applies too).
     /// Smaller bands use less GPU memory and add more halo rows; the result is the same.
-    pub fn with_band_limit(mut self, bytes: u64) -> Self {
+    pub fn set_band_limit(&mut self, bytes: u64) {
         self.band_limit_bytes = bytes;
         *self.plan.get_mut() = None;
-        self
     }
 
     /// Image pixels per latent pixel along each side (8 for the default config).
@@ -518,7 +515,7 @@ impl GpuTaesd {
         let f = self.upscale_factor();
         let (height, width) = (h * f, w * f);
         let max_side = limits.max_texture_dimension_2d as usize;
-        if height > max_side || width > max_side || height > u32::MAX as usize / 4 {
+        if height > max_side || width > max_side {
             return Err(self.too_large(
                 h,
                 w,
@@ -531,24 +528,24 @@ impl GpuTaesd {
         let binding_limit = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
 
+        let ops = self.ops(h, w, band_rows);
+        // Each activation buffer as large as the most rows any op writes into it.
         let act_pixel_bytes = u64::from(self.act.out_quads) * 16;
-        // The whole-image activations: the largest is the last stage's input.
-        let whole_side = |stage: usize| {
-            let s = self.scale.pow(stage as u32) as usize;
-            (h * s, w * s)
-        };
-        let last_stage = self.stages.len() - 1;
-        let (wh, ww) = whole_side(last_stage.saturating_sub(1));
-        let whole_bytes = (wh * ww) as u64 * act_pixel_bytes;
+        let mut act_bytes = [0u64; 4];
+        for op in &ops {
+            if let Buf::Act(i) = op.output.buf {
+                let bytes = u64::from(op.output.rows * op.out_w) * act_pixel_bytes;
+                act_bytes[i] = act_bytes[i].max(bytes);
+            }
+        }
         let image_bytes = (self.out_channels * height * width * 4) as u64;
         let rgba_row_bytes =
             (width as u32 * 4).next_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT);
         let rgba_bytes = u64::from(rgba_row_bytes) * height as u64;
+        let largest_act = act_bytes.iter().copied().max().unwrap_or(0);
         for (what, bytes) in [
-            ("activation", whole_bytes),
+            ("activation", largest_act),
             ("f32 image", image_bytes),
             ("RGBA image", rgba_bytes),
         ] {
@@ -563,6 +560,8 @@ impl GpuTaesd {
                 ));
             }
         }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let storage = |label: &str, size: u64, extra: wgpu::BufferUsages| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -578,23 +577,11 @@ impl GpuTaesd {
         );
         let image = storage("taesd image", image_bytes, wgpu::BufferUsages::COPY_SRC);
         let rgba = storage("taesd rgba", rgba_bytes, wgpu::BufferUsages::COPY_SRC);
-        let halo = 3 * self.stages[last_stage].blocks.len() as u32 + u32::from(last_stage > 0);
-        let band_capacity = u64::from(band_rows + 2 * halo).min(height as u64);
-        let band_bytes = band_capacity * width as u64 * act_pixel_bytes;
-        let mut buffers: Vec<wgpu::Buffer> = Vec::new();
-        let mut ids = HashMap::new();
-        for i in 0..3 {
-            for (id, bytes) in [(Buf::Whole(i), whole_bytes), (Buf::Band(i), band_bytes)] {
-                ids.insert(id, buffers.len());
-                buffers.push(storage(
-                    "taesd activation",
-                    bytes,
-                    wgpu::BufferUsages::empty(),
-                ));
-            }
-        }
+        let activations: Vec<wgpu::Buffer> = act_bytes
+            .iter()
+            .map(|&bytes| storage("taesd activation", bytes, wgpu::BufferUsages::empty()))
+            .collect();
 
-        let ops = self.ops(h, w, band_rows);
         let align = limits
             .min_uniform_buffer_offset_alignment
             .max(PARAMS_BYTES as u32) as usize;
@@ -610,7 +597,7 @@ impl GpuTaesd {
                 Buf::Latents => &latents,
                 Buf::Image => &image,
                 Buf::NoSkip => &self.no_skip,
-                other => &buffers[ids[&other]],
+                Buf::Act(i) => &activations[i],
             }
         };
         let mut dispatches = Vec::with_capacity(ops.len());
@@ -634,11 +621,12 @@ impl GpuTaesd {
                 row0: 0,
                 rows: 0,
             });
+            let conv = op.conv(self);
             let values: [u32; PARAMS_BYTES / 4] = [
-                op.in_w,
+                op.out_w / op.up,
                 op.input.row0,
                 op.input.rows,
-                op.conv_in_quads,
+                conv.in_quads,
                 op.out_w,
                 op.out_h,
                 op.output.row0,
@@ -654,7 +642,6 @@ impl GpuTaesd {
             ];
             let offset = index * align;
             params[offset..offset + PARAMS_BYTES].copy_from_slice(bytemuck::cast_slice(&values));
-            let conv = op.conv(self);
             fn storage_entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
                 wgpu::BindGroupEntry {
                     binding,
@@ -719,91 +706,82 @@ impl GpuTaesd {
             image_hw: (height as u32, width as u32),
             dispatches,
             _params: params_buffer,
-            _activations: buffers,
+            _activations: activations,
         })
     }
 
     /// Every convolution of one decode in order, with the rows each one reads and writes.
+    ///
+    /// Activations live in four buffers: three rotate through the stages before the last;
+    /// then the one holding the last stage's input stays, and the other two with a fourth
+    /// hold the bands.
     fn ops(&self, h: usize, w: usize, band_rows: u32) -> Vec<Op> {
-        let mut ops = Vec::new();
-        let (mut hh, mut ww) = (h as u32, w as u32);
-        let whole = |buf, rows| Rows { buf, row0: 0, rows };
-        let act_op = |conv: ConvId, input: Rows, output: Rows, up: u32, out_hw: (u32, u32)| Op {
+        let whole = |index, rows| Rows {
+            buf: Buf::Act(index),
+            row0: 0,
+            rows,
+        };
+        let op = |conv, input, output, up, (out_h, out_w): (u32, u32)| Op {
             conv,
             image: false,
-            in_w: out_hw.1 / up,
-            conv_in_quads: 0,
             input,
             output,
             skip: None,
             up,
             relu: true,
-            out_h: out_hw.0,
-            out_w: out_hw.1,
+            out_h,
+            out_w,
         };
-        let mut first = act_op(
-            ConvId::First,
-            whole(Buf::Latents, hh),
-            whole(Buf::Whole(0), hh),
-            1,
-            (hh, ww),
-        );
-        first.conv_in_quads = self.first.in_quads;
-        ops.push(first);
-        let mut x = 0;
-        let mut spare = [1, 2];
+        let (mut hh, mut ww) = (h as u32, w as u32);
+        let latents = Rows {
+            buf: Buf::Latents,
+            row0: 0,
+            rows: hh,
+        };
+        let mut ops = vec![op(ConvId::First, latents, whole(0, hh), 1, (hh, ww))];
+        let (mut x, mut spare) = (0, [1, 2]);
         let last = self.stages.len() - 1;
-        for (s, stage) in self.stages.iter().enumerate().take(last) {
-            for b in 0..stage.blocks.len() {
+        for s in 0..last {
+            for b in 0..self.stages[s].blocks.len() {
                 let [t1, t2] = spare;
-                let block_op =
-                    |k, input, output| act_op(ConvId::Block(s, b, k), input, output, 1, (hh, ww));
-                ops.push(block_op(
-                    0,
-                    whole(Buf::Whole(x), hh),
-                    whole(Buf::Whole(t1), hh),
-                ));
-                ops.push(block_op(
-                    1,
-                    whole(Buf::Whole(t1), hh),
-                    whole(Buf::Whole(t2), hh),
-                ));
-                let mut conv4 = block_op(2, whole(Buf::Whole(t2), hh), whole(Buf::Whole(t1), hh));
-                conv4.skip = Some(whole(Buf::Whole(x), hh));
-                ops.push(conv4);
-                spare = [x, t2];
-                x = t1;
+                let block =
+                    |k, input, output| op(ConvId::Block(s, b, k), input, output, 1, (hh, ww));
+                ops.push(block(0, whole(x, hh), whole(t1, hh)));
+                ops.push(block(1, whole(t1, hh), whole(t2, hh)));
+                ops.push(Op {
+                    skip: Some(whole(x, hh)),
+                    ..block(2, whole(t2, hh), whole(t1, hh))
+                });
+                (x, spare) = (t1, [x, t2]);
             }
-            if s + 1 == last {
-                // The convolution up to full resolution runs in the bands below.
-                break;
+            // The convolution up to full resolution runs in the bands below.
+            if s + 1 < last {
+                let [y, other] = spare;
+                let (sh, sw) = (hh * self.scale, ww * self.scale);
+                let conv = op(
+                    ConvId::StageConv(s),
+                    whole(x, hh),
+                    whole(y, sh),
+                    self.scale,
+                    (sh, sw),
+                );
+                ops.push(Op {
+                    relu: false,
+                    ..conv
+                });
+                (x, spare, hh, ww) = (y, [x, other], sh, sw);
             }
-            let [y, other] = spare;
-            let (sh, sw) = (hh * self.scale, ww * self.scale);
-            let mut up = act_op(
-                ConvId::StageConv(s),
-                whole(Buf::Whole(x), hh),
-                whole(Buf::Whole(y), sh),
-                self.scale,
-                (sh, sw),
-            );
-            up.relu = false;
-            ops.push(up);
-            spare = [x, other];
-            x = y;
-            (hh, ww) = (sh, sw);
         }
 
-        // The last stage, in row bands of the full-resolution image.
+        // The last stage, in row bands of the full-resolution image. An op followed by
+        // `after` more convolutions in the band computes `after` extra rows on each side.
         let stage = &self.stages[last];
         let up = if last > 0 { self.scale } else { 1 };
         let (height, width) = (hh * up, ww * up);
-        let convs_after_first = 3 * stage.blocks.len() as u32 + 1;
-        let input = whole(Buf::Whole(x), hh);
-        let mut y0 = 0;
-        while y0 < height {
+        let (stage_input, input) = (x, whole(x, hh));
+        let band = [spare[0], spare[1], 3];
+        for y0 in (0..height).step_by(band_rows.max(1) as usize) {
             let y1 = (y0 + band_rows).min(height);
-            // Rows an op writes when `after` convolutions still follow it in the band.
             let rows = |buf, after: u32| {
                 let row0 = y0.saturating_sub(after);
                 Rows {
@@ -812,47 +790,45 @@ impl GpuTaesd {
                     rows: (y1 + after).min(height) - row0,
                 }
             };
-            let mut remaining = convs_after_first;
-            let mut x = input;
-            let mut free = vec![Buf::Band(2), Buf::Band(1), Buf::Band(0)];
+            let mut after = 3 * stage.blocks.len() as u32 + 1;
+            let (mut x, mut spare) = (input, [band[0], band[1]]);
             if last > 0 {
-                let output = rows(free.pop().unwrap_or(Buf::Band(0)), remaining);
-                let mut op = act_op(ConvId::StageUp, x, output, up, (height, width));
-                op.relu = false;
-                ops.push(op);
-                x = output;
+                let output = rows(Buf::Act(band[0]), after);
+                let conv = op(ConvId::StageUp, input, output, up, (height, width));
+                ops.push(Op {
+                    relu: false,
+                    ..conv
+                });
+                (x, spare) = (output, [band[1], band[2]]);
             }
             for b in 0..stage.blocks.len() {
-                let t1 = free.pop().unwrap_or(Buf::Band(1));
-                let t2 = free.pop().unwrap_or(Buf::Band(2));
-                let block_op = |k, input, output| {
-                    act_op(ConvId::Block(last, b, k), input, output, 1, (height, width))
+                let [t1, t2] = spare;
+                let block = |k, input, output| {
+                    op(ConvId::Block(last, b, k), input, output, 1, (height, width))
                 };
-                let a = rows(t1, remaining - 1);
-                ops.push(block_op(0, x, a));
-                let c = rows(t2, remaining - 2);
-                ops.push(block_op(1, a, c));
-                let out = rows(t1, remaining - 3);
-                let mut conv4 = block_op(2, c, out);
-                conv4.skip = Some(x);
-                ops.push(conv4);
-                free.push(t2);
-                if matches!(x.buf, Buf::Band(_)) {
-                    free.push(x.buf);
-                }
-                x = out;
-                remaining -= 3;
+                let (r1, r2, out) = (
+                    rows(Buf::Act(t1), after - 1),
+                    rows(Buf::Act(t2), after - 2),
+                    rows(Buf::Act(t1), after - 3),
+                );
+                ops.push(block(0, x, r1));
+                ops.push(block(1, r1, r2));
+                ops.push(Op {
+                    skip: Some(x),
+                    ..block(2, r2, out)
+                });
+                // The stage's input stays for the next band; a band buffer is free again.
+                let freed = match x.buf {
+                    Buf::Act(i) if i != stage_input => i,
+                    _ => band[2],
+                };
+                (x, spare, after) = (out, [t2, freed], after - 3);
             }
-            let mut image = act_op(ConvId::Final, x, rows(Buf::Image, 0), 1, (height, width));
-            image.image = true;
-            image.relu = false;
-            ops.push(image);
-            y0 = y1;
-        }
-        for op in &mut ops {
-            if op.conv_in_quads == 0 {
-                op.conv_in_quads = op.conv(self).in_quads;
-            }
+            ops.push(Op {
+                image: true,
+                relu: false,
+                ..op(ConvId::Final, x, rows(Buf::Image, 0), 1, (height, width))
+            });
         }
         ops
     }
@@ -877,8 +853,8 @@ struct Sizes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Buf {
     Latents,
-    Whole(usize),
-    Band(usize),
+    /// One of the four activation buffers.
+    Act(usize),
     Image,
     NoSkip,
 }
@@ -906,8 +882,6 @@ enum ConvId {
 struct Op {
     conv: ConvId,
     image: bool,
-    in_w: u32,
-    conv_in_quads: u32,
     input: Rows,
     output: Rows,
     skip: Option<Rows>,

@@ -126,7 +126,7 @@ impl TaesdConfig {
             );
             return Err(("decoder_block_out_channels", message));
         }
-        if channels.iter().any(|&c| c == 0) {
+        if channels.contains(&0) {
             return Err((
                 "decoder_block_out_channels",
                 "a stage has 0 channels".into(),
