@@ -148,30 +148,43 @@ impl BicubicUpscaler {
                 why: format!("{} bytes of pixels, not 4 per pixel", frame.pixels.len()),
             });
         }
-        if self.source.as_ref().map(|t| (t.width(), t.height())) != Some(size) {
-            check_size(device, "source", frame.width, frame.height)?;
-            self.source = Some(create_texture(
+        let source = self.source_texture(device, size.0, size.1)?;
+        queue.write_texture(
+            source.as_image_copy(),
+            &frame.pixels,
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(frame.width * 4),
+                rows_per_image: Some(frame.height),
+            },
+            extent(frame.width, frame.height),
+        );
+        Ok(())
+    }
+
+    /// The source texture, (re)created at `width x height` when its size differs: `Rgba8Uint`
+    /// with `COPY_DST` usage, for a frame made on the GPU (e.g.
+    /// [`super::GpuTaesd::decode_to_texture`]) to be written into instead of [`Self::upload`].
+    pub fn source_texture(
+        &mut self,
+        device: &wgpu::Device,
+        width: u32,
+        height: u32,
+    ) -> Result<&wgpu::Texture, GpuError> {
+        if self.source.as_ref().map(|t| (t.width(), t.height())) != Some((width, height)) {
+            check_size(device, "source", width, height)?;
+            self.passes = None;
+            self.source = None;
+        }
+        Ok(self.source.get_or_insert_with(|| {
+            create_texture(
                 device,
                 "bicubic source",
-                size,
+                (width, height),
                 PIXEL_FORMAT,
                 wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-            ));
-            self.passes = None;
-        }
-        if let Some(source) = &self.source {
-            queue.write_texture(
-                source.as_image_copy(),
-                &frame.pixels,
-                wgpu::TexelCopyBufferLayout {
-                    offset: 0,
-                    bytes_per_row: Some(frame.width * 4),
-                    rows_per_image: Some(frame.height),
-                },
-                extent(frame.width, frame.height),
-            );
-        }
-        Ok(())
+            )
+        }))
     }
 
     /// Records the two passes that fill `target` (mip level 0 of a texture of the format

@@ -1,6 +1,7 @@
-//! GPU side of the display path: a wgpu context for headless use (tests, recording) and the
-//! bicubic upscaler that turns a source-resolution frame into an output-resolution texture
-//! without making the big image on the CPU.
+//! GPU side of the display path: a wgpu context for headless use (tests, recording), the
+//! TAESD decoder as compute shaders ([`GpuTaesd`], latents -> frame on any Vulkan, Metal or
+//! DX12 GPU) and the bicubic upscaler that turns a source-resolution frame into an
+//! output-resolution texture without making the big image on the CPU.
 //!
 //! The upscaler reproduces the CPU upscaler (fast_image_resize, Catmull-Rom) byte for byte;
 //! [`filter_table`] says how.
@@ -8,12 +9,16 @@
 //! For the viewer (eframe + egui_wgpu): make the output with [`create_output_texture`],
 //! register its view once with `egui_wgpu::Renderer::register_native_texture` (egui wants
 //! `Rgba8Unorm` and treats the bytes as sRGB-encoded, which frames are), then per frame call
-//! [`BicubicUpscaler::upload`] and [`BicubicUpscaler::render`] into it and submit.
+//! [`BicubicUpscaler::upload`] and [`BicubicUpscaler::render`] into it and submit. With the
+//! decoder on the GPU too, replace the upload with [`GpuTaesd::decode_to_texture`] into
+//! [`BicubicUpscaler::source_texture`]: the frame never leaves the GPU.
 
 mod bicubic;
 mod filter_table;
+pub mod taesd;
 
 pub use bicubic::{create_output_texture, BicubicUpscaler, OUTPUT_FORMAT};
+pub use taesd::GpuTaesd;
 
 use crate::frame::RgbaImage;
 
@@ -57,6 +62,12 @@ pub enum GpuError {
     /// wgpu reported an error while running GPU work.
     #[error("GPU work failed: {0}")]
     Wgpu(String),
+    /// Input the GPU work cannot take (a tensor of the wrong shape, an unsupported model).
+    #[error("{0}")]
+    BadInput(String),
+    /// The device's limits are too small for this work.
+    #[error("the GPU cannot run this: {0}")]
+    Unsupported(String),
     /// Reading a texture back to the CPU failed.
     #[error("reading back from the GPU failed: {0}")]
     Readback(String),

@@ -126,7 +126,7 @@ impl TaesdConfig {
             );
             return Err(("decoder_block_out_channels", message));
         }
-        if channels.iter().any(|&c| c == 0) {
+        if channels.contains(&0) {
             return Err((
                 "decoder_block_out_channels",
                 "a stage has 0 channels".into(),
@@ -221,12 +221,28 @@ struct Stage {
     conv: Conv3x3,
 }
 
+/// One convolution of the decoder as loaded, in PyTorch's layout, for other backends
+/// (the GPU decoder builds its own weight layout from it).
+#[derive(Debug, Clone)]
+pub struct ConvWeights {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// `(out_channels, in_channels, 3, 3)`, row-major.
+    pub weight: Vec<f32>,
+    /// `(out_channels)`; `None` for the bias-free convolutions between stages.
+    pub bias: Option<Vec<f32>>,
+}
+
 /// The TAESD decoder, ready to run on the CPU.
 #[derive(Debug)]
 pub struct TaesdDecoder {
     config: TaesdConfig,
     first: Conv3x3,
     stages: Vec<Stage>,
+    /// The same convolutions as loaded, in layer order (see [`Self::conv_weights`]).
+    conv_weights: Vec<ConvWeights>,
     /// Activation buffers kept between calls: a walk decodes frame after frame at one size,
     /// and fresh buffers of ~150 MB each would cost page faults every frame.
     buffers: Mutex<Vec<Vec<f32>>>,
@@ -320,13 +336,21 @@ impl TaesdDecoder {
                 .flatten_all()?
                 .to_vec1::<f32>()?)
         };
+        let conv_weights = std::cell::RefCell::new(Vec::new());
         let conv = |name: &str, cout: usize, cin: usize, bias: bool| -> Result<Conv3x3> {
             let weight = fetch(&format!("{name}.weight"), &[cout, cin, 3, 3])?;
             let bias = match bias {
                 true => Some(fetch(&format!("{name}.bias"), &[cout])?),
                 false => None,
             };
-            Ok(Conv3x3::new(&weight, bias.as_deref(), cout, cin))
+            let conv = Conv3x3::new(&weight, bias.as_deref(), cout, cin);
+            conv_weights.borrow_mut().push(ConvWeights {
+                in_channels: cin,
+                out_channels: cout,
+                weight,
+                bias,
+            });
+            Ok(conv)
         };
 
         let layers = config.layers();
@@ -360,6 +384,7 @@ impl TaesdDecoder {
             config: config.clone(),
             first,
             stages,
+            conv_weights: conv_weights.into_inner(),
             buffers: Mutex::new(Vec::new()),
         })
     }
@@ -391,6 +416,14 @@ impl TaesdDecoder {
     /// Image pixels per latent pixel along each side (8 for the default config).
     pub fn upscale_factor(&self) -> usize {
         self.config.upscale_factor()
+    }
+
+    /// Every convolution in the order the decoder runs them (diffusers layer order): the
+    /// first one, then per stage `conv.0`, `conv.2`, `conv.4` of each block followed by the
+    /// stage's own convolution (after the nearest upsampling for all stages but the last,
+    /// whose convolution makes the image).
+    pub fn conv_weights(&self) -> &[ConvWeights] {
+        &self.conv_weights
     }
 
     /// Decodes `(B, latent_channels, h, w)` latents to `(B, out_channels, h*f, w*f)` f32
