@@ -182,7 +182,7 @@ pub fn render_settings(args: &RenderArgs, engine: &dyn Engine) -> anyhow::Result
         height: defaults.image_size.1,
     });
     let factor = engine.size_multiple();
-    if source.width % factor != 0 || source.height % factor != 0 {
+    if !source.width.is_multiple_of(factor) || !source.height.is_multiple_of(factor) {
         bail!(
             "--source {}x{}: both sides must be multiples of {factor} for this model",
             source.width,

@@ -37,7 +37,7 @@ fn run_loop(
         &sampler,
         init,
         guidance,
-        |x, t| Ok(unet.forward(x, t, &context)?),
+        |x, t| unet.forward(x, t, &context),
         |_, _| {},
     )
     .unwrap()

@@ -48,9 +48,9 @@ fn two_x_row_matches_catmull_rom_by_value() {
     for x in 0..8 {
         let centre = (x as f64 + 0.5) / 2.0 - 0.5;
         let (mut sum, mut wsum) = (0.0, 0.0);
-        for i in 0..4 {
+        for (i, &value) in row.iter().enumerate().take(4) {
             let w = cubic(i as f64 - centre);
-            sum += w * row[i] as f64;
+            sum += w * value as f64;
             wsum += w;
         }
         let expected = (sum / wsum).round().clamp(0.0, 255.0) as i32;

@@ -68,7 +68,7 @@ enum ModelState {
         started: Instant,
         result: Receiver<anyhow::Result<Arc<dyn Engine>>>,
     },
-    Ready(Session),
+    Ready(Box<Session>),
     Failed(String),
 }
 
@@ -210,7 +210,7 @@ impl ViewerApp {
                     text: format!("loaded {}", engine.name()),
                     is_error: false,
                 });
-                self.model = ModelState::Ready(Session::new(engine));
+                self.model = ModelState::Ready(Box::new(Session::new(engine)));
             }
             Err(e) => {
                 let text = format!("cannot load the model: {e:#}");

@@ -16,7 +16,7 @@ pub struct Shown {
 
 /// Draws frames into textures egui can show.
 pub enum Presenter {
-    Gpu(GpuPresenter),
+    Gpu(Box<GpuPresenter>),
     Cpu(CpuPresenter),
 }
 
@@ -24,7 +24,7 @@ impl Presenter {
     /// The GPU presenter on eframe's wgpu device when there is one, else the CPU one.
     pub fn new(render_state: Option<&egui_wgpu::RenderState>) -> Self {
         match render_state {
-            Some(rs) => Presenter::Gpu(GpuPresenter::new(rs)),
+            Some(rs) => Presenter::Gpu(Box::new(GpuPresenter::new(rs))),
             None => Presenter::Cpu(CpuPresenter::default()),
         }
     }

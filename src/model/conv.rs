@@ -167,9 +167,9 @@ impl Conv3x3 {
                         *value = (0..3).map(|ky| grow[ky] * f64::from(g[ky * 3 + kx])).sum();
                     }
                 }
-                for i in 0..PATCH {
-                    for j in 0..PATCH {
-                        let value: f64 = (0..3).map(|kx| gg[i][kx] * G[j][kx]).sum();
+                for (i, gg_row) in gg.iter().enumerate() {
+                    for (j, g_row) in G.iter().enumerate() {
+                        let value: f64 = (0..3).map(|kx| gg_row[kx] * g_row[kx]).sum();
                         let p = i * PATCH + j;
                         u[p * cin_p * cout_p + n0 * cin_p + ci * width + (co - n0)] = value as f32;
                     }

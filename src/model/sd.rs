@@ -160,7 +160,7 @@ impl StableDiffusion {
                     // Stop at the next step: denoise passes the error straight up.
                     return Err(ModelError::Invalid("cancelled".into()));
                 }
-                Ok(self.unet.forward(x, t, &context)?)
+                self.unet.forward(x, t, &context)
             },
             |i, n| cancelled.set(!on_step(i + 1, n)),
         );
