@@ -26,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Render a walk headless to a PNG sequence or a video file.
     Render(RenderArgs),
+    /// Time the decoders and the 4K path against the reference scripts, side by side.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Which weights to run.

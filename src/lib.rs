@@ -4,6 +4,7 @@
 //! prompts -> [`model`] (endpoints) -> [`walk`] (latent path) -> decode -> [`pipeline`]
 //! (in-betweens, ordered ring buffer) -> [`upscale`] -> display / [`record`].
 
+pub mod bench;
 pub mod cli;
 pub mod frame;
 pub mod gpu;
