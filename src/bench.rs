@@ -251,10 +251,13 @@ fn load_average() -> Option<f64> {
 
 /// A `kB` field of a /proc status-like file.
 fn proc_kb(path: &str, key: &str) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.lines().find_map(|line| {
-        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
 }
 
 /// This process's peak resident memory so far, MiB.
@@ -309,15 +312,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 fn runs_for(args: &BenchArgs, case: Case) -> (usize, usize) {
     let (warmup, runs) = case.default_runs();
-    (args.warmup.unwrap_or(warmup), args.runs.unwrap_or(runs).max(1))
+    (
+        args.warmup.unwrap_or(warmup),
+        args.runs.unwrap_or(runs).max(1),
+    )
 }
 
 /// Ours in a child process, then the reference, for a timed case.
 fn bench_timed(args: &BenchArgs, case: Case, reference: &Reference) -> anyhow::Result<CaseReport> {
     let (warmup, runs) = runs_for(args, case);
-    let ours = run_child(args, case, &[])?;
+    let (ours, theirs) = match case {
+        Case::FourKPath => interleaved_4k_path(args, reference, warmup, runs)?,
+        _ => {
+            let ours = run_child(args, case, (warmup, runs), &[])?;
+            (ours, reference.run(args, case, warmup, runs))
+        }
+    };
     let ours_timing = Timing::from_runs(ours.times_ms.clone(), ours.peak_rss_mb)?;
-    let (reference_timing, skipped) = match reference.run(args, case, warmup, runs) {
+    let (reference_timing, skipped) = match theirs {
         Ok(timing) => (Some(timing), None),
         Err(reason) => (None, Some(reason)),
     };
@@ -384,6 +396,64 @@ fn bench_timed(args: &BenchArgs, case: Case, reference: &Reference) -> anyhow::R
     Ok(report)
 }
 
+/// The 4K path, ours and the reference's runs taking turns (each in a fresh process), so
+/// that a change of load on the machine hits both sides alike.
+fn interleaved_4k_path(
+    args: &BenchArgs,
+    reference: &Reference,
+    warmup: usize,
+    runs: usize,
+) -> anyhow::Result<(ChildResult, Result<Timing, String>)> {
+    let mut ours = ChildResult {
+        times_ms: Vec::new(),
+        peak_rss_mb: None,
+        detail: serde_json::Value::Null,
+    };
+    let mut theirs: Result<(Vec<f64>, Option<f64>), String> =
+        reference.seed.clone().map(|()| (Vec::new(), None));
+    for i in 0..warmup {
+        if theirs.is_ok() {
+            let label = format!(
+                "4k_path reference (numpy + OpenCV) warm-up {}/{warmup}",
+                i + 1
+            );
+            if let Err(e) = reference.run_seed_once(args, &label) {
+                theirs = Err(e);
+            }
+        }
+    }
+    for i in 0..runs {
+        let run = run_child(args, Case::FourKPath, (warmup, 1), &[])?;
+        ours.times_ms.extend(run.times_ms);
+        ours.peak_rss_mb = max_option(ours.peak_rss_mb, run.peak_rss_mb);
+        ours.detail = run.detail;
+        let label = format!("4k_path reference (numpy + OpenCV) run {}/{runs}", i + 1);
+        let outcome = theirs
+            .is_ok()
+            .then(|| reference.run_seed_once(args, &label));
+        match outcome {
+            Some(Ok((ms, run_peak))) => {
+                if let Ok((all_ms, peak)) = &mut theirs {
+                    all_ms.push(ms);
+                    *peak = max_option(*peak, run_peak);
+                }
+            }
+            Some(Err(e)) => theirs = Err(e),
+            None => {}
+        }
+    }
+    let theirs = theirs
+        .and_then(|(all_ms, peak)| Timing::from_runs(all_ms, peak).map_err(|e| e.to_string()));
+    Ok((ours, theirs))
+}
+
+fn max_option(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Peak RSS of renders of each length, each in its own process.
 fn bench_render_rss(args: &BenchArgs) -> anyhow::Result<CaseReport> {
     let mut lengths = args.rss_frames.clone();
@@ -395,7 +465,12 @@ fn bench_render_rss(args: &BenchArgs) -> anyhow::Result<CaseReport> {
     let mut peaks = Vec::new();
     let mut details = Vec::new();
     for &frames in &lengths {
-        let result = run_child(args, Case::RenderRss, &["--rss-frames", &frames.to_string()])?;
+        let result = run_child(
+            args,
+            Case::RenderRss,
+            (0, 1),
+            &["--rss-frames", &frames.to_string()],
+        )?;
         let peak = result
             .peak_rss_mb
             .context("the render's peak RSS could not be read (/proc/self/status)")?;
@@ -437,9 +512,13 @@ struct ChildResult {
 
 /// Runs `case` in `dreamwalk bench --child` and reads its figures (its stderr, with the
 /// progress bar, goes to ours).
-fn run_child(args: &BenchArgs, case: Case, extra: &[&str]) -> anyhow::Result<ChildResult> {
+fn run_child(
+    args: &BenchArgs,
+    case: Case,
+    (warmup, runs): (usize, usize),
+    extra: &[&str],
+) -> anyhow::Result<ChildResult> {
     let exe = std::env::current_exe().context("finding the dreamwalk executable")?;
-    let (warmup, runs) = runs_for(args, case);
     let mut command = Command::new(&exe);
     command
         .args(["bench", "--child", "--cases", case.name()])
@@ -454,7 +533,11 @@ fn run_child(args: &BenchArgs, case: Case, extra: &[&str]) -> anyhow::Result<Chi
         .output()
         .with_context(|| format!("running {}", exe.display()))?;
     if !output.status.success() {
-        bail!("the child process for {} failed ({})", case.name(), output.status);
+        bail!(
+            "the child process for {} failed ({})",
+            case.name(),
+            output.status
+        );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout
@@ -863,13 +946,15 @@ impl Reference {
     }
 
     /// Times `case` with the reference script; `Err` says why it could not.
-    fn run(&self, args: &BenchArgs, case: Case, warmup: usize, runs: usize) -> Result<Timing, String> {
+    fn run(
+        &self,
+        args: &BenchArgs,
+        case: Case,
+        warmup: usize,
+        runs: usize,
+    ) -> Result<Timing, String> {
         match case {
-            Case::FourKPath => {
-                self.seed.clone()?;
-                self.run_seed(args, warmup, runs)
-            }
-            Case::RenderRss => Err("no reference".to_string()),
+            Case::FourKPath | Case::RenderRss => Err("not a decoder case".to_string()),
             _ => {
                 self.decoders.clone()?;
                 self.run_decoders(args, case, warmup, runs)
@@ -877,7 +962,13 @@ impl Reference {
         }
     }
 
-    fn run_decoders(&self, args: &BenchArgs, case: Case, warmup: usize, runs: usize) -> Result<Timing, String> {
+    fn run_decoders(
+        &self,
+        args: &BenchArgs,
+        case: Case,
+        warmup: usize,
+        runs: usize,
+    ) -> Result<Timing, String> {
         let json = std::env::temp_dir().join(format!(
             "dreamwalk-bench-{}-{}.json",
             std::process::id(),
@@ -901,63 +992,59 @@ impl Reference {
         ];
         let label = format!("{} reference (PyTorch)", case.name());
         let outcome = self.run_script(&label, &script, &script_args)?;
-        let text = std::fs::read_to_string(&json).map_err(|e| format!("no figures from {}: {e}", script.display()))?;
+        let text = std::fs::read_to_string(&json)
+            .map_err(|e| format!("no figures from {}: {e}", script.display()))?;
         let _ = std::fs::remove_file(&json);
         let parsed: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
         let all_ms: Vec<f64> = parsed["results"][0]["all_s"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_f64()).map(|s| s * 1e3).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_f64())
+                    .map(|s| s * 1e3)
+                    .collect()
+            })
             .unwrap_or_default();
         Timing::from_runs(all_ms, outcome.peak_rss_mb).map_err(|e| e.to_string())
     }
 
-    /// One process per run (the script times a single pass over its keyframes).
-    fn run_seed(&self, args: &BenchArgs, warmup: usize, runs: usize) -> Result<Timing, String> {
+    /// One run of the seed pipeline script (it times a single pass over its keyframes):
+    /// (ms per frame, peak RSS).
+    fn run_seed_once(&self, args: &BenchArgs, label: &str) -> Result<(f64, Option<f64>), String> {
         let script = self.dir.join("seed_pipeline.py");
-        let script_args = vec![
+        let script_args = [
             "--keyframes".to_string(),
             args.keyframes.to_string(),
             "--threads".to_string(),
             args.threads.to_string(),
         ];
-        let mut all_ms = Vec::new();
-        let mut peak: Option<f64> = None;
-        for i in 0..warmup + runs {
-            let label = match i < warmup {
-                true => format!("4k_path reference (numpy + OpenCV) warm-up {}/{warmup}", i + 1),
-                false => format!("4k_path reference (numpy + OpenCV) run {}/{runs}", i + 1 - warmup),
-            };
-            let outcome = self.run_script(&label, &script, &script_args)?;
-            // "frames 157 seconds 1.234"
-            let per_frame = outcome.stdout.lines().find_map(|line| {
-                let mut words = line.split_whitespace();
-                match (words.next(), words.next(), words.next(), words.next()) {
-                    (Some("frames"), Some(frames), Some("seconds"), Some(seconds)) => {
-                        let frames: f64 = frames.parse().ok()?;
-                        let seconds: f64 = seconds.parse().ok()?;
-                        (frames > 0.0).then_some(seconds * 1e3 / frames)
-                    }
-                    _ => None,
+        let outcome = self.run_script(label, &script, &script_args)?;
+        // "frames 157 seconds 1.234"
+        let per_frame = outcome.stdout.lines().find_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words[..] {
+                ["frames", frames, "seconds", seconds] => {
+                    let frames: f64 = frames.parse().ok()?;
+                    let seconds: f64 = seconds.parse().ok()?;
+                    (frames > 0.0).then_some(seconds * 1e3 / frames)
                 }
-            });
-            let per_frame = per_frame.ok_or_else(|| {
-                format!("{} printed no `frames N seconds S` line", script.display())
-            })?;
-            if i >= warmup {
-                all_ms.push(per_frame);
+                _ => None,
             }
-            peak = match (peak, outcome.peak_rss_mb) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        Timing::from_runs(all_ms, peak).map_err(|e| e.to_string())
+        });
+        let per_frame = per_frame
+            .ok_or_else(|| format!("{} printed no `frames N seconds S` line", script.display()))?;
+        Ok((per_frame, outcome.peak_rss_mb))
     }
 
     /// Runs `python script args` under a wrapper that reports the process's peak RSS,
     /// with a spinner meanwhile.
-    fn run_script(&self, label: &str, script: &Path, args: &[String]) -> Result<ScriptOutcome, String> {
+    fn run_script(
+        &self,
+        label: &str,
+        script: &Path,
+        args: &[String],
+    ) -> Result<ScriptOutcome, String> {
         const WRAPPER: &str = "import runpy, sys\n\
             script = sys.argv[1]\n\
             sys.argv = sys.argv[1:]\n\
@@ -1016,7 +1103,10 @@ impl Reference {
                 .map_or("", |l| l.trim());
             return Err(format!("{} failed ({status}): {last}", script.display()));
         }
-        Ok(ScriptOutcome { stdout, peak_rss_mb })
+        Ok(ScriptOutcome {
+            stdout,
+            peak_rss_mb,
+        })
     }
 }
 
@@ -1026,10 +1116,9 @@ struct ScriptOutcome {
 }
 
 fn summary_line(report: &CaseReport) -> String {
-    let ours = report
-        .ours
-        .as_ref()
-        .map_or(String::new(), |t| format!("ours min {:.2} {}", t.min_ms, report.unit));
+    let ours = report.ours.as_ref().map_or(String::new(), |t| {
+        format!("ours min {:.2} {}", t.min_ms, report.unit)
+    });
     let theirs = match (&report.reference, &report.reference_skipped) {
         (Some(t), _) => format!(", reference min {:.2} {}", t.min_ms, report.unit),
         (None, Some(why)) => format!(", reference skipped ({why})"),
@@ -1069,7 +1158,10 @@ pub fn table(report: &BenchReport) -> String {
     };
     for case in &report.cases {
         if case.case == Case::RenderRss.name() {
-            let renders = case.detail["renders"].as_array().cloned().unwrap_or_default();
+            let renders = case.detail["renders"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let peaks: Vec<String> = renders
                 .iter()
                 .map(|r| {
@@ -1093,7 +1185,10 @@ pub fn table(report: &BenchReport) -> String {
             ]);
             continue;
         }
-        let ours = case.ours.as_ref().map_or("-".into(), |t| ms_pair(t, &case.unit));
+        let ours = case
+            .ours
+            .as_ref()
+            .map_or("-".into(), |t| ms_pair(t, &case.unit));
         let theirs = match (&case.reference, &case.reference_skipped) {
             (Some(t), _) => ms_pair(t, &case.unit),
             (None, Some(_)) => "skipped".into(),
@@ -1118,7 +1213,8 @@ pub fn table(report: &BenchReport) -> String {
                 format!("{} (peak RSS)", case.case),
                 rss.map_or("-".into(), |mb| format!("{mb:.0} MiB")),
                 theirs_rss.map_or("-".into(), |mb| format!("{mb:.0} MiB")),
-                case.peak_rss_ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+                case.peak_rss_ratio
+                    .map_or("-".into(), |r| format!("{r:.2}x")),
                 "≤ 1.0x".into(),
                 mark(case.peak_rss_ratio.map(|r| r <= 1.0)),
             ]);

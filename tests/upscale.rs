@@ -102,14 +102,21 @@ fn fast_kernel_equals_fast_image_resize_byte_for_byte() {
         let got = fast.resize(&src, dw, dh);
         let expected = reference.resize(&src, dw, dh);
         assert_eq!((got.width, got.height), (dw, dh));
-        let first_difference = got.pixels.iter().zip(&expected.pixels).position(|(a, b)| a != b);
+        let first_difference = got
+            .pixels
+            .iter()
+            .zip(&expected.pixels)
+            .position(|(a, b)| a != b);
         assert_eq!(
             first_difference, None,
             "{sw}x{sh} -> {dw}x{dh}: first different byte"
         );
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") {
-            assert!(fast.uses_fast_kernel((sw, sh), (dw, dh)), "{sw}x{sh} -> {dw}x{dh}");
+            assert!(
+                fast.uses_fast_kernel((sw, sh), (dw, dh)),
+                "{sw}x{sh} -> {dw}x{dh}"
+            );
         }
     }
 }
@@ -119,7 +126,11 @@ fn fast_kernel_equals_fast_image_resize_byte_for_byte() {
 fn shrinking_and_tiny_sources_use_fast_image_resize() {
     let mut fast = BicubicResizer::new();
     let mut reference = BicubicResizer::reference();
-    for ((sw, sh), (dw, dh)) in [((3840, 2160), (1024, 576)), ((3, 2), (40, 30)), ((100, 50), (300, 20))] {
+    for ((sw, sh), (dw, dh)) in [
+        ((3840, 2160), (1024, 576)),
+        ((3, 2), (40, 30)),
+        ((100, 50), (300, 20)),
+    ] {
         assert!(!fast.uses_fast_kernel((sw, sh), (dw, dh)));
         let src = noise_image(sw, sh, 7);
         assert!(fast.resize(&src, dw, dh) == reference.resize(&src, dw, dh));
@@ -141,7 +152,11 @@ fn shared_outputs_are_reused_only_when_released() {
     assert!(*second == bicubic(&b, 64, 36));
     drop(first);
     let third = resizer.resize_shared(&a, 64, 36);
-    assert_eq!(third.pixels.as_ptr(), first_buffer, "the released buffer is reused");
+    assert_eq!(
+        third.pixels.as_ptr(),
+        first_buffer,
+        "the released buffer is reused"
+    );
     assert!(*third == expected_a);
     // Another size gets its own frame of that size.
     let other = resizer.resize_shared(&a, 32, 18);

@@ -23,17 +23,68 @@ pub fn blend(prev: &RgbaImage, next: &RgbaImage, j: usize, k: usize) -> RgbaImag
     let d = (k + 1) as u16;
     let (wp, wn) = ((k - j) as u16, (j + 1) as u16);
     let divider = Divider::new(2 * d, 2 * 255 * d + d);
-    let pixels = prev
-        .pixels
-        .iter()
-        .zip(&next.pixels)
-        .map(|(&p, &n)| divider.divide(2 * (wp * p as u16 + wn * n as u16) + d) as u8)
-        .collect();
+    let mut pixels = Vec::with_capacity(prev.pixels.len());
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked just above).
+        #[allow(unsafe_code)]
+        unsafe {
+            blend_avx2(
+                &prev.pixels,
+                &next.pixels,
+                (wp, wn, d),
+                divider,
+                &mut pixels,
+            )
+        };
+    }
+    if pixels.is_empty() {
+        blend_bytes(
+            &prev.pixels,
+            &next.pixels,
+            (wp, wn, d),
+            divider,
+            &mut pixels,
+        );
+    }
     RgbaImage {
         width: prev.width,
         height: prev.height,
         pixels,
     }
+}
+
+/// The blend loop, written so that it vectorises: 16-bit lanes throughout.
+#[inline(always)]
+fn blend_bytes(
+    prev: &[u8],
+    next: &[u8],
+    (wp, wn, d): (u16, u16, u16),
+    divider: Divider,
+    out: &mut Vec<u8>,
+) {
+    out.extend(
+        prev.iter()
+            .zip(next)
+            .map(|(&p, &n)| divider.divide(2 * (wp * p as u16 + wn * n as u16) + d) as u8),
+    );
+}
+
+/// [`blend_bytes`] compiled for AVX2: 16 bytes per instruction instead of SSE2's 8.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(unsafe_code)]
+unsafe fn blend_avx2(
+    prev: &[u8],
+    next: &[u8],
+    weights: (u16, u16, u16),
+    divider: Divider,
+    out: &mut Vec<u8>,
+) {
+    blend_bytes(prev, next, weights, divider, out);
 }
 
 /// `t / divisor` (rounded down) as `((t * multiplier) >> 16) >> shift` in 16-bit lanes,

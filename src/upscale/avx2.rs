@@ -67,7 +67,6 @@ impl RowKernel {
             .collect();
         Self { taps, groups }
     }
-
 }
 
 impl Avx2 {
@@ -222,7 +221,10 @@ unsafe fn horizontal_row(kernel: &RowKernel, src: &[u8], out: &mut [u8], stream:
         let at = dst.add(x * 4);
         if stream {
             _mm_stream_si128(at as *mut __m128i, _mm256_castsi256_si128(packed));
-            _mm_stream_si128(at.add(16) as *mut __m128i, _mm256_extracti128_si256::<1>(packed));
+            _mm_stream_si128(
+                at.add(16) as *mut __m128i,
+                _mm256_extracti128_si256::<1>(packed),
+            );
         } else {
             _mm256_storeu_si256(at as *mut __m256i, packed);
         }

@@ -109,7 +109,10 @@ impl BicubicResizer {
 
     /// Resizes `src` into `dst`, to `dst`'s size, overwriting every pixel.
     pub fn resize_into(&mut self, src: &RgbaImage, dst: &mut RgbaImage) {
-        debug_assert_eq!(dst.pixels.len(), dst.width as usize * dst.height as usize * 4);
+        debug_assert_eq!(
+            dst.pixels.len(),
+            dst.width as usize * dst.height as usize * 4
+        );
         if (src.width, src.height) == (dst.width, dst.height) {
             dst.pixels.copy_from_slice(&src.pixels);
             return;
