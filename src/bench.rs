@@ -1116,6 +1116,9 @@ struct ScriptOutcome {
 }
 
 fn summary_line(report: &CaseReport) -> String {
+    if report.case == Case::RenderRss.name() {
+        return format!("{}: {}", report.case, render_peaks(report).join(", "));
+    }
     let ours = report.ours.as_ref().map_or(String::new(), |t| {
         format!("ours min {:.2} {}", t.min_ms, report.unit)
     });
@@ -1141,6 +1144,27 @@ fn ms_pair(t: &Timing, unit: &str) -> String {
     }
 }
 
+/// "273 MiB @ 101 frames" for each render of a `render_rss` report.
+fn render_peaks(report: &CaseReport) -> Vec<String> {
+    let renders = report.detail["renders"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    renders
+        .iter()
+        .map(|r| {
+            format!(
+                "{:.0} MiB @ {} frames",
+                r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+                r["detail"]["frames"]
+                    .as_u64()
+                    .or(r["frames_asked"].as_u64())
+                    .unwrap_or(0)
+            )
+        })
+        .collect()
+}
+
 /// The table printed at the end.
 pub fn table(report: &BenchReport) -> String {
     let mut rows: Vec<[String; 6]> = vec![[
@@ -1158,23 +1182,7 @@ pub fn table(report: &BenchReport) -> String {
     };
     for case in &report.cases {
         if case.case == Case::RenderRss.name() {
-            let renders = case.detail["renders"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let peaks: Vec<String> = renders
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{:.0} MiB @ {} frames",
-                        r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-                        r["detail"]["frames"]
-                            .as_u64()
-                            .or(r["frames_asked"].as_u64())
-                            .unwrap_or(0)
-                    )
-                })
-                .collect();
+            let peaks = render_peaks(case);
             rows.push([
                 format!("{} (peak RSS)", case.case),
                 peaks.join(", "),

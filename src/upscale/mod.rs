@@ -17,6 +17,8 @@ mod taps;
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
@@ -34,11 +36,33 @@ pub enum UpscaleMode {
     Gpu,
 }
 
-/// Output frames a resizer keeps for reuse (see [`BicubicResizer::resize_shared`]).
-const POOL_FRAMES: usize = 16;
+/// Output frames kept for reuse by [`BicubicResizer::resize_shared`], shared by every
+/// resizer in the process: the pipeline's upscale workers draw on one set of buffers, so
+/// the set stays as large as the number of frames alive at once, not that times the workers.
+static FRAME_POOL: Mutex<Vec<Arc<RgbaImage>>> = Mutex::new(Vec::new());
 
-/// A reusable bicubic resizer: keeps its scratch buffers, the weights for the last pair
-/// of sizes, and (for [`resize_shared`](Self::resize_shared)) output frames between calls.
+/// Most frames the pool keeps (a 4K stream has about 20 alive at once: ring, recorder
+/// queue, workers).
+const POOL_FRAMES: usize = 24;
+
+/// A pooled frame of this size that nobody else holds any more, taken out of the pool.
+fn take_pooled(width: u32, height: u32) -> Option<Arc<RgbaImage>> {
+    let mut pool = FRAME_POOL.lock();
+    // Frames of another size will not be asked for again soon: let them go.
+    pool.retain(|f| (f.width, f.height) == (width, height));
+    let free = pool.iter_mut().position(|f| Arc::get_mut(f).is_some())?;
+    Some(pool.swap_remove(free))
+}
+
+fn keep_pooled(frame: &Arc<RgbaImage>) {
+    let mut pool = FRAME_POOL.lock();
+    if pool.len() < POOL_FRAMES {
+        pool.push(frame.clone());
+    }
+}
+
+/// A reusable bicubic resizer: keeps its scratch buffers and the weights for the last pair
+/// of sizes between calls.
 pub struct BicubicResizer {
     resizer: Resizer,
     options: ResizeOptions,
@@ -46,7 +70,6 @@ pub struct BicubicResizer {
     fast: Option<fast::Plan>,
     #[cfg(target_arch = "x86_64")]
     avx2: Option<avx2::Avx2>,
-    pool: Vec<Arc<RgbaImage>>,
 }
 
 impl Default for BicubicResizer {
@@ -67,7 +90,6 @@ impl BicubicResizer {
             fast: None,
             #[cfg(target_arch = "x86_64")]
             avx2: avx2::Avx2::detect(),
-            pool: Vec::new(),
         }
     }
 
@@ -142,32 +164,27 @@ impl BicubicResizer {
             .expect("same pixel type on both sides");
     }
 
-    /// Like [`resize`](Self::resize), into a shared frame, reusing one of this resizer's
-    /// earlier outputs that everyone else has let go of.
+    /// Like [`resize`](Self::resize), into a shared frame, reusing an earlier output of
+    /// `resize_shared` (of any resizer) that everyone else has let go of.
     ///
     /// A 4K RGBA frame is 33 MB, above glibc's largest mmap threshold: a fresh one is mapped,
     /// page-faulted (8 100 faults) and unmapped again for every frame, which costs about as
-    /// much as resizing it. Up to 16 frames of the current size are kept for reuse, so memory
+    /// much as resizing it. Up to 24 frames of the current size are kept for reuse, so memory
     /// stays at the stream's own peak instead of going up and down with every frame.
     pub fn resize_shared(&mut self, src: &RgbaImage, width: u32, height: u32) -> Arc<RgbaImage> {
         if (src.width, src.height) == (width, height) {
             return Arc::new(src.clone());
         }
-        self.pool.retain(|f| (f.width, f.height) == (width, height));
-        let free = self.pool.iter_mut().position(|f| Arc::get_mut(f).is_some());
-        let mut frame = match free {
-            Some(i) => self.pool.swap_remove(i),
-            None => Arc::new(RgbaImage {
+        let mut frame = take_pooled(width, height).unwrap_or_else(|| {
+            Arc::new(RgbaImage {
                 width,
                 height,
                 pixels: vec![0; width as usize * height as usize * 4],
-            }),
-        };
+            })
+        });
         let image = Arc::get_mut(&mut frame).expect("a pooled frame nobody else holds");
         self.resize_into(src, image);
-        if self.pool.len() < POOL_FRAMES {
-            self.pool.push(frame.clone());
-        }
+        keep_pooled(&frame);
         frame
     }
 }
