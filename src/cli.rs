@@ -42,6 +42,8 @@ pub struct ViewerArgs {
 pub enum Command {
     /// Render a walk headless to a PNG sequence or a video file.
     Render(RenderArgs),
+    /// Time the decoders and the 4K path against the reference scripts, side by side.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Which weights to run.
@@ -251,6 +253,12 @@ pub fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<()> {
         policy: RingPolicy::Record,
         stop_at_end: true,
         laps: args.laps,
+        // A walk played once never comes back to a decoded frame: caching them would only
+        // make memory grow with the walk's length.
+        cache_budget_bytes: match args.loop_mode {
+            LoopMode::Once => 0,
+            _ => PipelineOptions::default().cache_budget_bytes,
+        },
         ..Default::default()
     };
     let pipeline = Pipeline::start(engine, settings.clone(), options);

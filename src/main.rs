@@ -14,6 +14,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Render(args)) => dreamwalk::cli::render(args, &cli.model),
+        Some(Command::Bench(args)) => dreamwalk::bench::run(args),
         None => dreamwalk::cli::run_viewer(&cli.model, &cli.viewer),
     };
     match result {

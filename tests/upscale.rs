@@ -1,7 +1,7 @@
 //! CPU bicubic upscale: sizes, constants, and a 2x case by value.
 
 use dreamwalk::frame::RgbaImage;
-use dreamwalk::upscale::bicubic;
+use dreamwalk::upscale::{bicubic, BicubicResizer};
 
 #[test]
 fn output_has_the_asked_size() {
@@ -61,4 +61,104 @@ fn two_x_row_matches_catmull_rom_by_value() {
             "x={x}: got {got}, expected {expected}"
         );
     }
+}
+
+/// Pixels from a small xorshift generator: noise has every value and sharp edges, the
+/// worst case for clamping and rounding.
+fn noise_image(width: u32, height: u32, seed: u64) -> RgbaImage {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let pixels = (0..width as usize * height as usize * 4)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    RgbaImage::from_pixels(width, height, pixels).unwrap()
+}
+
+/// Enlarging on every axis (and keeping one axis) runs on the AVX2 kernel where the CPU has
+/// it; the bytes must equal fast_image_resize's, which the GPU shader and the recorder are
+/// checked against. Odd sizes exercise the 8-pixel groups' tails and the 32-byte rows' tails.
+#[test]
+fn fast_kernel_equals_fast_image_resize_byte_for_byte() {
+    let cases = [
+        ((1024, 576), (3840, 2160)),
+        ((1024, 576), (1920, 1080)),
+        ((512, 512), (1024, 1024)),
+        ((37, 23), (129, 61)),
+        ((4, 4), (9, 7)),
+        ((5, 9), (5, 31)),
+        ((13, 8), (50, 8)),
+        ((64, 36), (67, 37)),
+        ((7, 300), (1001, 301)),
+        ((640, 360), (641, 1079)),
+    ];
+    let mut fast = BicubicResizer::new();
+    let mut reference = BicubicResizer::reference();
+    for (seed, ((sw, sh), (dw, dh))) in cases.into_iter().enumerate() {
+        let src = noise_image(sw, sh, seed as u64);
+        let got = fast.resize(&src, dw, dh);
+        let expected = reference.resize(&src, dw, dh);
+        assert_eq!((got.width, got.height), (dw, dh));
+        let first_difference = got
+            .pixels
+            .iter()
+            .zip(&expected.pixels)
+            .position(|(a, b)| a != b);
+        assert_eq!(
+            first_difference, None,
+            "{sw}x{sh} -> {dw}x{dh}: first different byte"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            assert!(
+                fast.uses_fast_kernel((sw, sh), (dw, dh)),
+                "{sw}x{sh} -> {dw}x{dh}"
+            );
+        }
+    }
+}
+
+/// Shrinking and tiny sources fall back to fast_image_resize: still the same bytes.
+#[test]
+fn shrinking_and_tiny_sources_use_fast_image_resize() {
+    let mut fast = BicubicResizer::new();
+    let mut reference = BicubicResizer::reference();
+    for ((sw, sh), (dw, dh)) in [
+        ((3840, 2160), (1024, 576)),
+        ((3, 2), (40, 30)),
+        ((100, 50), (300, 20)),
+    ] {
+        assert!(!fast.uses_fast_kernel((sw, sh), (dw, dh)));
+        let src = noise_image(sw, sh, 7);
+        assert!(fast.resize(&src, dw, dh) == reference.resize(&src, dw, dh));
+    }
+}
+
+/// A shared output is reused once everyone else has dropped it, never while held.
+#[test]
+fn shared_outputs_are_reused_only_when_released() {
+    let mut resizer = BicubicResizer::new();
+    let (a, b) = (noise_image(16, 9, 1), noise_image(16, 9, 2));
+    let first = resizer.resize_shared(&a, 64, 36);
+    let first_buffer = first.pixels.as_ptr();
+    let expected_a = bicubic(&a, 64, 36);
+    // Held: the next frame must go elsewhere, and the held one keep its pixels.
+    let second = resizer.resize_shared(&b, 64, 36);
+    assert_ne!(second.pixels.as_ptr(), first_buffer);
+    assert!(*first == expected_a);
+    assert!(*second == bicubic(&b, 64, 36));
+    drop(first);
+    let third = resizer.resize_shared(&a, 64, 36);
+    assert_eq!(
+        third.pixels.as_ptr(),
+        first_buffer,
+        "the released buffer is reused"
+    );
+    assert!(*third == expected_a);
+    // Another size gets its own frame of that size.
+    let other = resizer.resize_shared(&a, 32, 18);
+    assert!(*other == bicubic(&a, 32, 18));
 }

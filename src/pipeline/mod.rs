@@ -674,7 +674,7 @@ fn upscale_worker(shared: &Shared, jobs: Receiver<Job>, live_workers: Arc<Mutex<
             UpscaleMode::Cpu => {
                 let started = Instant::now();
                 let (w, h) = job.output_size;
-                let image = Arc::new(resizer.resize(&job.image, w, h));
+                let image = resizer.resize_shared(&job.image, w, h);
                 shared
                     .stats
                     .record_upscale(started.elapsed().as_secs_f64() * 1e3);

@@ -1,0 +1,70 @@
+//! `dreamwalk bench` end to end on its smallest case: the figures reach the JSON file.
+//! No time is asserted (timed tests are forbidden): only that the fields are there and
+//! the numbers are positive.
+
+use std::process::Command;
+
+#[test]
+fn four_k_path_bench_writes_its_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_dreamwalk"))
+        .args([
+            "bench", "--cases", "4k_path", "--runs", "1", "--warmup", "0",
+        ])
+        .args(["--no-reference", "--keyframes", "3", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The table names the case and says the reference was not run.
+    assert!(stdout.contains("4k_path"), "{stdout}");
+    assert!(stdout.contains("skipped"), "{stdout}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert_eq!(report["threads"], 2);
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 1);
+    let case = &cases[0];
+    assert_eq!(case["case"], "4k_path");
+    assert_eq!(case["unit"], "ms/frame");
+    let ours = &case["ours"];
+    for field in ["min_ms", "median_ms", "peak_rss_mb"] {
+        let value = ours[field].as_f64().unwrap_or(f64::NAN);
+        assert!(value > 0.0, "ours.{field} = {value}");
+    }
+    assert_eq!(ours["all_ms"].as_array().unwrap().len(), 1);
+    // 3 decoded frames and 3 in-betweens after each but the first.
+    assert_eq!(case["detail"]["frames_per_run"], 9);
+    assert!(case["reference"].is_null());
+    assert!(case["reference_skipped"]
+        .as_str()
+        .unwrap()
+        .contains("no-reference"));
+    assert!(
+        case["pass"].is_null(),
+        "nothing to compare without a reference"
+    );
+}
+
+#[test]
+fn unknown_case_is_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_dreamwalk"))
+        .args(["bench", "--cases", "taesd_1x1", "--no-reference"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("taesd_1x1"), "{stderr}");
+    assert!(
+        stderr.contains("4k_path"),
+        "the error lists the cases: {stderr}"
+    );
+}
