@@ -200,7 +200,13 @@ fn to_f64(t: &Tensor) -> Vec<f64> {
 }
 
 /// GroupNorm (+ SiLU) in f64, straight from the definition.
-fn naive_group_norm(x: &Tensor, gamma: &[f64], beta: &[f64], groups: usize, silu: bool) -> Vec<f64> {
+fn naive_group_norm(
+    x: &Tensor,
+    gamma: &[f64],
+    beta: &[f64],
+    groups: usize,
+    silu: bool,
+) -> Vec<f64> {
     let (n, c, h, w) = x.dims4().unwrap();
     let values = to_f64(x);
     let mut out = vec![0f64; values.len()];
@@ -273,22 +279,34 @@ fn residual_conv3x3_matches_candle_conv2d() {
         let bias = random(&[cout], 6, 0.1, 0.0);
         let (oh, ow) = (h * up, w * up);
         let skip = random(&[n, cout, oh, ow], 7, 1.0, 0.0);
-        let got = kernels::conv3x3(&x, &weight, Some(&bias), up, residual.then_some(&skip))
-            .unwrap();
+        let got =
+            kernels::conv3x3(&x, &weight, Some(&bias), up, residual.then_some(&skip)).unwrap();
         let upsampled = x.upsample_nearest2d(oh, ow).unwrap();
         let conv = upsampled
             .conv2d(&weight, 1, 1, 1, 1)
             .unwrap()
             .broadcast_add(&bias.reshape((1, cout, 1, 1)).unwrap())
             .unwrap();
-        let want = if residual { (conv + &skip).unwrap() } else { conv };
+        let want = if residual {
+            (conv + &skip).unwrap()
+        } else {
+            conv
+        };
         let diff = max_abs_diff(&got, &want);
-        let scale = want.abs().unwrap().max_keepdim(0).unwrap().max_all().unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_keepdim(0)
+            .unwrap()
+            .max_all()
+            .unwrap();
         let scale = scale.to_scalar::<f32>().unwrap();
         // Winograd F(4x4, 3x3) in f32: its transforms scale values by up to ~100 before
         // they cancel, so it stays within ~1e-5 of the largest output (a direct
         // convolution, ~1e-6); the error grows slowly with the input channels.
-        println!("conv3x3 {cin}->{cout} x{up} residual {residual}: max diff {diff:e}, largest {scale}");
+        println!(
+            "conv3x3 {cin}->{cout} x{up} residual {residual}: max diff {diff:e}, largest {scale}"
+        );
         assert!(diff < 2e-5 * scale, "{cin}->{cout}: max diff {diff}");
     }
 }

@@ -213,7 +213,14 @@ impl Conv3x3 {
     /// Runs the convolution on `input` upsampled (nearest) by `upsample`, into `sink`.
     pub fn forward(&self, input: &Act, upsample: usize, sink: Sink<'_>) {
         let weights = self.packed();
-        run(&weights, Plan::narrow(self.cin_p), input, upsample, sink);
+        let tiles_h = (input.h * upsample).div_ceil(TILE);
+        run(
+            &weights,
+            Plan::narrow(self.cin_p, tiles_h),
+            input,
+            upsample,
+            sink,
+        );
     }
 
     fn packed(&self) -> Packed<'_> {
@@ -378,8 +385,9 @@ struct Packed<'a> {
 /// against parallel slack.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
-    /// Tile rows per band (one rayon task).
-    band_rows: usize,
+    /// Bands (rayon tasks) per image, each a run of whole tile rows; band sizes differ by
+    /// at most one row.
+    bands: usize,
     /// Tiles transformed and multiplied together, a multiple of MR.
     chunk: usize,
     /// Input channels per pass over the micro-kernel (a multiple of LANES).
@@ -389,49 +397,76 @@ struct Plan {
 impl Plan {
     /// TAESD's shape (64 channels): one row of tiles per band, chunks of TILES_PER_CHUNK,
     /// all input channels in one pass.
-    fn narrow(cin_p: usize) -> Self {
+    fn narrow(cin_p: usize, tiles_h: usize) -> Self {
         Self {
-            band_rows: 1,
+            bands: tiles_h,
             chunk: TILES_PER_CHUNK,
             k_block: cin_p,
         }
     }
 
     /// Wide layers (the VAE's 128 to 512 channels). The 36 weight matrices of a 512-channel
-    /// layer take 38 MB, more than the L3 cache, and are read once per chunk of tiles: so
-    /// chunks are large (~96 tiles, spanning several tile rows on small images), and the
-    /// input channels are split in blocks of 128 so a micro-kernel's weight panel stays in
-    /// L1 and a chunk's block of transformed inputs in L2.
+    /// layer take 38 MB, more than the L3 cache, and are streamed once per chunk of tiles:
+    /// so chunks are large (~96 tiles), bands are few (a multiple of the thread count, at
+    /// most ~192 tiles each: two bands of 8 tile rows for a 64x64 image), and the input
+    /// channels go in blocks of 256 so a micro-kernel's weight panel stays in L1 and a
+    /// chunk's block of transformed inputs in L2.
     fn wide(cin_p: usize, tiles_h: usize, tiles_w: usize, images: usize) -> Self {
-        const TARGET_TILES: usize = 96;
-        // At least 4 bands per thread where the image allows it, so two threads end
-        // together.
-        let min_bands = (4 * rayon::current_num_threads()).div_ceil(images.max(1));
-        let band_rows = TARGET_TILES
-            .div_ceil(tiles_w)
-            .min(tiles_h.div_ceil(min_bands))
-            .max(1);
-        let band_tiles = band_rows * tiles_w;
-        let chunks = band_tiles.div_ceil(TARGET_TILES);
+        let (target_chunk, max_band_tiles) = (96, 192);
+        let threads = rayon::current_num_threads().max(1);
+        // Tasks over all images: a multiple of the thread count.
+        let tasks = (images * tiles_h * tiles_w).div_ceil(threads * max_band_tiles) * threads;
+        let bands = tasks.div_ceil(images.max(1)).clamp(1, tiles_h.max(1));
+        let band_tiles = tiles_h.div_ceil(bands) * tiles_w;
+        let chunks = band_tiles.div_ceil(target_chunk);
         let chunk = band_tiles.div_ceil(chunks).div_ceil(MR) * MR;
         Self {
-            band_rows,
+            bands,
             chunk,
-            k_block: cin_p.min(128),
+            k_block: cin_p.min(256),
         }
     }
+
+    /// Tile rows `(first, count)` of each band.
+    fn band_rows(&self, tiles_h: usize) -> Vec<(usize, usize)> {
+        let bands = self.bands.clamp(1, tiles_h.max(1));
+        (0..bands)
+            .map(|i| {
+                let (start, end) = (i * tiles_h / bands, (i + 1) * tiles_h / bands);
+                (start, end - start)
+            })
+            .collect()
+    }
+}
+
+/// Cuts one image's rows (`row_len` values per pixel row, `out_h` rows) at the bands'
+/// tile-row boundaries.
+fn split_rows<'a, T>(
+    mut rows: &'a mut [T],
+    bands: &[(usize, usize)],
+    row_len: usize,
+    out_h: usize,
+) -> Vec<&'a mut [T]> {
+    bands
+        .iter()
+        .map(|&(ty0, count)| {
+            let pixel_rows = ((ty0 + count) * TILE).min(out_h) - ty0 * TILE;
+            let (band, rest) = std::mem::take(&mut rows).split_at_mut(pixel_rows * row_len);
+            rows = rest;
+            band
+        })
+        .collect()
 }
 
 /// The shared driver of every convolution: splits the output in bands, runs them on the
 /// rayon pool.
 fn run(weights: &Packed<'_>, plan: Plan, input: &Act, upsample: usize, sink: Sink<'_>) {
     assert_eq!(input.c, weights.cin_p, "conv input channels");
-    assert!(plan.chunk % MR == 0 && plan.band_rows > 0 && plan.k_block > 0);
+    assert!(plan.chunk % MR == 0 && plan.k_block > 0);
     let (cout, cout_p) = (weights.cout, weights.cout_p);
     let (n, out_h, out_w) = (input.n, input.h * upsample, input.w * upsample);
     let tiles_h = out_h.div_ceil(TILE);
-    let bands_h = tiles_h.div_ceil(plan.band_rows);
-    let band_px = plan.band_rows * TILE * out_w;
+    let rows = plan.band_rows(tiles_h);
     let (mut bands, skip, relu, kind) = match sink {
         Sink::Act { out, skip, relu } => {
             assert_eq!(
@@ -445,7 +480,7 @@ fn run(weights: &Packed<'_>, plan: Plan, input: &Act, upsample: usize, sink: Sin
             let bands: Vec<BandOut> = out
                 .data
                 .chunks_mut(out_h * out_w * cout_p)
-                .flat_map(|image| image.chunks_mut(band_px * cout_p))
+                .flat_map(|image| split_rows(image, &rows, out_w * cout_p, out_h))
                 .map(BandOut::Act)
                 .collect();
             (bands, skip, relu, OutKind::Act)
@@ -459,17 +494,17 @@ fn run(weights: &Packed<'_>, plan: Plan, input: &Act, upsample: usize, sink: Sin
             let bands: Vec<BandOut> = out
                 .data
                 .chunks_mut(out_h * out_w * cout_p)
-                .flat_map(|image| image.chunks_mut(band_px * cout_p))
+                .flat_map(|image| split_rows(image, &rows, out_w * cout_p, out_h))
                 .map(BandOut::Act)
                 .collect();
             (bands, None, false, OutKind::AddTo)
         }
         Sink::Image { out } => {
-            let bands = planes(out, (n, cout, out_h * out_w), band_px);
+            let bands = planes(out, (n, cout, out_h, out_w), &rows);
             (bands, None, false, OutKind::Image)
         }
         Sink::Planes { out } => {
-            let bands = planes(out, (n, cout, out_h * out_w), band_px);
+            let bands = planes(out, (n, cout, out_h, out_w), &rows);
             (bands, None, false, OutKind::Planes)
         }
         Sink::Rgba { out } => {
@@ -479,14 +514,14 @@ fn run(weights: &Packed<'_>, plan: Plan, input: &Act, upsample: usize, sink: Sin
                 .iter_mut()
                 .flat_map(|image| {
                     image.resize(out_h * out_w * 4, 255);
-                    image.chunks_mut(band_px * 4)
+                    split_rows(image, &rows, out_w * 4, out_h)
                 })
                 .map(BandOut::Rgba)
                 .collect();
             (bands, None, false, OutKind::Rgba)
         }
     };
-    assert_eq!(bands.len(), n * bands_h, "conv output size");
+    assert_eq!(bands.len(), n * rows.len(), "conv output size");
     let isa = Isa::detect();
     let job = Job {
         w: weights,
@@ -502,29 +537,31 @@ fn run(weights: &Packed<'_>, plan: Plan, input: &Act, upsample: usize, sink: Sin
     bands.par_iter_mut().enumerate().for_each(|(i, band)| {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let ty0 = (i % bands_h) * plan.band_rows;
-            let rows = plan.band_rows.min(tiles_h - ty0);
-            job.band(isa, i / bands_h, ty0, rows, band, &mut scratch);
+            let (ty0, count) = rows[i % rows.len()];
+            job.band(isa, i / rows.len(), ty0, count, band, &mut scratch);
         });
     });
 }
 
-/// Splits NCHW images (`n` images of `cout` planes of `plane_px` pixels) into the bands'
-/// row ranges.
-fn planes(
-    out: &mut [f32],
-    (n, cout, plane_px): (usize, usize, usize),
-    band_px: usize,
-) -> Vec<BandOut<'_>> {
+/// Splits NCHW images (`n` images of `cout` planes of `out_h x out_w`) into the bands' row
+/// ranges.
+fn planes<'a>(
+    out: &'a mut [f32],
+    (n, cout, out_h, out_w): (usize, usize, usize, usize),
+    rows: &[(usize, usize)],
+) -> Vec<BandOut<'a>> {
+    let plane_px = out_h * out_w;
     assert_eq!(out.len(), n * cout * plane_px, "image size");
-    let bands_h = plane_px.div_ceil(band_px);
     let mut bands = Vec::new();
     for image in out.chunks_mut(cout * plane_px) {
         let mut per_band: Vec<Vec<&mut [f32]>> =
-            (0..bands_h).map(|_| Vec::with_capacity(cout)).collect();
+            (0..rows.len()).map(|_| Vec::with_capacity(cout)).collect();
         for plane in image.chunks_mut(plane_px) {
-            for (rows, band) in plane.chunks_mut(band_px).zip(&mut per_band) {
-                band.push(rows);
+            for (part, band) in split_rows(plane, rows, out_w, out_h)
+                .into_iter()
+                .zip(&mut per_band)
+            {
+                band.push(part);
             }
         }
         bands.extend(per_band.into_iter().map(BandOut::Planes));
@@ -1114,21 +1151,21 @@ mod tests {
         let bias = pseudo_random(cout, 6);
         let conv = Conv3x3::new(&weight, Some(&bias), cout, cin);
         for up in [1, 2] {
-            let reference = with_plan(&conv, Plan::narrow(conv.cin_p), &input, up);
             let tiles = ((h * up).div_ceil(TILE), (w * up).div_ceil(TILE));
+            let reference = with_plan(&conv, Plan::narrow(conv.cin_p, tiles.0), &input, up);
             for plan in [
                 Plan {
-                    band_rows: 2,
+                    bands: 2,
                     chunk: 6,
                     k_block: 8,
                 },
                 Plan {
-                    band_rows: 3,
-                    chunk: 12,
+                    bands: 3,
+                    chunk: 36,
                     k_block: 16,
                 },
                 Plan {
-                    band_rows: 100,
+                    bands: 1,
                     chunk: 96,
                     k_block: 24,
                 },

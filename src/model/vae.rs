@@ -26,7 +26,6 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{init::DEFAULT_KAIMING_NORMAL, Init, VarBuilder};
-use parking_lot::Mutex;
 use serde::Deserialize;
 
 use self::kernels::{Attention, Conv1x1, GroupNorm, Pool};
@@ -202,8 +201,9 @@ struct UpBlock {
     upsample: Option<CompactConv3x3>,
 }
 
-/// Buffers a decode works in, kept between decodes (a walk decodes frame after frame at
-/// one size).
+/// Buffers one decode works in. Dropped at its end: kept between decodes, buffers that
+/// served one size at one layer serve another at the next decode, and the process's
+/// resident memory creeps up by a few activations; fresh pages cost ~1% of a decode.
 #[derive(Debug, Default)]
 struct Workspace {
     pool: Pool,
@@ -222,7 +222,6 @@ pub struct VaeDecoder {
     conv_norm_out: GroupNorm,
     conv_out: CompactConv3x3,
     config: AutoencoderKlConfig,
-    workspace: Mutex<Workspace>,
 }
 
 /// diffusers' VAE uses GroupNorm eps 1e-6 everywhere (not the UNet's `norm_eps`).
@@ -313,7 +312,8 @@ impl Resnet {
             None => {
                 let mut normed = Act::reuse(ws.pool.take(x.data.len()), n, h, w, x.c);
                 self.norm1.forward_into(&x, &mut normed, true);
-                self.conv1.forward(&normed, 1, plain(&mut h1), &mut ws.winograd);
+                self.conv1
+                    .forward(&normed, 1, plain(&mut h1), &mut ws.winograd);
                 ws.pool.give(normed.into_buffer());
                 x
             }
@@ -406,7 +406,6 @@ impl VaeDecoder {
             conv_norm_out,
             conv_out,
             config: cfg.clone(),
-            workspace: Mutex::new(Workspace::default()),
         })
     }
 
@@ -458,7 +457,11 @@ impl VaeDecoder {
         // q, k, v, proj, then scores and their product with v.
         let attention = 2.0 * (4.0 * tokens * c * c + 2.0 * tokens * tokens * c);
         let mut total = conv3(&self.conv_in, pixels) + attention;
-        total += self.mid_resnets.iter().map(|r| resnet(r, pixels)).sum::<f64>();
+        total += self
+            .mid_resnets
+            .iter()
+            .map(|r| resnet(r, pixels))
+            .sum::<f64>();
         for block in &self.up_blocks {
             total += block.resnets.iter().map(|r| resnet(r, pixels)).sum::<f64>();
             if let Some(conv) = &block.upsample {
@@ -502,27 +505,41 @@ impl VaeDecoder {
             .flatten_all()?
             .to_vec1::<f32>()?;
         // One image at a time: the activations of a 512x512 image already take ~0.5 GB.
-        let mut ws = std::mem::take(&mut *self.workspace.lock());
+        let mut ws = Workspace::default();
         let f = self.upscale_factor();
         let image_len = self.config.out_channels * h * f * w * f;
         let mut images = vec![0f32; batch * image_len];
-        for (latents, image) in values
-            .chunks(c * h * w)
-            .zip(images.chunks_mut(image_len))
-        {
+        for (latents, image) in values.chunks(c * h * w).zip(images.chunks_mut(image_len)) {
             self.decode_one(latents, (h, w), image, &mut ws);
         }
-        *self.workspace.lock() = ws;
+        drop(ws);
         let shape = (batch, self.config.out_channels, h * f, w * f);
         Ok(Tensor::from_vec(images, shape, &Device::Cpu)?.to_device(z.device())?)
     }
 
     /// Decodes one image's latents (NCHW values) into `image` (NCHW).
-    fn decode_one(&self, latents: &[f32], (h, w): (usize, usize), image: &mut [f32], ws: &mut Workspace) {
+    fn decode_one(
+        &self,
+        latents: &[f32],
+        (h, w): (usize, usize),
+        image: &mut [f32],
+        ws: &mut Workspace,
+    ) {
         let c = self.config.latent_channels;
-        let mut x = Act::from_nchw(ws.pool.take(h * w * padded(c)), latents, (1, c, h, w), |v| v);
+        let mut x = Act::from_nchw(
+            ws.pool.take(h * w * padded(c)),
+            latents,
+            (1, c, h, w),
+            |v| v,
+        );
         if let Some(conv) = &self.post_quant_conv {
-            let mut y = Act::reuse(ws.pool.take(x.data.len()), 1, h, w, conv.out_channels_padded());
+            let mut y = Act::reuse(
+                ws.pool.take(x.data.len()),
+                1,
+                h,
+                w,
+                conv.out_channels_padded(),
+            );
             conv.forward(&x, &mut y);
             ws.pool.give(std::mem::replace(&mut x, y).into_buffer());
         }

@@ -184,8 +184,7 @@ fn apply(block: &mut [f32], affine: &Affine, silu: bool) {
 /// `x * sigmoid(x)` = `x / (1 + exp(-x))` on every value.
 pub(crate) fn silu_in_place(values: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    {
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: AVX2 and FMA were detected just above.
         #[allow(unsafe_code)]
         unsafe {
@@ -201,8 +200,7 @@ pub(crate) fn silu_in_place(values: &mut [f32]) {
 /// `row[i] = exp((row[i] - max) * scale)`; returns the sum of the new values.
 fn exp_shifted(row: &mut [f32], max: f32, scale: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    {
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: AVX2 and FMA were detected just above.
         #[allow(unsafe_code)]
         return unsafe { simd::exp_shifted(row, max, scale) };
@@ -237,13 +235,16 @@ mod simd {
         let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
         let z = _mm256_mul_ps(x, x);
         let mut y = _mm256_set1_ps(1.987_569_1e-4);
-        for p in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.0e-1] {
+        for p in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5.0e-1,
+        ] {
             y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(p));
         }
-        let y = _mm256_add_ps(
-            _mm256_fmadd_ps(y, z, x),
-            _mm256_set1_ps(1.0),
-        );
+        let y = _mm256_add_ps(_mm256_fmadd_ps(y, z, x), _mm256_set1_ps(1.0));
         // 2^fx through the exponent bits (fx >= -127: the clamp keeps it there; -127 gives
         // 0, as exp(-88.38) is below the normal range anyway).
         let n = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
@@ -327,8 +328,14 @@ fn matmul(
     parallel: bool,
 ) {
     assert!(dst.len() >= extent(m, n, dst_rs, 1), "matmul dst size");
-    assert!(lhs.data.len() >= extent(m, k, lhs.rs, lhs.cs), "matmul lhs size");
-    assert!(rhs.data.len() >= extent(k, n, rhs.rs, rhs.cs), "matmul rhs size");
+    assert!(
+        lhs.data.len() >= extent(m, k, lhs.rs, lhs.cs),
+        "matmul lhs size"
+    );
+    assert!(
+        rhs.data.len() >= extent(k, n, rhs.rs, rhs.cs),
+        "matmul rhs size"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -587,7 +594,15 @@ fn attend(
                 rs: stride,
                 cs: 1,
             };
-            matmul((rows, tokens, c), &mut scores, tokens, false, lhs, kt, false);
+            matmul(
+                (rows, tokens, c),
+                &mut scores,
+                tokens,
+                false,
+                lhs,
+                kt,
+                false,
+            );
             for row in scores.chunks_exact_mut(tokens) {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let sum = exp_shifted(row, max, scale);
@@ -743,6 +758,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, block_rows: usize) -> Resul
         return Err(invalid("attention: q, k, v must all be (T, C)".into()));
     }
     let mut qv = values(q)?;
-    attend(&mut qv, &values(k)?, &values(v)?, (tokens, c, c), block_rows);
+    attend(
+        &mut qv,
+        &values(k)?,
+        &values(v)?,
+        (tokens, c, c),
+        block_rows,
+    );
     Ok(Tensor::from_vec(qv, (tokens, c), &Device::Cpu)?)
 }
