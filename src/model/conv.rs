@@ -850,13 +850,10 @@ impl Job<'_> {
             BandOut::Planes(planes) => {
                 let image = self.kind == OutKind::Image;
                 debug_assert!(image || self.kind == OutKind::Planes);
-                for (k, plane) in planes.iter_mut().enumerate() {
+                // This call holds channels ch..ch + 8 (planes past `cout` do not exist).
+                for (plane, &v) in planes.iter_mut().skip(ch).zip(&value) {
                     // diffusers' `x.mul(2).sub(1)`, two roundings as there.
-                    plane[y_band * w + x] = if image {
-                        value[k] * 2.0 - 1.0
-                    } else {
-                        value[k]
-                    };
+                    plane[y_band * w + x] = if image { v * 2.0 - 1.0 } else { v };
                 }
             }
             BandOut::Rgba(band) => {
