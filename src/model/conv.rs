@@ -172,9 +172,9 @@ impl Conv3x3 {
                         *value = (0..3).map(|ky| grow[ky] * f64::from(g[ky * 3 + kx])).sum();
                     }
                 }
-                for i in 0..PATCH {
-                    for j in 0..PATCH {
-                        let value: f64 = (0..3).map(|kx| gg[i][kx] * G[j][kx]).sum();
+                for (i, gg_row) in gg.iter().enumerate() {
+                    for (j, g_row) in G.iter().enumerate() {
+                        let value: f64 = gg_row.iter().zip(g_row).map(|(a, b)| a * b).sum();
                         let p = i * PATCH + j;
                         u[p * cin_p * cout_p + n0 * cin_p + ci * width + (co - n0)] = value as f32;
                     }
@@ -342,9 +342,9 @@ impl CompactConv3x3 {
         let (i, j) = (p / PATCH, p % PATCH);
         let mut terms = [(0usize, 0f32); 9];
         let mut count = 0;
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let coef = G[i][ky] * G[j][kx];
+        for (ky, gy) in G[i].iter().enumerate() {
+            for (kx, gx) in G[j].iter().enumerate() {
+                let coef = gy * gx;
                 if coef != 0.0 {
                     terms[count] = (ky * 3 + kx, coef as f32);
                     count += 1;
@@ -462,7 +462,7 @@ fn split_rows<'a, T>(
 /// rayon pool.
 fn run(weights: &Packed<'_>, plan: Plan, input: &Act, upsample: usize, sink: Sink<'_>) {
     assert_eq!(input.c, weights.cin_p, "conv input channels");
-    assert!(plan.chunk % MR == 0 && plan.k_block > 0);
+    assert!(plan.chunk.is_multiple_of(MR) && plan.k_block > 0);
     let (cout, cout_p) = (weights.cout, weights.cout_p);
     let (n, out_h, out_w) = (input.n, input.h * upsample, input.w * upsample);
     let tiles_h = out_h.div_ceil(TILE);

@@ -136,7 +136,7 @@ impl AutoencoderKlConfig {
         if let Some(&c) = self
             .block_out_channels
             .iter()
-            .find(|&&c| c % self.norm_num_groups != 0)
+            .find(|&&c| !c.is_multiple_of(self.norm_num_groups))
         {
             return Some((
                 "norm_num_groups",

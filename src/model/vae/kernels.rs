@@ -43,7 +43,10 @@ impl GroupNorm {
     /// `gamma` and `beta` have one value per channel; `groups` must divide the channels.
     pub fn new(gamma: &[f32], beta: &[f32], groups: usize, eps: f64) -> Self {
         assert_eq!(gamma.len(), beta.len(), "GroupNorm weight and bias sizes");
-        assert!(groups > 0 && gamma.len() % groups == 0, "GroupNorm groups");
+        assert!(
+            groups > 0 && gamma.len().is_multiple_of(groups),
+            "GroupNorm groups"
+        );
         Self {
             channels: gamma.len(),
             groups,
@@ -667,7 +670,7 @@ pub fn group_norm(
     silu: bool,
 ) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
-    if groups == 0 || c % groups != 0 {
+    if groups == 0 || !c.is_multiple_of(groups) {
         return Err(invalid(format!(
             "group_norm: {groups} groups do not divide {c} channels"
         )));
