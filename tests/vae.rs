@@ -1,5 +1,5 @@
 //! The AutoencoderKL decoder against diffusers (fixtures `vae_kl/`, `tiny-sd/vae/`, `e2e/`),
-//! and its loading errors.
+//! its loading errors, and its NHWC kernels against plain references.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::path::Path;
 
 use candle_core::{Device, IndexOp, Tensor};
 use common::{fixture, load_tensors, max_abs_diff};
-use dreamwalk::model::vae::{AutoencoderKlConfig, VaeDecoder};
+use dreamwalk::model::vae::{kernels, AutoencoderKlConfig, VaeDecoder};
 use dreamwalk::model::weights;
 
 #[test]
@@ -176,4 +176,187 @@ fn decoder_only_weights_suffice() {
         .collect();
     let dir = temp_vae(&config_text(), Some(&tensors), None);
     assert!(VaeDecoder::load(dir.path(), &Device::Cpu).is_ok());
+}
+
+/// A reproducible normal tensor of `shape` times `scale` plus `offset`.
+fn random(shape: &[usize], seed: u64, scale: f64, offset: f64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let count: usize = shape.iter().product();
+    let values: Vec<f32> = (0..count)
+        .map(|_| (offset + scale * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// GroupNorm (+ SiLU) in f64, straight from the definition.
+fn naive_group_norm(
+    x: &Tensor,
+    gamma: &[f64],
+    beta: &[f64],
+    groups: usize,
+    silu: bool,
+) -> Vec<f64> {
+    let (n, c, h, w) = x.dims4().unwrap();
+    let values = to_f64(x);
+    let mut out = vec![0f64; values.len()];
+    let (per_group, plane) = (c / groups, h * w);
+    for b in 0..n {
+        for g in 0..groups {
+            let start = (b * c + g * per_group) * plane;
+            let group = &values[start..start + per_group * plane];
+            let mean = group.iter().sum::<f64>() / group.len() as f64;
+            let var = group.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / group.len() as f64;
+            for (i, v) in group.iter().enumerate() {
+                let ch = g * per_group + i / plane;
+                let y = (v - mean) / (var + 1e-6).sqrt() * gamma[ch] + beta[ch];
+                out[start + i] = if silu { y / (1.0 + (-y).exp()) } else { y };
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn group_norm_silu_matches_the_definition() {
+    // SD's 32 groups of 16 channels; 12 channels in 4 groups (not a multiple of 8: padded
+    // lanes); a mean far from zero (the variance must not lose digits); batch 2; SiLU on
+    // and off.
+    for (shape, groups, offset, silu) in [
+        ([1, 512, 9, 7], 32, 0.0, true),
+        ([2, 12, 5, 11], 4, 0.0, true),
+        ([1, 64, 33, 17], 32, 300.0, false),
+        ([1, 64, 33, 17], 8, -20.0, true),
+    ] {
+        let c = shape[1];
+        let x = random(&shape, 1, 2.0, offset);
+        let gamma = random(&[c], 2, 0.5, 1.0);
+        let beta = random(&[c], 3, 0.5, 0.0);
+        let got = kernels::group_norm(&x, &gamma, &beta, groups, 1e-6, silu).unwrap();
+        let want = naive_group_norm(&x, &to_f64(&gamma), &to_f64(&beta), groups, silu);
+        let worst = to_f64(&got)
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max);
+        // Outputs are O(1..5); f32 rounding of the normalised values and the SIMD exp
+        // (~2 ulp) stay far below 1e-5.
+        println!("group norm {shape:?} offset {offset}: max diff {worst:e}");
+        assert!(worst < 1e-5, "{shape:?}: max diff {worst}");
+    }
+}
+
+#[test]
+fn group_norm_rejects_bad_groups() {
+    let x = random(&[1, 12, 2, 2], 1, 1.0, 0.0);
+    let ones = Tensor::ones(12, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let err = kernels::group_norm(&x, &ones, &ones, 5, 1e-6, true).unwrap_err();
+    assert!(err.to_string().contains("5 groups"), "{err}");
+}
+
+#[test]
+fn residual_conv3x3_matches_candle_conv2d() {
+    // Upsampled input (the decoder's upsamplers), a residual added in place (its resnets),
+    // channel counts that are not multiples of 8 or 16, wide layers (k-blocked sums).
+    for (n, cin, cout, h, w, up, residual) in [
+        (1, 20, 12, 10, 13, 2, true),
+        (2, 4, 40, 7, 5, 1, false),
+        (1, 256, 136, 9, 22, 1, true),
+        (1, 8, 3, 16, 16, 1, false),
+    ] {
+        let x = random(&[n, cin, h, w], 4, 1.0, 0.0);
+        let weight = random(&[cout, cin, 3, 3], 5, (1.0 / (9 * cin) as f64).sqrt(), 0.0);
+        let bias = random(&[cout], 6, 0.1, 0.0);
+        let (oh, ow) = (h * up, w * up);
+        let skip = random(&[n, cout, oh, ow], 7, 1.0, 0.0);
+        let got =
+            kernels::conv3x3(&x, &weight, Some(&bias), up, residual.then_some(&skip)).unwrap();
+        let upsampled = x.upsample_nearest2d(oh, ow).unwrap();
+        let conv = upsampled
+            .conv2d(&weight, 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, cout, 1, 1)).unwrap())
+            .unwrap();
+        let want = if residual {
+            (conv + &skip).unwrap()
+        } else {
+            conv
+        };
+        let diff = max_abs_diff(&got, &want);
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_keepdim(0)
+            .unwrap()
+            .max_all()
+            .unwrap();
+        let scale = scale.to_scalar::<f32>().unwrap();
+        // Winograd F(4x4, 3x3) in f32: its transforms scale values by up to ~100 before
+        // they cancel, so it stays within ~1e-5 of the largest output (a direct
+        // convolution, ~1e-6); the error grows slowly with the input channels.
+        println!(
+            "conv3x3 {cin}->{cout} x{up} residual {residual}: max diff {diff:e}, largest {scale}"
+        );
+        assert!(diff < 2e-5 * scale, "{cin}->{cout}: max diff {diff}");
+    }
+}
+
+#[test]
+fn conv1x1_matches_candle_conv2d() {
+    let x = random(&[2, 24, 5, 9], 8, 1.0, 0.0);
+    let weight = random(&[13, 24, 1, 1], 9, 0.2, 0.0);
+    let bias = random(&[13], 10, 0.1, 0.0);
+    let got = kernels::conv1x1(&x, &weight, &bias).unwrap();
+    let want = x
+        .conv2d(&weight, 0, 1, 1, 1)
+        .unwrap()
+        .broadcast_add(&bias.reshape((1, 13, 1, 1)).unwrap())
+        .unwrap();
+    let diff = max_abs_diff(&got, &want);
+    // Sums of 24 products of O(1) values, f32 in another order: ~1e-6.
+    assert!(diff < 1e-5, "max diff {diff}");
+}
+
+#[test]
+fn attention_in_row_blocks_matches_plain_attention() {
+    let (tokens, c) = (300, 40);
+    let q = random(&[tokens, c], 11, 1.5, 0.0);
+    let k = random(&[tokens, c], 12, 1.5, 0.0);
+    let v = random(&[tokens, c], 13, 1.0, 0.0);
+    let scores = (q.matmul(&k.t().unwrap()).unwrap() / (c as f64).sqrt()).unwrap();
+    let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+    let want = probs.matmul(&v).unwrap();
+    for block_rows in [1, 7, 64, 300, 1000] {
+        let got = kernels::attention(&q, &k, &v, block_rows).unwrap();
+        let diff = max_abs_diff(&got, &want);
+        // Weighted means of O(1) values: f32 rounding (and the SIMD exp, ~2 ulp) ~1e-7.
+        println!("attention, {block_rows} rows per block: max diff {diff:e}");
+        assert!(diff < 1e-5, "{block_rows} rows per block: max diff {diff}");
+    }
+}
+
+#[test]
+fn random_decoder_decodes_any_latent_size() {
+    // Sizes that are not multiples of the 4x4 Winograd tile at any stage, batch 2: the
+    // decoder must match itself decoding each image alone.
+    let cfg: AutoencoderKlConfig = weights::read_config(&fixture("vae_kl/config.json")).unwrap();
+    let vae = VaeDecoder::random(&cfg, 3).unwrap();
+    let z = random(&[2, 4, 5, 3], 14, 1.0, 0.0);
+    let both = vae.decode_raw(&z).unwrap();
+    assert_eq!(both.dims(), &[2, 3, 10, 6]);
+    for i in 0..2 {
+        let alone = vae.decode_raw(&z.i(i..i + 1).unwrap()).unwrap();
+        assert_eq!(max_abs_diff(&both.i(i..i + 1).unwrap(), &alone), 0.0);
+    }
+    assert!(to_f64(&both).iter().all(|v| v.is_finite()));
 }

@@ -1,19 +1,35 @@
 //! The AutoencoderKL decoder (the full Stable Diffusion VAE): latents to an image in [-1, 1].
 //!
-//! Built from candle-transformers' VAE blocks (`UNetMidBlock2D`, `UpDecoderBlock2D`), which
-//! match diffusers to ~3e-6. We assemble the decoder ourselves rather than use its
-//! `AutoEncoderKL` because that one always builds the encoder too: this viewer only decodes,
-//! and the SD encoder would cost ~34M parameters (136 MB of f32) and its loading time.
+//! The graph is diffusers' `Decoder` (we build only the decoder: the viewer never encodes,
+//! and the SD encoder would cost ~34M parameters and their loading time):
+//!
+//! ```text
+//! post_quant_conv (1x1) -> conv_in (3x3)
+//! mid block: resnet, attention (one head, all channels), resnet
+//! up blocks: (layers_per_block + 1) resnets, then (not last) nearest x2 + conv 3x3
+//! GroupNorm + SiLU -> conv_out (3x3)
+//! resnet(x) = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))
+//! ```
+//!
+//! It runs on the CPU on NHWC activations rather than through candle's blocks, whose generic
+//! convolution reaches ~13 GFLOP/s here against PyTorch's ~100: the 3x3 convolutions go
+//! through [`super::conv`] (Winograd F(4x4, 3x3), nearest upsampling folded into the input
+//! gather, residual adds done in place by the output transform), GroupNorm + SiLU and the
+//! attention through [`kernels`]. Memory: the 3x3 weights stay in their compact form (the
+//! Winograd form is made per layer into one reused buffer), activations are taken from and
+//! given back to a pool as soon as each is dead, GroupNorm + SiLU runs in place where the
+//! input is not needed again, and the attention's scores are made a block of rows at a time.
+
+pub mod kernels;
 
 use std::path::Path;
 
-use candle_core::{Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    UNetMidBlock2D, UNetMidBlock2DConfig, UpDecoderBlock2D, UpDecoderBlock2DConfig,
-};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::{init::DEFAULT_KAIMING_NORMAL, Init, VarBuilder};
 use serde::Deserialize;
 
+use self::kernels::{Attention, Conv1x1, GroupNorm, Pool};
+use super::conv::{padded, Act, CompactConv3x3, Sink};
 use super::{weights, ModelError, Result};
 
 /// diffusers' AutoencoderKL `config.json` (the `vae/` folder of an SD model); keys this
@@ -120,7 +136,7 @@ impl AutoencoderKlConfig {
         if let Some(&c) = self
             .block_out_channels
             .iter()
-            .find(|&&c| c % self.norm_num_groups != 0)
+            .find(|&&c| !c.is_multiple_of(self.norm_num_groups))
         {
             return Some((
                 "norm_num_groups",
@@ -167,20 +183,157 @@ impl AutoencoderKlConfig {
     }
 }
 
+/// One resnet of the decoder (no time embedding).
+#[derive(Debug)]
+struct Resnet {
+    norm1: GroupNorm,
+    conv1: CompactConv3x3,
+    norm2: GroupNorm,
+    conv2: CompactConv3x3,
+    /// The 1x1 convolution of the skip path, where the channel count changes.
+    shortcut: Option<Conv1x1>,
+}
+
+/// An `UpDecoderBlock2D`: resnets, then (all but the last block) nearest x2 and a conv.
+#[derive(Debug)]
+struct UpBlock {
+    resnets: Vec<Resnet>,
+    upsample: Option<CompactConv3x3>,
+}
+
+/// Buffers one decode works in. Dropped at its end: kept between decodes, buffers that
+/// served one size at one layer serve another at the next decode, and the process's
+/// resident memory creeps up by a few activations; fresh pages cost ~1% of a decode.
+#[derive(Debug, Default)]
+struct Workspace {
+    pool: Pool,
+    /// The current layer's Winograd weights (38 MB for a 512 -> 512 conv).
+    winograd: Vec<f32>,
+}
+
 /// The AutoencoderKL decoder with its `post_quant_conv`.
 #[derive(Debug)]
 pub struct VaeDecoder {
-    post_quant_conv: Option<Conv2d>,
-    conv_in: Conv2d,
-    mid_block: UNetMidBlock2D,
-    up_blocks: Vec<UpDecoderBlock2D>,
+    post_quant_conv: Option<Conv1x1>,
+    conv_in: CompactConv3x3,
+    mid_resnets: [Resnet; 2],
+    mid_attention: Attention,
+    up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: CompactConv3x3,
     config: AutoencoderKlConfig,
 }
 
 /// diffusers' VAE uses GroupNorm eps 1e-6 everywhere (not the UNet's `norm_eps`).
 const VAE_NORM_EPS: f64 = 1e-6;
+
+/// Reads a tensor as f32 values. The hint is what candle-nn's layer constructors pass, so a
+/// backend that makes weights (the demo model's) makes the same ones.
+fn fetch(
+    vb: &VarBuilder,
+    shape: impl Into<Shape>,
+    name: &str,
+    hint: Init,
+) -> candle_core::Result<Vec<f32>> {
+    vb.get_with_hints(shape, name, hint)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
+/// candle-nn's bias initialisation: uniform in +-1/sqrt(fan_in).
+fn bias_hint(fan_in: usize) -> Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+fn conv3x3(vb: VarBuilder, cin: usize, cout: usize) -> candle_core::Result<CompactConv3x3> {
+    let weight = fetch(&vb, (cout, cin, 3, 3), "weight", DEFAULT_KAIMING_NORMAL)?;
+    let bias = fetch(&vb, cout, "bias", bias_hint(cin))?;
+    Ok(CompactConv3x3::new(&weight, Some(&bias), cout, cin))
+}
+
+fn conv1x1(vb: VarBuilder, cin: usize, cout: usize) -> candle_core::Result<Conv1x1> {
+    let weight = fetch(&vb, (cout, cin, 1, 1), "weight", DEFAULT_KAIMING_NORMAL)?;
+    let bias = fetch(&vb, cout, "bias", bias_hint(cin))?;
+    Ok(Conv1x1::new(&weight, &bias, cout, cin))
+}
+
+/// A `(c, c)` linear layer; older checkpoints store it as a `(c, c, 1, 1)` convolution.
+fn linear(vb: VarBuilder, c: usize) -> candle_core::Result<Conv1x1> {
+    let weight = match fetch(&vb, (c, c), "weight", DEFAULT_KAIMING_NORMAL) {
+        Ok(weight) => weight,
+        Err(_) => fetch(&vb, (c, c, 1, 1), "weight", DEFAULT_KAIMING_NORMAL)?,
+    };
+    let bias = fetch(&vb, c, "bias", bias_hint(c))?;
+    Ok(Conv1x1::new(&weight, &bias, c, c))
+}
+
+fn group_norm(vb: VarBuilder, groups: usize, c: usize) -> candle_core::Result<GroupNorm> {
+    let gamma = fetch(&vb, c, "weight", Init::Const(1.0))?;
+    let beta = fetch(&vb, c, "bias", Init::Const(0.0))?;
+    Ok(GroupNorm::new(&gamma, &beta, groups, VAE_NORM_EPS))
+}
+
+impl Resnet {
+    fn new(vb: VarBuilder, cin: usize, cout: usize, groups: usize) -> candle_core::Result<Self> {
+        Ok(Self {
+            norm1: group_norm(vb.pp("norm1"), groups, cin)?,
+            conv1: conv3x3(vb.pp("conv1"), cin, cout)?,
+            norm2: group_norm(vb.pp("norm2"), groups, cout)?,
+            conv2: conv3x3(vb.pp("conv2"), cout, cout)?,
+            shortcut: match cin != cout {
+                true => Some(conv1x1(vb.pp("conv_shortcut"), cin, cout)?),
+                false => None,
+            },
+        })
+    }
+
+    /// Peak: three activations of the output width (plus the input's extra width with a
+    /// shortcut).
+    fn forward(&self, x: Act, ws: &mut Workspace) -> Act {
+        let (n, h, w) = (x.n, x.h, x.w);
+        let cp = self.conv1.out_channels_padded();
+        let mut h1 = Act::reuse(ws.pool.take(n * h * w * cp), n, h, w, cp);
+        let mut out = match &self.shortcut {
+            Some(shortcut) => {
+                let mut skip = Act::reuse(ws.pool.take(n * h * w * cp), n, h, w, cp);
+                shortcut.forward(&x, &mut skip);
+                // x is dead after norm1: normalise it in place.
+                let mut x = x;
+                self.norm1.forward_in_place(&mut x, true);
+                self.conv1.forward(&x, 1, plain(&mut h1), &mut ws.winograd);
+                ws.pool.give(x.into_buffer());
+                skip
+            }
+            None => {
+                let mut normed = Act::reuse(ws.pool.take(x.data.len()), n, h, w, x.c);
+                self.norm1.forward_into(&x, &mut normed, true);
+                self.conv1
+                    .forward(&normed, 1, plain(&mut h1), &mut ws.winograd);
+                ws.pool.give(normed.into_buffer());
+                x
+            }
+        };
+        self.norm2.forward_in_place(&mut h1, true);
+        // The residual add is the output transform's: `out += conv2(h1) + bias`.
+        let sink = Sink::AddTo { out: &mut out };
+        self.conv2.forward(&h1, 1, sink, &mut ws.winograd);
+        ws.pool.give(h1.into_buffer());
+        out
+    }
+}
+
+fn plain(out: &mut Act) -> Sink<'_> {
+    Sink::Act {
+        out,
+        skip: None,
+        relu: false,
+    }
+}
 
 impl VaeDecoder {
     /// Builds the decoder from weights with diffusers' names (`decoder.*`, `post_quant_conv.*`)
@@ -195,58 +348,60 @@ impl VaeDecoder {
     }
 
     fn build(vb: VarBuilder, cfg: &AutoencoderKlConfig) -> candle_core::Result<Self> {
-        let conv3 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         let groups = cfg.norm_num_groups;
         let channels = &cfg.block_out_channels;
         // Checked by `unsupported`: non-empty.
         let deepest = channels[channels.len() - 1];
         let post_quant_conv = if cfg.use_post_quant_conv {
-            let (c, vb) = (cfg.latent_channels, vb.pp("post_quant_conv"));
-            Some(candle_nn::conv2d(c, c, 1, Default::default(), vb)?)
+            let c = cfg.latent_channels;
+            Some(conv1x1(vb.pp("post_quant_conv"), c, c)?)
         } else {
             None
         };
         let vb = vb.pp("decoder");
-        let conv_in = candle_nn::conv2d(cfg.latent_channels, deepest, 3, conv3, vb.pp("conv_in"))?;
-        let mid_cfg = UNetMidBlock2DConfig {
-            num_layers: 1,
-            resnet_eps: VAE_NORM_EPS,
-            resnet_groups: Some(groups),
-            // One head over all channels, as diffusers' `attention_head_dim` = last channels.
-            attn_num_head_channels: None,
-            output_scale_factor: 1.0,
+        let conv_in = conv3x3(vb.pp("conv_in"), cfg.latent_channels, deepest)?;
+        let mid = vb.pp("mid_block");
+        let resnet = |i: usize| Resnet::new(mid.pp("resnets").pp(i), deepest, deepest, groups);
+        let mid_resnets = [resnet(0)?, resnet(1)?];
+        let attn = mid.pp("attentions").pp("0");
+        // diffusers renamed the attention's layers; both namings exist in checkpoints.
+        let names = match attn.contains_tensor("to_q.weight") {
+            true => ["to_q", "to_k", "to_v", "to_out.0"],
+            false => ["query", "key", "value", "proj_attn"],
         };
-        let mid_block = UNetMidBlock2D::new(vb.pp("mid_block"), deepest, None, mid_cfg)?;
+        let mid_attention = Attention::new(
+            group_norm(attn.pp("group_norm"), groups, deepest)?,
+            linear(attn.pp(names[0]), deepest)?,
+            linear(attn.pp(names[1]), deepest)?,
+            linear(attn.pp(names[2]), deepest)?,
+            linear(attn.pp(names[3]), deepest)?,
+        );
         let mut up_blocks = Vec::with_capacity(channels.len());
         let mut in_channels = deepest;
         for (index, &out_channels) in channels.iter().rev().enumerate() {
-            let up_cfg = UpDecoderBlock2DConfig {
-                num_layers: cfg.layers_per_block + 1,
-                resnet_eps: VAE_NORM_EPS,
-                resnet_groups: groups,
-                output_scale_factor: 1.0,
-                add_upsample: index + 1 < channels.len(),
+            let vb = vb.pp("up_blocks").pp(index);
+            let resnets = (0..cfg.layers_per_block + 1)
+                .map(|i| {
+                    let cin = if i == 0 { in_channels } else { out_channels };
+                    Resnet::new(vb.pp("resnets").pp(i), cin, out_channels, groups)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let upsample = if index + 1 < channels.len() {
+                let vb = vb.pp("upsamplers").pp("0").pp("conv");
+                Some(conv3x3(vb, out_channels, out_channels)?)
+            } else {
+                None
             };
-            let vb = vb.pp("up_blocks").pp(index.to_string());
-            up_blocks.push(UpDecoderBlock2D::new(
-                vb,
-                in_channels,
-                out_channels,
-                up_cfg,
-            )?);
+            up_blocks.push(UpBlock { resnets, upsample });
             in_channels = out_channels;
         }
-        let conv_norm_out =
-            candle_nn::group_norm(groups, channels[0], VAE_NORM_EPS, vb.pp("conv_norm_out"))?;
-        let conv_out =
-            candle_nn::conv2d(channels[0], cfg.out_channels, 3, conv3, vb.pp("conv_out"))?;
+        let conv_norm_out = group_norm(vb.pp("conv_norm_out"), groups, channels[0])?;
+        let conv_out = conv3x3(vb.pp("conv_out"), channels[0], cfg.out_channels)?;
         Ok(Self {
             post_quant_conv,
             conv_in,
-            mid_block,
+            mid_resnets,
+            mid_attention,
             up_blocks,
             conv_norm_out,
             conv_out,
@@ -271,6 +426,52 @@ impl VaeDecoder {
         Self::build(vb, &cfg).map_err(weights::in_file(&weights_path))
     }
 
+    /// A decoder with random weights drawn from `seed` the way candle-nn initialises layers
+    /// (`N(0, 1/fan_in)` weights, `U(+-1/sqrt(fan_in))` biases, GroupNorm 1 and 0): for
+    /// benchmarks without a model file (the work does not depend on the weights).
+    pub fn random(cfg: &AutoencoderKlConfig, seed: u64) -> Result<Self> {
+        let backend = RandomWeights {
+            seed,
+            calls: std::sync::atomic::AtomicU64::new(0),
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
+        Self::new(vb, cfg)
+    }
+
+    /// Multiply-adds x 2 of one decode of `h x w` latents as direct convolutions and plain
+    /// matrix products do them (the usual GFLOP count, to compare implementations).
+    pub fn flops(&self, h: usize, w: usize) -> f64 {
+        let conv3 = |conv: &CompactConv3x3, pixels: usize| {
+            2.0 * 9.0 * (conv.in_channels() * conv.out_channels() * pixels) as f64
+        };
+        let resnet = |r: &Resnet, pixels: usize| {
+            let shortcut = match &r.shortcut {
+                Some(_) => 2.0 * (r.conv1.in_channels() * r.conv1.out_channels() * pixels) as f64,
+                None => 0.0,
+            };
+            conv3(&r.conv1, pixels) + conv3(&r.conv2, pixels) + shortcut
+        };
+        let mut pixels = h * w;
+        let c = self.conv_in.out_channels() as f64;
+        let tokens = pixels as f64;
+        // q, k, v, proj, then scores and their product with v.
+        let attention = 2.0 * (4.0 * tokens * c * c + 2.0 * tokens * tokens * c);
+        let mut total = conv3(&self.conv_in, pixels) + attention;
+        total += self
+            .mid_resnets
+            .iter()
+            .map(|r| resnet(r, pixels))
+            .sum::<f64>();
+        for block in &self.up_blocks {
+            total += block.resnets.iter().map(|r| resnet(r, pixels)).sum::<f64>();
+            if let Some(conv) = &block.upsample {
+                pixels *= 4;
+                total += conv3(conv, pixels);
+            }
+        }
+        total + conv3(&self.conv_out, pixels)
+    }
+
     /// The configuration the decoder was built with.
     pub fn config(&self) -> &AutoencoderKlConfig {
         &self.config
@@ -283,41 +484,89 @@ impl VaeDecoder {
 
     /// diffusers' `vae.decode(z).sample`: `z` (B, latent_channels, h, w) in the VAE's own
     /// latent space to an image (B, out_channels, h * f, w * f), nominally in [-1, 1]
-    /// (not clamped).
+    /// (not clamped). Runs on the CPU; the image is put on `z`'s device.
     pub fn decode_raw(&self, z: &Tensor) -> Result<Tensor> {
-        let (batch, c, _, _) = z.dims4()?;
+        let (batch, c, h, w) = z.dims4()?;
         if c != self.config.latent_channels {
             return Err(ModelError::Invalid(format!(
                 "VAE decode: latents have {c} channels, the VAE expects {}",
                 self.config.latent_channels
             )));
         }
-        if batch == 1 {
-            return self.decode_one(z);
+        if batch * h * w == 0 {
+            return Err(ModelError::Invalid(format!(
+                "VAE decode: empty latents {:?}",
+                z.dims()
+            )));
         }
-        // One image at a time: candle-core 0.11.1's CPU matmul folds a batched
-        // `(b, m, k) @ broadcast (k, n)` into one gemm whenever the lhs batch stride is m*k,
-        // even when the lhs is a transposed view whose rows are not adjacent. The mid-block
-        // attention's projections are exactly that, so batch rows after the first come out
-        // wrong (7e-3 on the tiny-sd fixture; huggingface/candle PR #3758). Decoding rows
-        // separately costs nothing measurable: the convolutions dominate and are per image.
-        let images = (0..batch)
-            .map(|i| self.decode_one(&z.narrow(0, i, 1)?))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&images, 0)?)
+        let values = z
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        // One image at a time: the activations of a 512x512 image already take ~0.5 GB.
+        let mut ws = Workspace::default();
+        let f = self.upscale_factor();
+        let image_len = self.config.out_channels * h * f * w * f;
+        let mut images = vec![0f32; batch * image_len];
+        for (latents, image) in values.chunks(c * h * w).zip(images.chunks_mut(image_len)) {
+            self.decode_one(latents, (h, w), image, &mut ws);
+        }
+        drop(ws);
+        let shape = (batch, self.config.out_channels, h * f, w * f);
+        Ok(Tensor::from_vec(images, shape, &Device::Cpu)?.to_device(z.device())?)
     }
 
-    fn decode_one(&self, z: &Tensor) -> Result<Tensor> {
-        let z = match &self.post_quant_conv {
-            Some(conv) => conv.forward(z)?,
-            None => z.clone(),
-        };
-        let mut x = self.mid_block.forward(&self.conv_in.forward(&z)?, None)?;
-        for block in &self.up_blocks {
-            x = block.forward(&x)?;
+    /// Decodes one image's latents (NCHW values) into `image` (NCHW).
+    fn decode_one(
+        &self,
+        latents: &[f32],
+        (h, w): (usize, usize),
+        image: &mut [f32],
+        ws: &mut Workspace,
+    ) {
+        let c = self.config.latent_channels;
+        let mut x = Act::from_nchw(
+            ws.pool.take(h * w * padded(c)),
+            latents,
+            (1, c, h, w),
+            |v| v,
+        );
+        if let Some(conv) = &self.post_quant_conv {
+            let mut y = Act::reuse(
+                ws.pool.take(x.data.len()),
+                1,
+                h,
+                w,
+                conv.out_channels_padded(),
+            );
+            conv.forward(&x, &mut y);
+            ws.pool.give(std::mem::replace(&mut x, y).into_buffer());
         }
-        let x = candle_nn::ops::silu(&self.conv_norm_out.forward(&x)?)?;
-        Ok(self.conv_out.forward(&x)?)
+        let cp = self.conv_in.out_channels_padded();
+        let mut y = Act::reuse(ws.pool.take(h * w * cp), 1, h, w, cp);
+        self.conv_in.forward(&x, 1, plain(&mut y), &mut ws.winograd);
+        ws.pool.give(std::mem::replace(&mut x, y).into_buffer());
+
+        let [resnet0, resnet1] = &self.mid_resnets;
+        x = resnet0.forward(x, ws);
+        self.mid_attention.forward(&mut x, &mut ws.pool);
+        x = resnet1.forward(x, ws);
+        for block in &self.up_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(x, ws);
+            }
+            if let Some(conv) = &block.upsample {
+                let (oh, ow, cp) = (x.h * 2, x.w * 2, conv.out_channels_padded());
+                let mut y = Act::reuse(ws.pool.take(oh * ow * cp), 1, oh, ow, cp);
+                conv.forward(&x, 2, plain(&mut y), &mut ws.winograd);
+                ws.pool.give(std::mem::replace(&mut x, y).into_buffer());
+            }
+        }
+        self.conv_norm_out.forward_in_place(&mut x, true);
+        self.conv_out
+            .forward(&x, 1, Sink::Planes { out: image }, &mut ws.winograd);
+        ws.pool.give(x.into_buffer());
     }
 
     /// Decodes latents of the diffusion model (what the sampler returns), as the SD pipeline
@@ -332,4 +581,83 @@ impl VaeDecoder {
         let z = if shift != 0.0 { (z + shift)? } else { z };
         self.decode_raw(&z)
     }
+}
+
+/// Makes every tensor asked for from a generator seeded by `seed` and the call's order,
+/// following candle-nn's initialisation hints.
+struct RandomWeights {
+    seed: u64,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl candle_nn::var_builder::SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        shape: Shape,
+        _name: &str,
+        hint: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        use rand::{Rng, SeedableRng};
+        let call = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ call.wrapping_mul(0x9e37_79b9));
+        let count = shape.elem_count();
+        let fan_in: usize = shape.dims().iter().skip(1).product::<usize>().max(1);
+        let normal = |rng: &mut rand::rngs::StdRng, std: f64| {
+            (std * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32
+        };
+        let values: Vec<f32> = match hint {
+            Init::Const(v) => vec![v as f32; count],
+            Init::Uniform { lo, up } => (0..count)
+                .map(|_| rng.random_range(lo..up) as f32)
+                .collect(),
+            Init::Randn { mean, stdev } => (0..count)
+                .map(|_| mean as f32 + normal(&mut rng, stdev))
+                .collect(),
+            Init::Kaiming { .. } => {
+                let std = (1.0 / fan_in as f64).sqrt();
+                (0..count).map(|_| normal(&mut rng, std)).collect()
+            }
+        };
+        Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights are made by shape; `{name}` was asked without one")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        false
+    }
+}
+
+/// Times `runs` decodes (after one warm-up) of random `(batch, latent_channels, h, w)`
+/// latents with [`VaeDecoder::decode_raw`], for the `bench` subcommand and
+/// `examples/vae_speed.rs`.
+pub fn bench_decode(
+    decoder: &VaeDecoder,
+    (batch, h, w): (usize, usize, usize),
+    runs: usize,
+) -> Result<super::taesd::DecodeTiming> {
+    let shape = (batch, decoder.config().latent_channels, h, w);
+    let latents = Tensor::randn(0f32, 1f32, shape, &Device::Cpu)?;
+    let once = || -> Result<f64> {
+        let start = std::time::Instant::now();
+        decoder.decode_raw(&latents)?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    once()?;
+    let mut times = (0..runs.max(1))
+        .map(|_| once())
+        .collect::<Result<Vec<_>>>()?;
+    times.sort_by(f64::total_cmp);
+    let min_ms = times[0];
+    Ok(super::taesd::DecodeTiming {
+        min_ms,
+        median_ms: times[times.len() / 2],
+        gflops: batch as f64 * decoder.flops(h, w) / (min_ms * 1e6),
+    })
 }
