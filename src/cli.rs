@@ -36,6 +36,10 @@ pub struct ViewerArgs {
     pub screenshot: Option<PathBuf>,
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub screenshot_after: f64,
+    /// Where TAESD decodes: `auto` uses the GPU on a hardware adapter (a software one such
+    /// as lavapipe is slower than the CPU decoder), `on` on any adapter, `off` never.
+    #[arg(long, value_enum, default_value_t = crate::gpu::GpuDecode::Auto)]
+    pub gpu_decode: crate::gpu::GpuDecode,
 }
 
 #[derive(Subcommand, Debug)]
@@ -330,5 +334,7 @@ pub fn run_viewer(model: &ModelArgs, viewer: &ViewerArgs) -> anyhow::Result<()> 
                 std::time::Duration::from_secs_f64(viewer.screenshot_after),
             )
         }),
+        gpu_decode: viewer.gpu_decode,
+        gpu: None,
     })
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::cli::ModelArgs;
+use crate::gpu::{GpuDecode, GpuDecodedEngine};
 use crate::model::{DecoderKind, Engine};
 use crate::pipeline::{Inbetweens, StatsSnapshot};
 use crate::record::{RecordOptions, RecordSummary};
@@ -35,6 +36,40 @@ pub struct ViewerOptions {
     /// Save a PNG of the window this long after the first frame, then close
     /// (for the screenshot test). A JSON beside it gives the picture's rectangle.
     pub screenshot: Option<(PathBuf, Duration)>,
+    /// Where TAESD decodes: see [`GpuDecode`].
+    pub gpu_decode: GpuDecode,
+    /// The device to decode on. [`ViewerApp::new`] fills it from eframe's wgpu device;
+    /// tests may give a headless one.
+    pub gpu: Option<GpuTarget>,
+}
+
+/// A wgpu device the model's TAESD can be uploaded to.
+#[derive(Clone, Debug)]
+pub struct GpuTarget {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter: wgpu::AdapterInfo,
+}
+
+impl GpuTarget {
+    pub fn from_render_state(rs: &egui_wgpu::RenderState) -> Self {
+        Self {
+            device: rs.device.clone(),
+            queue: rs.queue.clone(),
+            adapter: rs.adapter.get_info(),
+        }
+    }
+
+    /// "NVIDIA GeForce RTX 4090 (Vulkan)".
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.adapter.name, self.adapter.backend)
+    }
+}
+
+/// A loaded model, and a note for the status line.
+struct Loaded {
+    engine: Arc<dyn Engine>,
+    note: Option<String>,
 }
 
 /// Opens the window and runs until it is closed.
@@ -66,7 +101,7 @@ enum ModelState {
     Loading {
         what: String,
         started: Instant,
-        result: Receiver<anyhow::Result<Arc<dyn Engine>>>,
+        result: Receiver<anyhow::Result<Loaded>>,
     },
     Ready(Box<Session>),
     Failed(String),
@@ -102,6 +137,8 @@ pub struct ViewerApp {
     screenshot: Option<ScreenshotPlan>,
     /// Where the picture was drawn last frame, in points.
     picture_rect: Option<egui::Rect>,
+    gpu_decode: GpuDecode,
+    gpu: Option<GpuTarget>,
 }
 
 struct ScreenshotPlan {
@@ -114,7 +151,13 @@ struct ScreenshotPlan {
 
 impl ViewerApp {
     /// Builds the app inside eframe (GPU presenter when eframe runs on wgpu).
-    pub fn new(cc: &eframe::CreationContext<'_>, options: ViewerOptions) -> Self {
+    pub fn new(cc: &eframe::CreationContext<'_>, mut options: ViewerOptions) -> Self {
+        if options.gpu.is_none() {
+            options.gpu = cc
+                .wgpu_render_state
+                .as_ref()
+                .map(GpuTarget::from_render_state);
+        }
         let mut app = Self::headless(options);
         app.presenter = Some(Presenter::new(cc.wgpu_render_state.as_ref()));
         if !app.presenter.as_ref().is_some_and(Presenter::has_gpu) {
@@ -130,7 +173,12 @@ impl ViewerApp {
             None => "the built-in demo model".to_string(),
             Some(m) => m.clone(),
         };
-        let model = load_in_background(what, options.model.clone());
+        let model = load_in_background(
+            what,
+            options.model.clone(),
+            options.gpu.clone(),
+            options.gpu_decode,
+        );
         // Replaced by the model's own defaults once it is loaded.
         let controls = Controls::new(&crate::model::ModelDefaults {
             image_size: (1024, 576),
@@ -159,6 +207,8 @@ impl ViewerApp {
                 done: Default::default(),
             }),
             picture_rect: None,
+            gpu_decode: options.gpu_decode,
+            gpu: options.gpu,
         }
     }
 
@@ -197,18 +247,24 @@ impl ViewerApp {
         matches!(self.model, ModelState::Ready(_))
     }
 
-    fn model_loaded(&mut self, loaded: anyhow::Result<Arc<dyn Engine>>) {
+    fn model_loaded(&mut self, loaded: anyhow::Result<Loaded>) {
         match loaded {
-            Ok(engine) => {
+            Ok(Loaded { engine, note }) => {
                 let defaults = engine.defaults();
                 self.controls.sampler_steps = defaults.steps;
                 self.controls.guidance = defaults.guidance;
                 if !engine.decoders().contains(&self.controls.decoder) {
                     self.controls.decoder = engine.decoders()[0];
                 }
-                self.notice = Some(Notice {
-                    text: format!("loaded {}", engine.name()),
-                    is_error: false,
+                self.notice = Some(match note {
+                    None => Notice {
+                        text: format!("loaded {}", engine.name()),
+                        is_error: false,
+                    },
+                    Some(note) => Notice {
+                        text: format!("loaded {}; {note}", engine.name()),
+                        is_error: true,
+                    },
                 });
                 self.model = ModelState::Ready(Box::new(Session::new(engine)));
             }
@@ -231,7 +287,12 @@ impl ViewerApp {
         let what = model
             .clone()
             .unwrap_or_else(|| "the built-in demo model".into());
-        self.model = load_in_background(what, ModelArgs { model, taesd: None });
+        self.model = load_in_background(
+            what,
+            ModelArgs { model, taesd: None },
+            self.gpu.clone(),
+            self.gpu_decode,
+        );
     }
 
     fn image_size(&self) -> (u32, u32) {
@@ -818,7 +879,11 @@ impl ViewerApp {
             let decoder = session
                 .settings()
                 .map_or(self.controls.decoder, |s| s.decoder);
-            lines.push(format!("{} · {}", session.engine().name(), decoder.label()));
+            lines.push(format!(
+                "{} · {}",
+                session.engine().name(),
+                session.engine().decoder_description(decoder)
+            ));
         }
         let presenter = self
             .presenter
@@ -835,9 +900,14 @@ impl ViewerApp {
             UpscaleMode::None => format!("{w}x{h} not upscaled · drawn by {presenter}"),
         });
         if let Some(s) = stats {
+            // GPU upscaling happens at draw time, outside the pipeline's timings.
+            let upscale_time = match upscale {
+                UpscaleMode::Cpu => format!(" · upscale {:.1} ms", s.upscale_ms),
+                UpscaleMode::Gpu | UpscaleMode::None => String::new(),
+            };
             lines.push(format!(
-                "{:.1} / {} fps · decode {:.0} ms · in-between {:.1} ms · upscale {:.1} ms",
-                s.shown_fps, self.controls.target_fps, s.decode_ms, s.inbetween_ms, s.upscale_ms
+                "{:.1} / {} fps · decode {:.0} ms · in-between {:.1} ms{upscale_time}",
+                s.shown_fps, self.controls.target_fps, s.decode_ms, s.inbetween_ms
             ));
             lines.push(format!(
                 "buffer {}/{} · underruns {} · frame {} · {} in-betweens",
@@ -908,12 +978,19 @@ impl eframe::App for ViewerApp {
     }
 }
 
-fn load_in_background(what: String, args: ModelArgs) -> ModelState {
+fn load_in_background(
+    what: String,
+    args: ModelArgs,
+    gpu: Option<GpuTarget>,
+    gpu_decode: GpuDecode,
+) -> ModelState {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let spawned = std::thread::Builder::new()
         .name("model-loader".into())
         .spawn(move || {
-            let _ = tx.send(crate::cli::load_engine(&args));
+            let loaded = crate::cli::load_engine(&args)
+                .map(|engine| with_gpu_decoder(engine, gpu.as_ref(), gpu_decode));
+            let _ = tx.send(loaded);
         });
     match spawned {
         Ok(_) => ModelState::Loading {
@@ -922,6 +999,34 @@ fn load_in_background(what: String, args: ModelArgs) -> ModelState {
             result: rx,
         },
         Err(e) => ModelState::Failed(format!("cannot start the model loader: {e}")),
+    }
+}
+
+/// `engine` with its TAESD decoding on `gpu` when `gpu_decode` wants that adapter. A model
+/// without TAESD, or a device that refuses the decoder, keeps decoding on the CPU (with a
+/// note saying why when the GPU was wanted).
+fn with_gpu_decoder(
+    engine: Arc<dyn Engine>,
+    gpu: Option<&GpuTarget>,
+    gpu_decode: GpuDecode,
+) -> Loaded {
+    let Some(gpu) = gpu.filter(|g| gpu_decode.wants(g.adapter.device_type)) else {
+        return Loaded { engine, note: None };
+    };
+    if engine.taesd().is_none() {
+        return Loaded { engine, note: None };
+    }
+    match GpuDecodedEngine::new(engine.clone(), &gpu.device, &gpu.queue, gpu.adapter_name()) {
+        Ok(decoded) => Loaded {
+            engine: Arc::new(decoded),
+            note: None,
+        },
+        Err(e) => Loaded {
+            engine,
+            note: Some(format!(
+                "TAESD runs on the CPU: the GPU decoder failed ({e})"
+            )),
+        },
     }
 }
 

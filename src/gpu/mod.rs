@@ -14,10 +14,12 @@
 //! [`BicubicUpscaler::source_texture`]: the frame never leaves the GPU.
 
 mod bicubic;
+pub mod engine;
 mod filter_table;
 pub mod taesd;
 
 pub use bicubic::{create_output_texture, BicubicUpscaler, OUTPUT_FORMAT};
+pub use engine::{GpuDecode, GpuDecodedEngine};
 pub use taesd::GpuTaesd;
 
 use crate::frame::RgbaImage;

@@ -175,4 +175,12 @@ pub trait Engine: Send + Sync + 'static {
         latents: &candle_core::Tensor,
         decoder: DecoderKind,
     ) -> Result<crate::frame::RgbaImage>;
+    /// The TAESD weights, for decoders elsewhere (the GPU's); `None` when there is none.
+    fn taesd(&self) -> Option<&taesd::TaesdDecoder> {
+        None
+    }
+    /// Which decoder runs and where, for the window ("TAESD on the CPU").
+    fn decoder_description(&self, decoder: DecoderKind) -> String {
+        format!("{} on the CPU", decoder.label())
+    }
 }

@@ -339,6 +339,10 @@ impl Engine for StableDiffusion {
         Ok(latents)
     }
 
+    fn taesd(&self) -> Option<&TaesdDecoder> {
+        self.taesd.as_ref()
+    }
+
     fn decode(&self, latents: &Tensor, decoder: DecoderKind) -> Result<RgbaImage> {
         match decoder {
             DecoderKind::Taesd => {

@@ -103,7 +103,7 @@ impl Avx2 {
             .last()
             .is_none_or(|&s| (s as usize + TAPS) * 4 <= src.len()));
         assert!((1..16).contains(&taps.precision));
-        let stream = stream && out.as_ptr() as usize % 16 == 0;
+        let stream = stream && (out.as_ptr() as usize).is_multiple_of(16);
         // SAFETY: AVX2 was detected; the starts are non-decreasing (so the last one is the
         // largest) and every 16-byte load at `start * 4` lies within `src`; `out` has room
         // for every output pixel, and streamed stores are 16-byte aligned (`out` is, and

@@ -1,0 +1,143 @@
+//! A model whose TAESD decodes run on a wgpu device: the viewer wraps the loaded engine in
+//! [`GpuDecodedEngine`] when it has a hardware adapter, so the pipeline (which only calls
+//! [`Engine::decode`]) decodes on the GPU without knowing it. Sampling and the full VAE stay
+//! on the inner engine.
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use parking_lot::Mutex;
+
+use super::{GpuError, GpuTaesd};
+use crate::frame::RgbaImage;
+use crate::model::taesd::TaesdDecoder;
+use crate::model::{
+    DecoderKind, EndpointError, EndpointRequest, Engine, ModelDefaults, ModelError,
+    SamplingProgress,
+};
+
+/// Whether the viewer decodes TAESD on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuDecode {
+    /// On a hardware adapter; on a software one (lavapipe, llvmpipe) the CPU is faster.
+    #[default]
+    Auto,
+    /// Whenever there is an adapter, software ones included.
+    On,
+    /// Always on the CPU.
+    Off,
+}
+
+impl GpuDecode {
+    /// Whether to decode on an adapter of this type.
+    pub fn wants(self, device_type: wgpu::DeviceType) -> bool {
+        match self {
+            GpuDecode::Auto => device_type != wgpu::DeviceType::Cpu,
+            GpuDecode::On => true,
+            GpuDecode::Off => false,
+        }
+    }
+}
+
+/// `inner` with [`DecoderKind::Taesd`] decoded by [`GpuTaesd`].
+///
+/// A GPU failure (device lost, out of memory) does not stop the walk: that decode and every
+/// later one run on the inner engine's CPU decoder, and [`Engine::decoder_description`]
+/// says why.
+pub struct GpuDecodedEngine {
+    inner: Arc<dyn Engine>,
+    taesd: GpuTaesd,
+    adapter: String,
+    /// Set on the first GPU error; from then on TAESD runs on the CPU.
+    failure: Mutex<Option<String>>,
+}
+
+impl GpuDecodedEngine {
+    /// Uploads the inner engine's TAESD weights to `device`. `adapter` names the device for
+    /// the window ("NVIDIA GeForce RTX 4090 (Vulkan)").
+    pub fn new(
+        inner: Arc<dyn Engine>,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        adapter: String,
+    ) -> Result<Self, GpuError> {
+        let decoder: &TaesdDecoder = inner.taesd().ok_or_else(|| {
+            GpuError::Unsupported(format!("{} has no TAESD decoder", inner.name()))
+        })?;
+        let taesd = GpuTaesd::with_device(device, queue, decoder)?;
+        Ok(Self {
+            inner,
+            taesd,
+            adapter,
+            failure: Mutex::new(None),
+        })
+    }
+
+    /// Why TAESD fell back to the CPU, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+
+    fn decode_on_gpu(&self, latents: &Tensor) -> Result<RgbaImage, GpuError> {
+        self.taesd
+            .decode_rgba(latents)?
+            .pop()
+            .ok_or_else(|| GpuError::Readback("TAESD decoded no image".into()))
+    }
+}
+
+impl Engine for GpuDecodedEngine {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    fn decoders(&self) -> Vec<DecoderKind> {
+        self.inner.decoders()
+    }
+
+    fn size_multiple(&self) -> u32 {
+        self.inner.size_multiple()
+    }
+
+    fn defaults(&self) -> ModelDefaults {
+        self.inner.defaults()
+    }
+
+    fn endpoints(
+        &self,
+        request: &EndpointRequest,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> Result<Vec<Tensor>, EndpointError> {
+        self.inner.endpoints(request, progress)
+    }
+
+    fn decode(&self, latents: &Tensor, decoder: DecoderKind) -> Result<RgbaImage, ModelError> {
+        if decoder != DecoderKind::Taesd || self.failure.lock().is_some() {
+            return self.inner.decode(latents, decoder);
+        }
+        match self.decode_on_gpu(latents) {
+            Ok(image) => Ok(image),
+            // A bad latent is the caller's error, not the GPU's: report it, keep the GPU.
+            Err(e @ GpuError::BadInput(_)) => Err(ModelError::Invalid(e.to_string())),
+            Err(e) => {
+                tracing::warn!("GPU TAESD failed, decoding on the CPU from now on: {e}");
+                *self.failure.lock() = Some(e.to_string());
+                self.inner.decode(latents, decoder)
+            }
+        }
+    }
+
+    fn taesd(&self) -> Option<&TaesdDecoder> {
+        self.inner.taesd()
+    }
+
+    fn decoder_description(&self, decoder: DecoderKind) -> String {
+        match (decoder, self.failure.lock().as_deref()) {
+            (DecoderKind::Taesd, None) => format!("TAESD on the GPU ({})", self.adapter),
+            (DecoderKind::Taesd, Some(why)) => {
+                format!("TAESD on the CPU (GPU decode failed: {why})")
+            }
+            _ => self.inner.decoder_description(decoder),
+        }
+    }
+}
