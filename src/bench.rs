@@ -61,6 +61,18 @@ pub enum Case {
     #[value(name = "render_rss")]
     #[serde(rename = "render_rss")]
     RenderRss,
+    /// TAESD on the GPU (WGSL, the viewer's decoder on a hardware adapter): `--gpu-latent`
+    /// latents (default 72x128 -> 576x1024) decoded into the upscaler's source texture,
+    /// in decodes/s (target ≥ 30). Not run unless asked for: on a software adapter it takes
+    /// minutes per decode.
+    #[value(name = "gpu_taesd")]
+    #[serde(rename = "gpu_taesd")]
+    GpuTaesd,
+    /// The viewer's GPU present: upload a 1024x576 frame and bicubic it to 3840x2160 in the
+    /// WGSL shader, in frames/s (target ≥ 60). Not run unless asked for.
+    #[value(name = "gpu_4k")]
+    #[serde(rename = "gpu_4k")]
+    Gpu4k,
 }
 
 impl Case {
@@ -72,6 +84,8 @@ impl Case {
             Case::Sdvae72x128 => "sdvae_72x128",
             Case::FourKPath => "4k_path",
             Case::RenderRss => "render_rss",
+            Case::GpuTaesd => "gpu_taesd",
+            Case::Gpu4k => "gpu_4k",
         }
     }
 
@@ -91,6 +105,8 @@ impl Case {
             Case::Sdvae64x64 | Case::Sdvae72x128 => (1, 3),
             Case::FourKPath => (1, 5),
             Case::RenderRss => (0, 1),
+            Case::GpuTaesd => (2, 10),
+            Case::Gpu4k => (5, 60),
         }
     }
 }
@@ -139,9 +155,24 @@ pub struct BenchArgs {
     /// render_rss: the render lengths to compare, in frames.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     pub rss_frames: Vec<u64>,
+    /// gpu_taesd: latent height x width.
+    #[arg(long, default_value = "72x128", value_parser = parse_hw)]
+    pub gpu_latent: (usize, usize),
     /// Internal: run one case in this process and print its figures as JSON.
     #[arg(long, hide = true)]
     pub child: bool,
+}
+
+fn parse_hw(text: &str) -> Result<(usize, usize), String> {
+    let parsed = text
+        .split_once('x')
+        .and_then(|(h, w)| Some((h.trim().parse().ok()?, w.trim().parse().ok()?)));
+    match parsed {
+        Some((h, w)) if h > 0 && w > 0 => Ok((h, w)),
+        _ => Err(format!(
+            "`{text}` is not HEIGHTxWIDTH in latent pixels, e.g. 72x128"
+        )),
+    }
 }
 
 /// Figures of one side of one case.
@@ -290,6 +321,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for &case in &cases {
         let report = match case {
             Case::RenderRss => bench_render_rss(args),
+            Case::GpuTaesd | Case::Gpu4k => bench_gpu(args, case),
             _ => bench_timed(args, case, &reference),
         }
         .with_context(|| format!("bench case {}", case.name()))?;
@@ -455,6 +487,123 @@ fn max_option(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+/// A GPU case in a child process: a rate against an absolute target (no reference runs on
+/// the GPU). A software adapter's figure is printed but judged by nobody.
+fn bench_gpu(args: &BenchArgs, case: Case) -> anyhow::Result<CaseReport> {
+    let (warmup, runs) = runs_for(args, case);
+    let ours = run_child(args, case, (warmup, runs), &[])?;
+    let timing = Timing::from_runs(ours.times_ms.clone(), ours.peak_rss_mb)?;
+    let software = ours.detail["software"].as_bool().unwrap_or(true);
+    let adapter = ours.detail["adapter"].as_str().unwrap_or("?").to_string();
+    let (work, target_rate, target) = match case {
+        Case::GpuTaesd => {
+            let (h, w) = args.gpu_latent;
+            (
+                format!("GPU TAESD {h}x{w} -> {}x{} on {adapter}", h * 8, w * 8),
+                30.0,
+                "≥ 30 decodes/s",
+            )
+        }
+        _ => (
+            format!("GPU upload 1024x576 + bicubic -> 3840x2160 on {adapter}"),
+            60.0,
+            "≥ 60 fps",
+        ),
+    };
+    let rate = 1e3 / timing.median_ms;
+    Ok(CaseReport {
+        case: case.name().to_string(),
+        work,
+        unit: "ms".to_string(),
+        ours: Some(timing),
+        reference: None,
+        reference_skipped: Some(if software {
+            format!("software adapter ({adapter}): not a GPU figure")
+        } else {
+            "no reference: the target is a rate".to_string()
+        }),
+        ratio: Some(rate / target_rate),
+        target: target.to_string(),
+        pass: (!software).then_some(rate >= target_rate),
+        peak_rss_ratio: None,
+        detail: ours.detail,
+    })
+}
+
+fn gpu_detail(ctx: &crate::gpu::GpuContext) -> serde_json::Value {
+    serde_json::json!({ "adapter": ctx.adapter_name(), "software": ctx.is_software() })
+}
+
+fn wait_for_gpu(ctx: &crate::gpu::GpuContext) -> anyhow::Result<()> {
+    ctx.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| anyhow::anyhow!("waiting for the GPU: {e}"))?;
+    Ok(())
+}
+
+/// Decodes into the upscaler's source texture, as the viewer's GPU path does, and waits.
+fn child_gpu_taesd(args: &BenchArgs, warmup: usize, runs: usize) -> anyhow::Result<ChildResult> {
+    use crate::model::taesd::{TaesdConfig, TaesdDecoder};
+    let ctx = crate::gpu::GpuContext::new_headless()?;
+    let decoder = TaesdDecoder::random(&TaesdConfig::default(), 0)?;
+    let gpu = crate::gpu::GpuTaesd::new(&ctx, &decoder)?;
+    let (h, w) = args.gpu_latent;
+    let f = gpu.upscale_factor() as u32;
+    let mut upscaler = crate::gpu::BicubicUpscaler::new(&ctx.device, crate::gpu::OUTPUT_FORMAT);
+    let target = upscaler
+        .source_texture(&ctx.device, w as u32 * f, h as u32 * f)?
+        .clone();
+    // Two latents taking turns, as a walk sends a new one each time.
+    let latents = [
+        Tensor::randn(0f32, 1f32, (1, 4, h, w), &Device::Cpu)?,
+        Tensor::randn(0f32, 1f32, (1, 4, h, w), &Device::Cpu)?,
+    ];
+    let mut i = 0;
+    let times = time_runs(Case::GpuTaesd, warmup, runs, || {
+        let started = Instant::now();
+        gpu.decode_to_texture(&latents[i % 2], &target)?;
+        wait_for_gpu(&ctx)?;
+        i += 1;
+        Ok(started.elapsed().as_secs_f64() * 1e3)
+    })?;
+    let mut detail = gpu_detail(&ctx);
+    detail["bands"] = gpu.band_count(h, w)?.into();
+    Ok(ChildResult {
+        times_ms: times,
+        peak_rss_mb: peak_rss_mb(),
+        detail,
+    })
+}
+
+/// Uploads a source frame and upscales it to 4K into an output texture, and waits.
+fn child_gpu_4k(warmup: usize, runs: usize) -> anyhow::Result<ChildResult> {
+    let ctx = crate::gpu::GpuContext::new_headless()?;
+    let frames = PremadeFrames::new(SOURCE_SIZE, 2).frames;
+    let mut upscaler = crate::gpu::BicubicUpscaler::new(&ctx.device, crate::gpu::OUTPUT_FORMAT);
+    let output = crate::gpu::create_output_texture(&ctx.device, OUTPUT_SIZE.0, OUTPUT_SIZE.1);
+    let view = output.create_view(&wgpu::TextureViewDescriptor::default());
+    let mut i = 0;
+    let times = time_runs(Case::Gpu4k, warmup, runs, || {
+        let started = Instant::now();
+        upscaler.upload(&ctx.device, &ctx.queue, &frames[i % 2])?;
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("bench gpu_4k"),
+            });
+        upscaler.render(&ctx.device, &ctx.queue, &mut encoder, &view)?;
+        ctx.queue.submit([encoder.finish()]);
+        wait_for_gpu(&ctx)?;
+        i += 1;
+        Ok(started.elapsed().as_secs_f64() * 1e3)
+    })?;
+    Ok(ChildResult {
+        times_ms: times,
+        peak_rss_mb: peak_rss_mb(),
+        detail: gpu_detail(&ctx),
+    })
+}
+
 /// Peak RSS of renders of each length, each in its own process.
 fn bench_render_rss(args: &BenchArgs) -> anyhow::Result<CaseReport> {
     let mut lengths = args.rss_frames.clone();
@@ -538,6 +687,10 @@ fn run_child(
         .args(["--warmup", &warmup.to_string(), "--runs", &runs.to_string()])
         .args(["--threads", &args.threads.to_string()])
         .args(["--keyframes", &args.keyframes.to_string()])
+        .arg(format!(
+            "--gpu-latent={}x{}",
+            args.gpu_latent.0, args.gpu_latent.1
+        ))
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -576,6 +729,8 @@ fn child(args: &BenchArgs) -> anyhow::Result<()> {
         Case::Sdvae64x64 | Case::Sdvae72x128 => child_vae(case, warmup, runs)?,
         Case::FourKPath => child_4k_path(args, warmup, runs)?,
         Case::RenderRss => child_render_rss(args)?,
+        Case::GpuTaesd => child_gpu_taesd(args, warmup, runs)?,
+        Case::Gpu4k => child_gpu_4k(warmup, runs)?,
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
@@ -1017,7 +1172,9 @@ impl Reference {
         runs: usize,
     ) -> Result<Timing, String> {
         match case {
-            Case::FourKPath | Case::RenderRss => Err("not a decoder case".to_string()),
+            Case::FourKPath | Case::RenderRss | Case::GpuTaesd | Case::Gpu4k => {
+                Err("not a decoder case".to_string())
+            }
             _ => {
                 self.decoders.clone()?;
                 self.run_decoders(args, case, warmup, runs)
@@ -1272,6 +1429,7 @@ pub fn table(report: &BenchReport) -> String {
             _ => "-".into(),
         };
         let ratio = case.ratio.map_or("-".into(), |r| match case.unit.as_str() {
+            _ if case.case.starts_with("gpu_") => format!("{r:.2}x target rate"),
             "ms/frame" => format!("{r:.2}x fps"),
             _ => format!("{r:.2}x time"),
         });

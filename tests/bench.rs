@@ -68,3 +68,44 @@ fn unknown_case_is_a_clear_error() {
         "the error lists the cases: {stderr}"
     );
 }
+
+/// The GPU cases run on whatever adapter there is (lavapipe in CI) and name it; a software
+/// adapter's rate is printed but not judged against the GPU targets.
+#[test]
+fn gpu_cases_name_the_adapter_and_judge_only_hardware() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_dreamwalk"))
+        .args(["bench", "--cases", "gpu_4k,gpu_taesd", "--runs", "1"])
+        .args(["--warmup", "0", "--gpu-latent", "2x3", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    for case in cases {
+        let name = case["case"].as_str().unwrap();
+        assert!(stdout.contains(name), "{stdout}");
+        let adapter = case["detail"]["adapter"].as_str().unwrap_or_default();
+        assert!(!adapter.is_empty(), "{name}: no adapter named");
+        assert!(case["ours"]["min_ms"].as_f64().unwrap() > 0.0);
+        assert!(case["ratio"].as_f64().unwrap() > 0.0);
+        if case["detail"]["software"].as_bool().unwrap() {
+            assert!(
+                case["pass"].is_null(),
+                "{name}: a software adapter is not judged"
+            );
+        } else {
+            assert!(case["pass"].is_boolean());
+        }
+    }
+    assert!(cases[1]["work"].as_str().unwrap().contains("2x3 -> 16x24"));
+}
