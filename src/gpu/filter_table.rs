@@ -24,106 +24,13 @@
 //!   (one weight 2^14 at offset 0) reproduces the input exactly, so always running both passes
 //!   gives the same bytes. `use_alpha(false)` means no alpha premultiplication.
 
-/// The weights of one 1-D resampling pass, one row per output pixel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FilterTable {
-    /// Fractional bits of the fixed-point weights.
-    pub precision: u32,
-    /// The most taps any output pixel uses.
-    pub max_taps: usize,
-    /// Per output pixel: the first input pixel and the i16 weights from there on.
-    pub rows: Vec<(u32, Vec<i16>)>,
-}
+pub(crate) use crate::upscale::taps::FilterTable;
 
 /// Texels before the weights in a row of the table texture: start, tap count, precision.
 pub(crate) const TABLE_HEADER_TEXELS: usize = 3;
 
-/// Catmull-Rom (a = -0.5), written with the same operation order as the reference so the
-/// f64 weights are identical to the last bit (a half-way i16 rounding could differ
-/// otherwise).
-fn catmull_rom(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.) * x - (A + 3.)) * x * x + 1.
-    } else if x < 2.0 {
-        (((x - 5.) * x + 8.) * x - 4.) * A
-    } else {
-        0.0
-    }
-}
-
-const CATMULL_ROM_SUPPORT: f64 = 2.0;
-/// i32 sums of u8 * i16 need 8 bits for the value and 2 for overshoot of the kernel.
-const MAX_PRECISION: u32 = 32 - 8 - 2;
-/// Weights are stored as i16.
-const MAX_WEIGHT_BITS: u32 = 15;
-
+/// The table as the shader reads it.
 impl FilterTable {
-    /// The weights that resample `in_size` pixels to `out_size` pixels (both > 0).
-    pub fn catmull_rom(in_size: u32, out_size: u32) -> Self {
-        let in_start = 0.0f64;
-        let scale = (in_size as f64 - in_start) / out_size as f64;
-        let filter_scale = scale.max(1.0);
-        let radius = CATMULL_ROM_SUPPORT * filter_scale;
-        let recip_filter_scale = 1.0 / filter_scale;
-
-        let mut float_rows: Vec<(u32, Vec<f64>)> = Vec::with_capacity(out_size as usize);
-        for out_index in 0..out_size {
-            let in_center = in_start + (out_index as f64 + 0.5) * scale;
-            let first = (in_center - radius).floor().max(0.) as u32;
-            let end = (in_center + radius).ceil().min(in_size as f64) as u32;
-            // Input pixel i sits at i + 0.5; subtracting 0.5 from the center once instead.
-            let center = in_center - 0.5;
-
-            let mut start = first;
-            let mut weights = Vec::with_capacity((end - first) as usize);
-            let mut sum = 0.0f64;
-            for i in first..end {
-                let w = catmull_rom((i as f64 - center) * recip_filter_scale);
-                if i == start && w == 0.0 {
-                    start += 1;
-                } else {
-                    weights.push(w);
-                    sum += w;
-                }
-            }
-            while weights.last() == Some(&0.0) {
-                weights.pop();
-            }
-            if sum != 0.0 {
-                weights.iter_mut().for_each(|w| *w /= sum);
-            }
-            float_rows.push((start, weights));
-        }
-
-        // The reference takes the maximum over its padded table, whose padding is 0.0.
-        let max_weight = float_rows
-            .iter()
-            .flat_map(|(_, w)| w.iter().copied())
-            .fold(0.0f64, f64::max);
-        let mut precision = 0;
-        for candidate in 0..MAX_PRECISION {
-            precision = candidate;
-            let next = (max_weight * (1u32 << (candidate + 1)) as f64).round() as i32;
-            if next >= 1 << MAX_WEIGHT_BITS {
-                break;
-            }
-        }
-
-        let one = (1u32 << precision) as f64;
-        let rows: Vec<(u32, Vec<i16>)> = float_rows
-            .into_iter()
-            .map(|(start, w)| (start, w.iter().map(|&w| (w * one).round() as i16).collect()))
-            .collect();
-        let max_taps = rows.iter().map(|(_, w)| w.len()).max().unwrap_or(0);
-        Self {
-            precision,
-            max_taps,
-            rows,
-        }
-    }
-
     /// Width in texels of the R32Sint table texture (header, then the weights).
     pub fn texture_width(&self) -> u32 {
         (TABLE_HEADER_TEXELS + self.max_taps) as u32

@@ -13,7 +13,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-mod taps;
+pub(crate) mod taps;
 
 use std::sync::Arc;
 

@@ -1,4 +1,6 @@
-//! Catmull-Rom filter taps along one axis, in the fixed point fast_image_resize uses.
+//! Catmull-Rom filter taps along one axis, in the fixed point fast_image_resize uses: the
+//! [`FilterTable`] the GPU shader reads (`gpu::filter_table` lays it out as a texture) and
+//! the four-tap [`Taps`] of the AVX2 kernel are the same weights.
 //!
 //! The fast kernel in [`super::avx2`] must give the same bytes as fast_image_resize's
 //! `Convolution(CatmullRom)` (the GPU shader and the recorder are checked against those
@@ -22,10 +24,88 @@ fn catmull_rom(x: f64) -> f64 {
     }
 }
 
-/// The filter's half-width in source pixels at scale 1.
-const SUPPORT: f64 = 2.0;
-/// Fraction bits stop where the accumulator (8-bit value, 2 bits of headroom) fills an i32.
-const MAX_PRECISION: u8 = 32 - 8 - 2;
+/// The weights of one 1-D resampling pass, one row per output pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FilterTable {
+    /// Fractional bits of the fixed-point weights.
+    pub precision: u32,
+    /// The most taps any output pixel uses.
+    pub max_taps: usize,
+    /// Per output pixel: the first input pixel and the i16 weights from there on.
+    pub rows: Vec<(u32, Vec<i16>)>,
+}
+
+const CATMULL_ROM_SUPPORT: f64 = 2.0;
+/// i32 sums of u8 * i16 need 8 bits for the value and 2 for overshoot of the kernel.
+const MAX_PRECISION: u32 = 32 - 8 - 2;
+/// Weights are stored as i16.
+const MAX_WEIGHT_BITS: u32 = 15;
+
+impl FilterTable {
+    /// The weights that resample `in_size` pixels to `out_size` pixels (both > 0).
+    pub fn catmull_rom(in_size: u32, out_size: u32) -> Self {
+        let in_start = 0.0f64;
+        let scale = (in_size as f64 - in_start) / out_size as f64;
+        let filter_scale = scale.max(1.0);
+        let radius = CATMULL_ROM_SUPPORT * filter_scale;
+        let recip_filter_scale = 1.0 / filter_scale;
+
+        let mut float_rows: Vec<(u32, Vec<f64>)> = Vec::with_capacity(out_size as usize);
+        for out_index in 0..out_size {
+            let in_center = in_start + (out_index as f64 + 0.5) * scale;
+            let first = (in_center - radius).floor().max(0.) as u32;
+            let end = (in_center + radius).ceil().min(in_size as f64) as u32;
+            // Input pixel i sits at i + 0.5; subtracting 0.5 from the center once instead.
+            let center = in_center - 0.5;
+
+            let mut start = first;
+            let mut weights = Vec::with_capacity((end - first) as usize);
+            let mut sum = 0.0f64;
+            for i in first..end {
+                let w = catmull_rom((i as f64 - center) * recip_filter_scale);
+                if i == start && w == 0.0 {
+                    start += 1;
+                } else {
+                    weights.push(w);
+                    sum += w;
+                }
+            }
+            while weights.last() == Some(&0.0) {
+                weights.pop();
+            }
+            if sum != 0.0 {
+                weights.iter_mut().for_each(|w| *w /= sum);
+            }
+            float_rows.push((start, weights));
+        }
+
+        // The reference takes the maximum over its padded table, whose padding is 0.0.
+        let max_weight = float_rows
+            .iter()
+            .flat_map(|(_, w)| w.iter().copied())
+            .fold(0.0f64, f64::max);
+        let mut precision = 0;
+        for candidate in 0..MAX_PRECISION {
+            precision = candidate;
+            let next = (max_weight * (1u32 << (candidate + 1)) as f64).round() as i32;
+            if next >= 1 << MAX_WEIGHT_BITS {
+                break;
+            }
+        }
+
+        let one = (1u32 << precision) as f64;
+        let rows: Vec<(u32, Vec<i16>)> = float_rows
+            .into_iter()
+            .map(|(start, w)| (start, w.iter().map(|&w| (w * one).round() as i16).collect()))
+            .collect();
+        let max_taps = rows.iter().map(|(_, w)| w.len()).max().unwrap_or(0);
+        Self {
+            precision,
+            max_taps,
+            rows,
+        }
+    }
+}
 
 /// Taps per output pixel in the fast kernel.
 pub(crate) const TAPS: usize = 4;
@@ -48,75 +128,26 @@ impl Taps {
         if in_size < TAPS as u32 || out_size == 0 {
             return None;
         }
-        let scale = in_size as f64 / out_size as f64;
-        // Shrinking stretches the kernel over `scale` source pixels (no aliasing).
-        let filter_scale = scale.max(1.0);
-        let radius = SUPPORT * filter_scale;
-        let recip_filter_scale = 1.0 / filter_scale;
-
-        let mut windows: Vec<(u32, Vec<f64>)> = Vec::with_capacity(out_size as usize);
-        for out_x in 0..out_size {
-            let in_center = (out_x as f64 + 0.5) * scale;
-            let x_min = (in_center - radius).floor().max(0.) as u32;
-            let x_max = (in_center + radius).ceil().min(in_size as f64) as u32;
-            let center = in_center - 0.5;
-            let mut start = x_min;
-            let mut weights = Vec::with_capacity(TAPS + 1);
-            let mut sum = 0.0;
-            for x in x_min..x_max {
-                let w = catmull_rom((x as f64 - center) * recip_filter_scale);
-                if x == start && w == 0. {
-                    start += 1;
-                } else {
-                    weights.push(w);
-                    sum += w;
-                }
-            }
-            while weights.last() == Some(&0.) {
-                weights.pop();
-            }
-            if sum != 0.0 {
-                weights.iter_mut().for_each(|w| *w /= sum);
-            }
-            windows.push((start, weights));
+        let table = FilterTable::catmull_rom(in_size, out_size);
+        if table.max_taps > TAPS {
+            return None;
         }
-
-        // Zero weights (trimmed, or padding up to the window) take part in the maximum too.
-        let max_weight = windows
-            .iter()
-            .flat_map(|(_, w)| w.iter().copied())
-            .fold(0.0f64, f64::max);
-        let mut precision = 0u8;
-        for p in 0..MAX_PRECISION {
-            precision = p;
-            let next = (max_weight * (1i64 << (p + 1)) as f64).round() as i32;
-            if next >= 1 << 15 {
-                break;
-            }
-        }
-        let unit = (1i64 << precision) as f64;
-
-        let mut starts = Vec::with_capacity(windows.len());
-        let mut fixed = Vec::with_capacity(windows.len());
-        for (start, weights) in windows {
-            if weights.len() > TAPS {
-                return None;
-            }
+        let mut starts = Vec::with_capacity(table.rows.len());
+        let mut fixed = Vec::with_capacity(table.rows.len());
+        for (start, weights) in table.rows {
             // Pad to four taps, sliding the window left at the right edge; the extra taps
             // weigh zero, so the sums are unchanged.
             let padded_start = start.min(in_size - TAPS as u32);
             let shift = (start - padded_start) as usize;
             let mut taps = [0i16; TAPS];
-            for (t, w) in weights.iter().enumerate() {
-                taps[shift + t] = (w * unit).round() as i16;
-            }
+            taps[shift..shift + weights.len()].copy_from_slice(&weights);
             starts.push(padded_start);
             fixed.push(taps);
         }
         Some(Self {
             starts,
             weights: fixed,
-            precision,
+            precision: table.precision as u8,
         })
     }
 
