@@ -3,9 +3,12 @@
 //! These tests need a GPU adapter and FAIL without one: on machines without a GPU, install
 //! the software Vulkan driver (Debian: `mesa-vulkan-drivers libvulkan1`).
 
+mod common;
+
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use common::max_byte_diff;
 use dreamwalk::frame::RgbaImage;
 use dreamwalk::gpu::{
     create_output_texture, read_texture, upscale_to_image, BicubicUpscaler, GpuContext, GpuError,
@@ -81,21 +84,10 @@ fn gradient_image(width: u32, height: u32) -> RgbaImage {
     RgbaImage::from_pixels(width, height, pixels).expect("size")
 }
 
-/// Largest per-channel difference.
-fn max_diff(a: &RgbaImage, b: &RgbaImage) -> u8 {
-    assert_eq!((a.width, a.height), (b.width, b.height));
-    a.pixels
-        .iter()
-        .zip(&b.pixels)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
-}
-
 fn assert_matches_cpu(src: &RgbaImage, width: u32, height: u32, what: &str) -> u8 {
     let expected = cpu_resize(src, width, height);
     let got = upscale_to_image(gpu(), src, width, height).expect("GPU upscale");
-    let diff = max_diff(&got, &expected);
+    let diff = max_byte_diff(&got, &expected);
     eprintln!(
         "{what} {}x{} -> {width}x{height}: max diff {diff}",
         src.width, src.height
@@ -174,7 +166,7 @@ fn upscaler_reuse_across_frames_and_sizes() {
             .expect("render");
         ctx.queue.submit([encoder.finish()]);
         let got = read_texture(ctx, &target).expect("readback");
-        let diff = max_diff(&got, &cpu_resize(frame, *width, *height));
+        let diff = max_byte_diff(&got, &cpu_resize(frame, *width, *height));
         assert!(diff <= MAX_CHANNEL_DIFF, "step to {width}x{height}: {diff}");
     }
 }
@@ -210,7 +202,7 @@ fn srgb_target_keeps_bytes() {
         .expect("render");
     ctx.queue.submit([encoder.finish()]);
     let got = read_texture(ctx, &target).expect("readback");
-    let diff = max_diff(&got, &cpu_resize(&frame, width, height));
+    let diff = max_byte_diff(&got, &cpu_resize(&frame, width, height));
     eprintln!("sRGB target: max diff {diff}");
     // Decode in the shader, encode in hardware: f32 round trip, at most one step off.
     assert!(diff <= 1, "sRGB target: max channel diff {diff}");
@@ -283,7 +275,7 @@ fn full_size_frame_matches_cpu() {
     let got = read_texture(ctx, &target).expect("readback");
     let readback_ms = start.elapsed().as_secs_f64() * 1e3;
 
-    let diff = max_diff(&got, &expected);
+    let diff = max_byte_diff(&got, &expected);
     eprintln!(
         "1024x576 -> 3840x2160 on {}: max diff {diff}; CPU resize {cpu_ms:.1} ms, \
          GPU upload+draw {gpu_ms:.1} ms, readback {readback_ms:.1} ms",

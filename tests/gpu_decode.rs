@@ -5,12 +5,14 @@
 //! Needs a GPU adapter (on machines without one, Debian's `mesa-vulkan-drivers`); latents
 //! are kept small because a software adapter is slow.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
+use common::max_byte_diff;
 use dreamwalk::app::{GpuTarget, ViewerApp, ViewerOptions};
-use dreamwalk::frame::RgbaImage;
 use dreamwalk::gpu::{GpuContext, GpuDecode, GpuDecodedEngine};
 use dreamwalk::model::{DecoderKind, Engine, StableDiffusion};
 
@@ -25,16 +27,6 @@ fn latents(seed: u64) -> Tensor {
         .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
         .collect();
     Tensor::from_vec(values, (1, 4, 8, 12), &Device::Cpu).expect("latents")
-}
-
-fn max_byte_diff(a: &RgbaImage, b: &RgbaImage) -> u8 {
-    assert_eq!((a.width, a.height), (b.width, b.height), "image sizes");
-    a.pixels
-        .iter()
-        .zip(&b.pixels)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
 }
 
 #[test]

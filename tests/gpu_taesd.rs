@@ -11,8 +11,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use common::{fixture, load_tensors, max_abs_diff};
-use dreamwalk::frame::RgbaImage;
+use common::{fixture, load_tensors, max_abs_diff, max_byte_diff};
 use dreamwalk::gpu::{
     create_output_texture, read_texture, upscale_to_image, BicubicUpscaler, GpuContext, GpuError,
     GpuTaesd, OUTPUT_FORMAT,
@@ -76,16 +75,6 @@ fn assert_matches_cpu(gpu_decoder: &GpuTaesd, cpu: &TaesdDecoder, latents: &Tens
         "{what} {:?}: max |GPU - CPU| {diff} > {MAX_FLOAT_DIFF}",
         latents.dims()
     );
-}
-
-fn max_byte_diff(a: &RgbaImage, b: &RgbaImage) -> u8 {
-    assert_eq!((a.width, a.height), (b.width, b.height));
-    a.pixels
-        .iter()
-        .zip(&b.pixels)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
 }
 
 #[test]

@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
@@ -618,47 +617,4 @@ fn inferred_config(tensors: &HashMap<String, Tensor>) -> TaesdConfig {
         config.decoder_block_out_channels = vec![cout; config.num_decoder_blocks.len()];
     }
     config
-}
-
-/// Timing of repeated decodes, for the `bench` subcommand and `examples/taesd_speed.rs`.
-#[derive(Debug, Clone, Copy)]
-pub struct DecodeTiming {
-    /// Fastest decode, milliseconds.
-    pub min_ms: f64,
-    /// Median decode, milliseconds.
-    pub median_ms: f64,
-    /// Direct-convolution GFLOP per decode divided by the fastest time.
-    pub gflops: f64,
-}
-
-/// Times `runs` decodes (after one warm-up) of random `(batch, C, h, w)` latents with
-/// `decode_rgba` (`rgba`) or `decode`.
-pub fn bench_decode(
-    decoder: &TaesdDecoder,
-    (batch, h, w): (usize, usize, usize),
-    runs: usize,
-    rgba: bool,
-) -> Result<DecodeTiming> {
-    let shape = (batch, decoder.config().latent_channels, h, w);
-    let latents = Tensor::randn(0f32, 1f32, shape, &Device::Cpu)?;
-    let once = || -> Result<f64> {
-        let start = Instant::now();
-        if rgba {
-            decoder.decode_rgba(&latents)?;
-        } else {
-            decoder.decode(&latents)?;
-        }
-        Ok(start.elapsed().as_secs_f64() * 1e3)
-    };
-    once()?;
-    let mut times = (0..runs.max(1))
-        .map(|_| once())
-        .collect::<Result<Vec<_>>>()?;
-    times.sort_by(f64::total_cmp);
-    let min_ms = times[0];
-    Ok(DecodeTiming {
-        min_ms,
-        median_ms: times[times.len() / 2],
-        gflops: batch as f64 * decoder.flops(h, w) / (min_ms * 1e6),
-    })
 }

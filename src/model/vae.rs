@@ -633,31 +633,3 @@ impl candle_nn::var_builder::SimpleBackend for RandomWeights {
         false
     }
 }
-
-/// Times `runs` decodes (after one warm-up) of random `(batch, latent_channels, h, w)`
-/// latents with [`VaeDecoder::decode_raw`], for the `bench` subcommand and
-/// `examples/vae_speed.rs`.
-pub fn bench_decode(
-    decoder: &VaeDecoder,
-    (batch, h, w): (usize, usize, usize),
-    runs: usize,
-) -> Result<super::taesd::DecodeTiming> {
-    let shape = (batch, decoder.config().latent_channels, h, w);
-    let latents = Tensor::randn(0f32, 1f32, shape, &Device::Cpu)?;
-    let once = || -> Result<f64> {
-        let start = std::time::Instant::now();
-        decoder.decode_raw(&latents)?;
-        Ok(start.elapsed().as_secs_f64() * 1e3)
-    };
-    once()?;
-    let mut times = (0..runs.max(1))
-        .map(|_| once())
-        .collect::<Result<Vec<_>>>()?;
-    times.sort_by(f64::total_cmp);
-    let min_ms = times[0];
-    Ok(super::taesd::DecodeTiming {
-        min_ms,
-        median_ms: times[times.len() / 2],
-        gflops: batch as f64 * decoder.flops(h, w) / (min_ms * 1e6),
-    })
-}
