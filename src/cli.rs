@@ -130,6 +130,10 @@ pub struct RenderArgs {
     pub source: Option<Size>,
     #[arg(long, value_enum, default_value_t = DecoderKind::Taesd)]
     pub decoder: DecoderKind,
+    /// Where TAESD decodes: `auto` on a hardware GPU when there is one (a software adapter
+    /// such as lavapipe is slower than the CPU decoder), `on` on any adapter, `off` never.
+    #[arg(long, value_enum, default_value_t = crate::gpu::GpuDecode::Auto)]
+    pub gpu_decode: crate::gpu::GpuDecode,
     /// CPU bicubic to `--size`, or none (frames stay at the source size).
     #[arg(long, value_enum, default_value_t = UpscaleMode::Cpu)]
     pub upscale: UpscaleMode,
@@ -229,7 +233,11 @@ pub fn render_settings(args: &RenderArgs, engine: &dyn Engine) -> anyhow::Result
 
 /// `dreamwalk render`: the whole walk, every frame in order, to files.
 pub fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<()> {
-    let engine = load_engine(model)?;
+    let (engine, note) =
+        crate::gpu::with_headless_gpu_decoder(load_engine(model)?, args.gpu_decode);
+    if let Some(note) = note {
+        eprintln!("dreamwalk: {note}");
+    }
     let settings = render_settings(args, &*engine)?;
     let frame_size = match settings.upscale {
         UpscaleMode::Cpu => settings.output_size,
@@ -246,8 +254,9 @@ pub fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<()> {
     let recorder = crate::record::Recorder::start(&args.out, record_options)
         .with_context(|| format!("cannot write to {}", args.out.display()))?;
     eprintln!(
-        "dreamwalk: {} | {} keyframes | {}x{} frames | {}",
+        "dreamwalk: {} | {} | {} keyframes | {}x{} frames | {}",
         engine.name(),
+        engine.decoder_description(settings.decoder),
         args.prompts.len(),
         frame_size.0,
         frame_size.1,

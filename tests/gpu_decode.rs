@@ -141,3 +141,67 @@ fn the_viewer_picks_the_gpu_decoder_as_told() {
         assert!(auto.starts_with("TAESD on the GPU ("), "{auto}");
     }
 }
+
+/// `dreamwalk render --gpu-decode on|off` into `out`; returns stderr and the PNG frames.
+fn render_demo(out: &std::path::Path, gpu_decode: &str) -> (String, Vec<Vec<u8>>) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dreamwalk"))
+        .args([
+            "render",
+            "--prompt",
+            "a red fox",
+            "--prompt",
+            "a lighthouse",
+        ])
+        .args(["--steps", "2", "--steps-between", "2", "--inbetween", "1"])
+        .args([
+            "--source",
+            "128x64",
+            "--upscale",
+            "none",
+            "--gpu-decode",
+            gpu_decode,
+        ])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run dreamwalk");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "render failed: {stderr}");
+    let mut files: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    files.sort();
+    let frames = files
+        .iter()
+        .map(|path| {
+            let decoder =
+                png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+            let mut reader = decoder.read_info().unwrap();
+            let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+            let info = reader.next_frame(&mut buf).unwrap();
+            buf.truncate(info.buffer_size());
+            buf
+        })
+        .collect();
+    (stderr, frames)
+}
+
+#[test]
+fn headless_render_decodes_on_the_gpu_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gpu_log, gpu_frames) = render_demo(&dir.path().join("gpu"), "on");
+    let (cpu_log, cpu_frames) = render_demo(&dir.path().join("cpu"), "off");
+    assert!(gpu_log.contains("TAESD on the GPU ("), "{gpu_log}");
+    assert!(cpu_log.contains("TAESD on the CPU"), "{cpu_log}");
+    // Once from A to B: 3 decoded frames and an in-between after each but the first.
+    assert_eq!(gpu_frames.len(), 5);
+    assert_eq!(gpu_frames.len(), cpu_frames.len());
+    for (i, (g, c)) in gpu_frames.iter().zip(&cpu_frames).enumerate() {
+        assert_eq!(g.len(), c.len());
+        let diff = g.iter().zip(c).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        // Decoded frames within one rounding step; an in-between halves two of them.
+        assert!(diff <= 1, "frame {i}: GPU and CPU renders differ by {diff}");
+    }
+}

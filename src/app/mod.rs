@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::cli::ModelArgs;
-use crate::gpu::{GpuDecode, GpuDecodedEngine};
+use crate::gpu::{with_gpu_decoder, GpuDecode};
 use crate::model::{DecoderKind, Engine};
 use crate::pipeline::{Inbetweens, StatsSnapshot};
 use crate::record::{RecordOptions, RecordSummary};
@@ -988,8 +988,15 @@ fn load_in_background(
     let spawned = std::thread::Builder::new()
         .name("model-loader".into())
         .spawn(move || {
-            let loaded = crate::cli::load_engine(&args)
-                .map(|engine| with_gpu_decoder(engine, gpu.as_ref(), gpu_decode));
+            let loaded = crate::cli::load_engine(&args).map(|engine| {
+                let (engine, note) = match &gpu {
+                    Some(g) => {
+                        with_gpu_decoder(engine, &g.device, &g.queue, &g.adapter, gpu_decode)
+                    }
+                    None => (engine, None),
+                };
+                Loaded { engine, note }
+            });
             let _ = tx.send(loaded);
         });
     match spawned {
@@ -999,34 +1006,6 @@ fn load_in_background(
             result: rx,
         },
         Err(e) => ModelState::Failed(format!("cannot start the model loader: {e}")),
-    }
-}
-
-/// `engine` with its TAESD decoding on `gpu` when `gpu_decode` wants that adapter. A model
-/// without TAESD, or a device that refuses the decoder, keeps decoding on the CPU (with a
-/// note saying why when the GPU was wanted).
-fn with_gpu_decoder(
-    engine: Arc<dyn Engine>,
-    gpu: Option<&GpuTarget>,
-    gpu_decode: GpuDecode,
-) -> Loaded {
-    let Some(gpu) = gpu.filter(|g| gpu_decode.wants(g.adapter.device_type)) else {
-        return Loaded { engine, note: None };
-    };
-    if engine.taesd().is_none() {
-        return Loaded { engine, note: None };
-    }
-    match GpuDecodedEngine::new(engine.clone(), &gpu.device, &gpu.queue, gpu.adapter_name()) {
-        Ok(decoded) => Loaded {
-            engine: Arc::new(decoded),
-            note: None,
-        },
-        Err(e) => Loaded {
-            engine,
-            note: Some(format!(
-                "TAESD runs on the CPU: the GPU decoder failed ({e})"
-            )),
-        },
     }
 }
 

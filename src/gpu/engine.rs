@@ -39,6 +39,53 @@ impl GpuDecode {
     }
 }
 
+/// `engine` with its TAESD decoding on `device` when `choice` wants that adapter (see
+/// [`GpuDecode::wants`]). A model without TAESD keeps decoding on the CPU; so does one whose
+/// decoder the device refuses, with a note saying why.
+pub fn with_gpu_decoder(
+    engine: Arc<dyn Engine>,
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    adapter: &wgpu::AdapterInfo,
+    choice: GpuDecode,
+) -> (Arc<dyn Engine>, Option<String>) {
+    if !choice.wants(adapter.device_type) || engine.taesd().is_none() {
+        return (engine, None);
+    }
+    let name = format!("{} ({:?})", adapter.name, adapter.backend);
+    match GpuDecodedEngine::new(engine.clone(), device, queue, name) {
+        Ok(decoded) => (Arc::new(decoded), None),
+        Err(e) => (
+            engine,
+            Some(format!(
+                "TAESD runs on the CPU: the GPU decoder failed ({e})"
+            )),
+        ),
+    }
+}
+
+/// For headless use (`dreamwalk render`): [`with_gpu_decoder`] on the adapter
+/// [`super::GpuContext::new_headless`] finds. No adapter means the CPU, with a note only when
+/// the GPU was asked for (`On`).
+pub fn with_headless_gpu_decoder(
+    engine: Arc<dyn Engine>,
+    choice: GpuDecode,
+) -> (Arc<dyn Engine>, Option<String>) {
+    if choice == GpuDecode::Off || engine.taesd().is_none() {
+        return (engine, None);
+    }
+    match super::GpuContext::new_headless() {
+        Ok(ctx) => {
+            let info = ctx.adapter.get_info();
+            with_gpu_decoder(engine, &ctx.device, &ctx.queue, &info, choice)
+        }
+        Err(e) => {
+            let note = (choice == GpuDecode::On).then(|| format!("TAESD runs on the CPU: {e}"));
+            (engine, note)
+        }
+    }
+}
+
 /// `inner` with [`DecoderKind::Taesd`] decoded by [`GpuTaesd`].
 ///
 /// A GPU failure (device lost, out of memory) does not stop the walk: that decode and every

@@ -19,7 +19,7 @@ mod filter_table;
 pub mod taesd;
 
 pub use bicubic::{create_output_texture, BicubicUpscaler, OUTPUT_FORMAT};
-pub use engine::{GpuDecode, GpuDecodedEngine};
+pub use engine::{with_gpu_decoder, with_headless_gpu_decoder, GpuDecode, GpuDecodedEngine};
 pub use taesd::GpuTaesd;
 
 use crate::frame::RgbaImage;
