@@ -12,6 +12,13 @@
 // [first input pixel, tap count, precision, weight 0, weight 1, ...].
 @group(0) @binding(1) var table: texture_2d<i32>;
 
+// Vertical pass only: the frame an in-between blends toward, and the blend's integer
+// weights (prev, next, k + 1), so that the pass resamples the in-between the CPU would make
+// (src/frame/blend.rs: round((prev_w * p + next_w * n) / (k + 1)), halves up). Weights
+// (1, 0, 1) leave the frame as it is.
+@group(0) @binding(2) var next_pixels: texture_2d<u32>;
+@group(0) @binding(3) var<uniform> inbetween: vec4<u32>;
+
 // Set when the target is an sRGB format: the hardware encodes what we write, so we write
 // the decoded value and the stored byte stays the computed one.
 override target_is_srgb: bool = false;
@@ -27,25 +34,33 @@ fn table_entry(row: i32, column: i32) -> i32 {
     return textureLoad(table, vec2<i32>(column, row), 0).x;
 }
 
-// Weighted sum of `count` pixels from `first`, stepping by `stride`, rounded like the CPU:
-// add half a unit, arithmetic shift, clamp to a byte.
-fn convolve(row: i32, first: vec2<i32>, stride: vec2<i32>) -> vec4<u32> {
-    let count = table_entry(row, 1);
-    let fraction_bits = u32(table_entry(row, 2));
-    var sum = vec4<i32>(1 << (fraction_bits - 1u));
-    for (var tap = 0; tap < count; tap++) {
-        let weight = table_entry(row, 3 + tap);
-        let value = vec4<i32>(textureLoad(pixels, first + stride * tap, 0));
-        sum += value * weight;
+// Rounds a weighted sum like the CPU: add half a unit, arithmetic shift, clamp to a byte.
+fn round_sum(sum: vec4<i32>, fraction_bits: u32) -> vec4<u32> {
+    let rounded = (sum + vec4<i32>(1 << (fraction_bits - 1u))) >> vec4<u32>(fraction_bits);
+    return vec4<u32>(clamp(rounded, vec4<i32>(0), vec4<i32>(255)));
+}
+
+// A source pixel, or the in-between's pixel there.
+fn source_pixel(at: vec2<i32>) -> vec4<i32> {
+    let p = textureLoad(pixels, at, 0);
+    if inbetween.y == 0u {
+        return vec4<i32>(p);
     }
-    return vec4<u32>(clamp(sum >> vec4<u32>(fraction_bits), vec4<i32>(0), vec4<i32>(255)));
+    let n = textureLoad(next_pixels, at, 0);
+    let d = inbetween.z;
+    return vec4<i32>((2u * (inbetween.x * p + inbetween.y * n) + d) / (2u * d));
 }
 
 @fragment
 fn fs_vertical(@builtin(position) position: vec4<f32>) -> @location(0) vec4<u32> {
     let dst = vec2<i32>(floor(position.xy));
-    let first_row = table_entry(dst.y, 0);
-    return convolve(dst.y, vec2<i32>(dst.x, first_row), vec2<i32>(0, 1));
+    let first = vec2<i32>(dst.x, table_entry(dst.y, 0));
+    let count = table_entry(dst.y, 1);
+    var sum = vec4<i32>(0);
+    for (var tap = 0; tap < count; tap++) {
+        sum += source_pixel(first + vec2<i32>(0, tap)) * table_entry(dst.y, 3 + tap);
+    }
+    return round_sum(sum, u32(table_entry(dst.y, 2)));
 }
 
 fn linear_from_srgb(srgb: vec3<f32>) -> vec3<f32> {
@@ -57,8 +72,13 @@ fn linear_from_srgb(srgb: vec3<f32>) -> vec3<f32> {
 @fragment
 fn fs_horizontal(@builtin(position) position: vec4<f32>) -> @location(0) vec4<f32> {
     let dst = vec2<i32>(floor(position.xy));
-    let first_column = table_entry(dst.x, 0);
-    let bytes = convolve(dst.x, vec2<i32>(first_column, dst.y), vec2<i32>(1, 0));
+    let first = vec2<i32>(table_entry(dst.x, 0), dst.y);
+    let count = table_entry(dst.x, 1);
+    var sum = vec4<i32>(0);
+    for (var tap = 0; tap < count; tap++) {
+        sum += vec4<i32>(textureLoad(pixels, first + vec2<i32>(tap, 0), 0)) * table_entry(dst.x, 3 + tap);
+    }
+    let bytes = round_sum(sum, u32(table_entry(dst.x, 2)));
     // byte / 255 converts back to the same byte in a unorm target (round to nearest).
     var color = vec4<f32>(bytes) / 255.0;
     if target_is_srgb {

@@ -947,12 +947,12 @@ pub fn run_4k_path(
     let pipeline = Pipeline::start(engine, settings, options);
     let mut frames = 0u64;
     while let Some(frame) = pipeline.ring().pop() {
-        if (frame.image.width, frame.image.height) != output_size {
+        if frame.image.size() != output_size {
             bail!(
                 "frame {} is {}x{}, not {}x{}",
                 frame.index,
-                frame.image.width,
-                frame.image.height,
+                frame.image.size().0,
+                frame.image.size().1,
                 output_size.0,
                 output_size.1
             );

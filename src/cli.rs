@@ -289,8 +289,12 @@ pub fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<()> {
             }
             Popped::Closed => break,
         };
+        let image = frame
+            .image
+            .to_cpu()
+            .with_context(|| format!("reading frame {} back from the GPU", frame.index))?;
         recorder
-            .push(frame.index, frame.image.clone())
+            .push(frame.index, image)
             .with_context(|| format!("writing frame {} to {}", frame.index, args.out.display()))?;
         written += 1;
         let stats = pipeline.stats_snapshot();

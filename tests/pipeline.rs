@@ -146,13 +146,13 @@ fn a_once_walk_yields_every_frame_in_order() {
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(f.index, i as u64);
         assert_eq!(
-            (f.image.width, f.image.height),
+            f.image.size(),
             (64, 40),
             "upscaled to the output size"
         );
     }
     // Decoded frames sit every 4th position; grey levels rise monotonically along the walk.
-    let greys: Vec<u8> = frames.iter().map(|f| f.image.pixels[0]).collect();
+    let greys: Vec<u8> = frames.iter().map(|f| f.image.to_cpu().unwrap().pixels[0]).collect();
     assert!(greys.windows(2).all(|w| w[0] <= w[1]), "{greys:?}");
     assert_eq!(frames[4].source.inbetween, None);
     assert_eq!(frames[5].source.inbetween, Some((0, 3)));
@@ -180,7 +180,8 @@ fn a_pingpong_lap_replays_from_the_cache() {
     );
     assert_eq!(pipeline.stats_snapshot().frames_from_cache, 18);
     assert_eq!(
-        frames[0].image.pixels, frames[12].image.pixels,
+        frames[0].image.to_cpu().unwrap().pixels,
+        frames[12].image.to_cpu().unwrap().pixels,
         "back at the start"
     );
 }
@@ -192,7 +193,7 @@ fn live_settings_reach_the_next_frames() {
     s.upscale = UpscaleMode::None;
     let pipeline = Pipeline::start(engine, s, render_options());
     let first = pipeline.ring().pop().unwrap();
-    assert_eq!((first.image.width, first.image.height), (32, 16));
+    assert_eq!(first.image.size(), (32, 16));
     pipeline.update_settings(|s| {
         s.inbetweens = Inbetweens::Fixed(2);
         s.upscale = UpscaleMode::Cpu;
@@ -203,7 +204,7 @@ fn live_settings_reach_the_next_frames() {
     assert!(late.iter().any(|f| f.source.inbetween == Some((1, 2))));
     assert!(late
         .iter()
-        .all(|f| (f.image.width, f.image.height) == (64, 40)));
+        .all(|f| f.image.size() == (64, 40)));
     for (a, b) in frames.windows(2).map(|w| (w[0].index, w[1].index)) {
         assert_eq!(b, a + 1);
     }
@@ -230,7 +231,7 @@ fn new_prompts_sample_new_endpoints_while_the_walk_goes_on() {
         assert!(Instant::now() < deadline, "new endpoints never arrived");
     };
     assert!(
-        switched.image.pixels[0] >= 7 * 20,
+        switched.image.to_cpu().unwrap().pixels[0] >= 7 * 20,
         "seed 7 shifts the grey level"
     );
     assert_eq!(engine.endpoint_calls.load(Ordering::SeqCst), 2);

@@ -12,7 +12,7 @@ use dreamwalk::pipeline::{Frame, FrameSource, Popped, RingBuffer, RingPolicy};
 fn frame(index: u64) -> Frame {
     Frame {
         index,
-        image: Arc::new(RgbaImage::new(1, 1)),
+        image: RgbaImage::new(1, 1).into(),
         source: FrameSource::default(),
     }
 }

@@ -205,7 +205,7 @@ fn every_slider_and_choice_acts_live() {
         .session()
         .and_then(|s| s.current_frame())
         .unwrap();
-    assert_eq!((frame.image.width, frame.image.height), (1024, 576));
+    assert_eq!(frame.image.size(), (1024, 576));
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::cli::ModelArgs;
-use crate::gpu::{with_gpu_decoder, GpuDecode};
+use crate::gpu::{with_gpu_decoder, DecodedFrames, GpuDecode};
 use crate::model::{DecoderKind, Engine};
 use crate::pipeline::{Inbetweens, StatsSnapshot};
 use crate::record::{RecordOptions, RecordSummary};
@@ -836,13 +836,13 @@ impl ViewerApp {
             .map_or(self.controls.upscale, |s| s.upscale);
         let target = match upscale {
             UpscaleMode::Gpu => self.controls.output.size(),
-            _ => (frame.image.width, frame.image.height),
+            _ => frame.image.size(),
         };
         let shown: Result<Shown, String> = match (self.presenter.as_mut(), render_state) {
             (Some(Presenter::Gpu(gpu)), Some(rs)) => {
                 gpu.show(rs, &frame, target).map_err(|e| e.to_string())
             }
-            (Some(Presenter::Cpu(cpu)), _) => Ok(cpu.show(ui.ctx(), &frame)),
+            (Some(Presenter::Cpu(cpu)), _) => cpu.show(ui.ctx(), &frame).map_err(|e| e.to_string()),
             _ => Err("no presenter".into()),
         };
         let shown = match shown {
@@ -890,7 +890,7 @@ impl ViewerApp {
             .as_ref()
             .map(Presenter::describe)
             .unwrap_or_default();
-        let (w, h) = (frame.image.width, frame.image.height);
+        let (w, h) = frame.image.size();
         lines.push(match upscale {
             UpscaleMode::Gpu => format!(
                 "{w}x{h} → {}x{} GPU bicubic · {presenter}",
@@ -990,9 +990,15 @@ fn load_in_background(
         .spawn(move || {
             let loaded = crate::cli::load_engine(&args).map(|engine| {
                 let (engine, note) = match &gpu {
-                    Some(g) => {
-                        with_gpu_decoder(engine, &g.device, &g.queue, &g.adapter, gpu_decode)
-                    }
+                    // Frames decoded on eframe's device stay there for the present shader.
+                    Some(g) => with_gpu_decoder(
+                        engine,
+                        &g.device,
+                        &g.queue,
+                        &g.adapter,
+                        gpu_decode,
+                        DecodedFrames::StayOnGpu,
+                    ),
                     None => (engine, None),
                 };
                 Loaded { engine, note }

@@ -1,10 +1,13 @@
-//! Putting the current frame on screen: on the GPU, the source-resolution frame is uploaded
-//! and upscaled by the WGSL bicubic shader into a texture egui draws; without a GPU (no
-//! wgpu render state, e.g. under test) the frame goes into an ordinary egui texture.
+//! Putting the current frame on screen: on the GPU, the source-resolution frame is upscaled
+//! by the WGSL bicubic shader into a texture egui draws. A frame decoded on this GPU is drawn
+//! from its own texture (an in-between from its two, blended by the shader): nothing is
+//! copied. A CPU frame is uploaded first. Without a GPU (no wgpu render state, e.g. under
+//! test) the frame goes into an ordinary egui texture.
 
 use std::sync::Arc;
 
-use crate::gpu::{create_output_texture, BicubicUpscaler, GpuError, OUTPUT_FORMAT};
+use crate::frame::FrameImage;
+use crate::gpu::{create_output_texture, BicubicSource, BicubicUpscaler, GpuError, OUTPUT_FORMAT};
 use crate::pipeline::Frame;
 
 /// A texture holding the frame on screen, and its size in pixels.
@@ -84,7 +87,22 @@ impl GpuPresenter {
         let device = &rs.device;
         // Without a scope wgpu's default handler panics on a validation error.
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        self.upscaler.upload(device, &rs.queue, &frame.image)?;
+        let source = match &frame.image {
+            FrameImage::Gpu(f) if f.device() == device => BicubicSource::Texture(f.texture()),
+            FrameImage::GpuInbetween { prev, next, j, k } if prev.device() == device => {
+                BicubicSource::Inbetween {
+                    prev: prev.texture(),
+                    next: next.texture(),
+                    j: *j,
+                    k: *k,
+                }
+            }
+            // A CPU frame, or one from another device.
+            image => {
+                self.upscaler.upload(device, &rs.queue, &*image.to_cpu()?)?;
+                BicubicSource::Uploaded
+            }
+        };
         let texture_id = match &self.output {
             Some((texture, id)) if (texture.width(), texture.height()) == size => *id,
             _ => {
@@ -117,7 +135,7 @@ impl GpuPresenter {
             label: Some("present frame"),
         });
         self.upscaler
-            .render(device, &rs.queue, &mut encoder, &view)?;
+            .render_from(device, &rs.queue, &mut encoder, source, &view)?;
         rs.queue.submit([encoder.finish()]);
         if let Some(error) = pollster::block_on(scope.pop()) {
             return Err(GpuError::Wgpu(error.to_string()));
@@ -138,11 +156,11 @@ pub struct CpuPresenter {
 }
 
 impl CpuPresenter {
-    pub fn show(&mut self, ctx: &egui::Context, frame: &Arc<Frame>) -> Shown {
-        let image = &frame.image;
-        let size = (image.width, image.height);
+    pub fn show(&mut self, ctx: &egui::Context, frame: &Arc<Frame>) -> Result<Shown, GpuError> {
+        let size = frame.image.size();
         let is_new = !self.last.as_ref().is_some_and(|f| Arc::ptr_eq(f, frame));
         if is_new || self.texture.is_none() {
+            let image = frame.image.to_cpu()?;
             let pixels = egui::ColorImage::from_rgba_unmultiplied(
                 [image.width as usize, image.height as usize],
                 &image.pixels,
@@ -157,6 +175,6 @@ impl CpuPresenter {
             self.last = Some(frame.clone());
         }
         let texture = self.texture.as_ref().map(|t| t.id()).unwrap_or_default();
-        Shown { texture, size }
+        Ok(Shown { texture, size })
     }
 }

@@ -179,8 +179,13 @@ impl Session {
             }
             // Blocks while the encoder's queue is full: the display, and through the ring
             // the walk, slow down instead of a frame being lost.
-            if let Err(e) = tap_recorder.push(frame.index, frame.image.clone()) {
-                *tap_error.lock() = Some(e.to_string());
+            // Frames the viewer keeps on the GPU are read back only here, while recording.
+            let pushed = match frame.image.to_cpu() {
+                Ok(image) => tap_recorder.push(frame.index, image).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = pushed {
+                *tap_error.lock() = Some(e);
             }
         }));
         self.recording = Some(Recording {

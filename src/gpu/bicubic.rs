@@ -1,16 +1,23 @@
 //! The bicubic upscaler: two render passes of the Catmull-Rom filter, vertical into an
-//! integer intermediate texture, then horizontal into the caller's target.
+//! integer intermediate texture, then horizontal into the caller's target. The vertical pass
+//! can blend two frames first (an in-between), so in-betweens of frames on the GPU are never
+//! made as images of their own.
+
+use wgpu::util::DeviceExt;
 
 use super::filter_table::FilterTable;
 use super::{check_size, GpuError};
+use crate::frame::blend::MAX_INBETWEENS;
 use crate::frame::RgbaImage;
 
 /// The format of output textures that egui can show: not sRGB, so the bytes written are the
 /// frame's bytes, and egui reads them as sRGB-encoded colors, which they are.
 pub const OUTPUT_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Unorm;
 
-/// Integer formats for the source and the intermediate: the passes read exact bytes.
-const PIXEL_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Uint;
+/// The format of source frames (and of the intermediate): integer, so the passes read exact
+/// bytes. Frames decoded on the GPU ([`super::GpuFrame`]) are made in it.
+pub const SOURCE_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Uint;
+const PIXEL_FORMAT: wgpu::TextureFormat = SOURCE_FORMAT;
 const TABLE_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::R32Sint;
 
 /// An output texture for [`BicubicUpscaler::render`] that egui can show
@@ -30,13 +37,34 @@ pub fn create_output_texture(device: &wgpu::Device, width: u32, height: u32) -> 
     })
 }
 
+/// What [`BicubicUpscaler::render_from`] resizes.
+#[derive(Clone, Copy, Debug)]
+pub enum BicubicSource<'a> {
+    /// The frame last given to [`BicubicUpscaler::upload`] (or written into
+    /// [`BicubicUpscaler::source_texture`]).
+    Uploaded,
+    /// A texture of [`SOURCE_FORMAT`] with `TEXTURE_BINDING` usage on the upscaler's device,
+    /// such as a [`super::GpuFrame`]'s.
+    Texture(&'a wgpu::Texture),
+    /// In-between `j` of `k` from `prev` toward `next` (two such textures of one size),
+    /// blended exactly as [`crate::frame::blend::blend`] does, then resized.
+    Inbetween {
+        prev: &'a wgpu::Texture,
+        next: &'a wgpu::Texture,
+        j: usize,
+        k: usize,
+    },
+}
+
 /// Upscales frames on the GPU with the CPU upscaler's Catmull-Rom filter, byte for byte.
 ///
-/// Holds the source texture, and for the last source and target sizes the weight tables,
-/// the intermediate texture and the bind groups; they are rebuilt only when a size changes.
+/// Holds the upload texture, and for the last source and target sizes the weight tables,
+/// the intermediate texture and the horizontal pass's bind group; they are rebuilt only when
+/// a size changes.
 pub struct BicubicUpscaler {
     target_format: wgpu::TextureFormat,
-    bind_group_layout: wgpu::BindGroupLayout,
+    vertical_layout: wgpu::BindGroupLayout,
+    horizontal_layout: wgpu::BindGroupLayout,
     vertical_pipeline: wgpu::RenderPipeline,
     horizontal_pipeline: wgpu::RenderPipeline,
     source: Option<wgpu::Texture>,
@@ -47,7 +75,7 @@ pub struct BicubicUpscaler {
 struct Passes {
     source_size: (u32, u32),
     target_size: (u32, u32),
-    vertical: wgpu::BindGroup,
+    vertical_table: wgpu::TextureView,
     horizontal: wgpu::BindGroup,
     intermediate: wgpu::TextureView,
 }
@@ -71,23 +99,43 @@ impl BicubicUpscaler {
             },
             count: None,
         };
-        let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("bicubic pass"),
+        let horizontal_layout =
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("bicubic horizontal"),
+                entries: &[
+                    texture_entry(0, wgpu::TextureSampleType::Uint),
+                    texture_entry(1, wgpu::TextureSampleType::Sint),
+                ],
+            });
+        // The vertical pass also reads the frame blended toward and the blend's weights.
+        let vertical_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("bicubic vertical"),
             entries: &[
                 texture_entry(0, wgpu::TextureSampleType::Uint),
                 texture_entry(1, wgpu::TextureSampleType::Sint),
+                texture_entry(2, wgpu::TextureSampleType::Uint),
+                wgpu::BindGroupLayoutEntry {
+                    binding: 3,
+                    visibility: wgpu::ShaderStages::FRAGMENT,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: wgpu::BufferSize::new(16),
+                    },
+                    count: None,
+                },
             ],
-        });
-        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("bicubic pass"),
-            bind_group_layouts: &[Some(&bind_group_layout)],
-            immediate_size: 0,
         });
         let constants = [(
             "target_is_srgb",
             f64::from(u8::from(target_format.is_srgb())),
         )];
-        let pipeline = |label, entry_point, format, constants: &[(&str, f64)]| {
+        let pipeline = |label, bind_group_layout: &wgpu::BindGroupLayout, entry_point, format, constants: &[(&str, f64)]| {
+            let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(label),
+                bind_group_layouts: &[Some(bind_group_layout)],
+                immediate_size: 0,
+            });
             device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
                 label: Some(label),
                 layout: Some(&layout),
@@ -119,14 +167,22 @@ impl BicubicUpscaler {
         };
         Self {
             target_format,
-            vertical_pipeline: pipeline("bicubic vertical", "fs_vertical", PIXEL_FORMAT, &[]),
+            vertical_pipeline: pipeline(
+                "bicubic vertical",
+                &vertical_layout,
+                "fs_vertical",
+                PIXEL_FORMAT,
+                &[],
+            ),
             horizontal_pipeline: pipeline(
                 "bicubic horizontal",
+                &horizontal_layout,
                 "fs_horizontal",
                 target_format,
                 &constants,
             ),
-            bind_group_layout,
+            vertical_layout,
+            horizontal_layout,
             source: None,
             passes: None,
         }
@@ -198,10 +254,50 @@ impl BicubicUpscaler {
         encoder: &mut wgpu::CommandEncoder,
         target: &wgpu::TextureView,
     ) -> Result<(), GpuError> {
-        let Some(source) = &self.source else {
-            return Err(GpuError::BadTarget(
-                "cannot be drawn: no frame uploaded yet".into(),
-            ));
+        self.render_from(device, queue, encoder, BicubicSource::Uploaded, target)
+    }
+
+    /// [`Self::render`] from `source`: the uploaded frame, a frame already on the GPU, or an
+    /// in-between of two, blended as the pass reads them.
+    pub fn render_from(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        encoder: &mut wgpu::CommandEncoder,
+        source: BicubicSource<'_>,
+        target: &wgpu::TextureView,
+    ) -> Result<(), GpuError> {
+        // (frame, frame blended toward, weights (prev, next, k + 1)); (1, 0, 1) is no blend.
+        let (prev, next, weights) = match source {
+            BicubicSource::Uploaded => {
+                let Some(uploaded) = &self.source else {
+                    return Err(GpuError::BadTarget(
+                        "cannot be drawn: no frame uploaded yet".into(),
+                    ));
+                };
+                (uploaded, uploaded, [1, 0, 1])
+            }
+            BicubicSource::Texture(texture) => {
+                check_source(texture)?;
+                (texture, texture, [1, 0, 1])
+            }
+            BicubicSource::Inbetween { prev, next, j, k } => {
+                check_source(prev)?;
+                check_source(next)?;
+                if prev.size() != next.size() {
+                    return Err(GpuError::BadInput(format!(
+                        "in-between of a {}x{} and a {}x{} frame",
+                        prev.width(),
+                        prev.height(),
+                        next.width(),
+                        next.height()
+                    )));
+                }
+                if j >= k || k > MAX_INBETWEENS {
+                    return Err(GpuError::BadInput(format!("in-between {j} of {k}")));
+                }
+                (prev, next, [(k - j) as u32, (j + 1) as u32, (k + 1) as u32])
+            }
         };
         let texture = target.texture();
         if texture.format() != self.target_format {
@@ -217,22 +313,51 @@ impl BicubicUpscaler {
         {
             return Err(GpuError::BadTarget("lacks RENDER_ATTACHMENT usage".into()));
         }
-        let source_size = (source.width(), source.height());
+        let source_size = (prev.width(), prev.height());
         let target_size = (texture.width(), texture.height());
         let passes = match self.passes.take() {
             Some(p) if p.source_size == source_size && p.target_size == target_size => p,
             _ => {
                 check_size(device, "target", target_size.0, target_size.1)?;
-                self.build_passes(device, queue, source, target_size)
+                self.build_passes(device, queue, source_size, target_size)
             }
         };
+        // Made per frame (a few hundred bytes): the sources change with every frame, and
+        // several renders recorded into one encoder each keep their own weights.
+        let weights = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("bicubic in-between weights"),
+            contents: bytemuck::cast_slice(&[weights[0], weights[1], weights[2], 0u32]),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let vertical = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("bicubic vertical"),
+            layout: &self.vertical_layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::TextureView(&prev.create_view(&Default::default())),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: wgpu::BindingResource::TextureView(&passes.vertical_table),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: wgpu::BindingResource::TextureView(&next.create_view(&Default::default())),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: weights.as_entire_binding(),
+                },
+            ],
+        });
 
         run_pass(
             encoder,
             "bicubic vertical",
             &passes.intermediate,
             &self.vertical_pipeline,
-            &passes.vertical,
+            &vertical,
         );
         run_pass(
             encoder,
@@ -249,10 +374,9 @@ impl BicubicUpscaler {
         &self,
         device: &wgpu::Device,
         queue: &wgpu::Queue,
-        source: &wgpu::Texture,
+        source_size: (u32, u32),
         target_size: (u32, u32),
     ) -> Passes {
-        let source_size = (source.width(), source.height());
         let vertical_table = FilterTable::catmull_rom(source_size.1, target_size.1);
         let horizontal_table = FilterTable::catmull_rom(source_size.0, target_size.0);
         let intermediate = create_texture(
@@ -263,33 +387,46 @@ impl BicubicUpscaler {
             wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::TEXTURE_BINDING,
         )
         .create_view(&Default::default());
-        let source_view = source.create_view(&Default::default());
         let vertical_table = upload_table(device, queue, &vertical_table);
         let horizontal_table = upload_table(device, queue, &horizontal_table);
-        let bind_group = |label, pixels, table| {
-            device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(label),
-                layout: &self.bind_group_layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: wgpu::BindingResource::TextureView(pixels),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: wgpu::BindingResource::TextureView(table),
-                    },
-                ],
-            })
-        };
+        let horizontal = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("bicubic horizontal"),
+            layout: &self.horizontal_layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::TextureView(&intermediate),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: wgpu::BindingResource::TextureView(&horizontal_table),
+                },
+            ],
+        });
         Passes {
             source_size,
             target_size,
-            vertical: bind_group("bicubic vertical", &source_view, &vertical_table),
-            horizontal: bind_group("bicubic horizontal", &intermediate, &horizontal_table),
+            vertical_table,
+            horizontal,
             intermediate,
         }
     }
+}
+
+/// A frame texture the vertical pass can read.
+fn check_source(texture: &wgpu::Texture) -> Result<(), GpuError> {
+    if texture.format() != SOURCE_FORMAT
+        || !texture
+            .usage()
+            .contains(wgpu::TextureUsages::TEXTURE_BINDING)
+    {
+        return Err(GpuError::BadInput(format!(
+            "a source frame must be {SOURCE_FORMAT:?} with TEXTURE_BINDING usage, not {:?} with {:?}",
+            texture.format(),
+            texture.usage()
+        )));
+    }
+    Ok(())
 }
 
 fn run_pass(

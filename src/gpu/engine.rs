@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use parking_lot::Mutex;
 
 use super::{GpuError, GpuTaesd};
-use crate::frame::RgbaImage;
+use crate::frame::{FrameImage, RgbaImage};
 use crate::model::taesd::TaesdDecoder;
 use crate::model::{
     DecoderKind, EndpointError, EndpointRequest, Engine, ModelDefaults, ModelError,
@@ -39,6 +39,17 @@ impl GpuDecode {
     }
 }
 
+/// Where a frame decoded on the GPU goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodedFrames {
+    /// Read back at once ([`Engine::decode_frame`] gives CPU images): for `render`, which
+    /// writes every frame to a file anyway.
+    ReadBack,
+    /// Kept on the GPU ([`crate::frame::FrameImage::Gpu`]) for a presenter on the same
+    /// device: the viewer.
+    StayOnGpu,
+}
+
 /// `engine` with its TAESD decoding on `device` when `choice` wants that adapter (see
 /// [`GpuDecode::wants`]). A model without TAESD keeps decoding on the CPU; so does one whose
 /// decoder the device refuses, with a note saying why.
@@ -48,13 +59,14 @@ pub fn with_gpu_decoder(
     queue: &wgpu::Queue,
     adapter: &wgpu::AdapterInfo,
     choice: GpuDecode,
+    frames: DecodedFrames,
 ) -> (Arc<dyn Engine>, Option<String>) {
     if !choice.wants(adapter.device_type) || engine.taesd().is_none() {
         return (engine, None);
     }
     let name = format!("{} ({:?})", adapter.name, adapter.backend);
     match GpuDecodedEngine::new(engine.clone(), device, queue, name) {
-        Ok(decoded) => (Arc::new(decoded), None),
+        Ok(decoded) => (Arc::new(decoded.with_frames(frames)), None),
         Err(e) => (
             engine,
             Some(format!(
@@ -77,7 +89,14 @@ pub fn with_headless_gpu_decoder(
     match super::GpuContext::new_headless() {
         Ok(ctx) => {
             let info = ctx.adapter.get_info();
-            with_gpu_decoder(engine, &ctx.device, &ctx.queue, &info, choice)
+            with_gpu_decoder(
+                engine,
+                &ctx.device,
+                &ctx.queue,
+                &info,
+                choice,
+                DecodedFrames::ReadBack,
+            )
         }
         Err(e) => {
             let note = (choice == GpuDecode::On).then(|| format!("TAESD runs on the CPU: {e}"));
@@ -95,6 +114,7 @@ pub struct GpuDecodedEngine {
     inner: Arc<dyn Engine>,
     taesd: GpuTaesd,
     adapter: String,
+    frames: DecodedFrames,
     /// Set on the first GPU error; from then on TAESD runs on the CPU.
     failure: Mutex<Option<String>>,
 }
@@ -116,13 +136,36 @@ impl GpuDecodedEngine {
             inner,
             taesd,
             adapter,
+            frames: DecodedFrames::ReadBack,
             failure: Mutex::new(None),
         })
+    }
+
+    /// Whether [`Engine::decode_frame`] reads frames back or keeps them on the GPU
+    /// (default: read back).
+    pub fn with_frames(mut self, frames: DecodedFrames) -> Self {
+        self.frames = frames;
+        self
     }
 
     /// Why TAESD fell back to the CPU, if it did.
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().clone()
+    }
+
+    /// A bad latent is the caller's error, not the GPU's: reported, the GPU kept. Any other
+    /// error moves TAESD to the CPU for good, starting with this frame (`on_cpu`).
+    fn on_gpu_error<T>(
+        &self,
+        error: GpuError,
+        on_cpu: impl FnOnce() -> Result<T, ModelError>,
+    ) -> Result<T, ModelError> {
+        if let GpuError::BadInput(_) = error {
+            return Err(ModelError::Invalid(error.to_string()));
+        }
+        tracing::warn!("GPU TAESD failed, decoding on the CPU from now on: {error}");
+        *self.failure.lock() = Some(error.to_string());
+        on_cpu()
     }
 
     fn decode_on_gpu(&self, latents: &Tensor) -> Result<RgbaImage, GpuError> {
@@ -164,13 +207,20 @@ impl Engine for GpuDecodedEngine {
         }
         match self.decode_on_gpu(latents) {
             Ok(image) => Ok(image),
-            // A bad latent is the caller's error, not the GPU's: report it, keep the GPU.
-            Err(e @ GpuError::BadInput(_)) => Err(ModelError::Invalid(e.to_string())),
-            Err(e) => {
-                tracing::warn!("GPU TAESD failed, decoding on the CPU from now on: {e}");
-                *self.failure.lock() = Some(e.to_string());
-                self.inner.decode(latents, decoder)
-            }
+            Err(e) => self.on_gpu_error(e, || self.inner.decode(latents, decoder)),
+        }
+    }
+
+    fn decode_frame(&self, latents: &Tensor, decoder: DecoderKind) -> Result<FrameImage, ModelError> {
+        if self.frames == DecodedFrames::ReadBack
+            || decoder != DecoderKind::Taesd
+            || self.failure.lock().is_some()
+        {
+            return self.decode(latents, decoder).map(Into::into);
+        }
+        match self.taesd.decode_frame(latents) {
+            Ok(frame) => Ok(FrameImage::Gpu(Arc::new(frame))),
+            Err(e) => self.on_gpu_error(e, || self.inner.decode_frame(latents, decoder)),
         }
     }
 
@@ -180,7 +230,12 @@ impl Engine for GpuDecodedEngine {
 
     fn decoder_description(&self, decoder: DecoderKind) -> String {
         match (decoder, self.failure.lock().as_deref()) {
-            (DecoderKind::Taesd, None) => format!("TAESD on the GPU ({})", self.adapter),
+            (DecoderKind::Taesd, None) => match self.frames {
+                DecodedFrames::ReadBack => format!("TAESD on the GPU ({})", self.adapter),
+                DecodedFrames::StayOnGpu => {
+                    format!("TAESD on the GPU ({}), frames stay there", self.adapter)
+                }
+            },
             (DecoderKind::Taesd, Some(why)) => {
                 format!("TAESD on the CPU (GPU decode failed: {why})")
             }

@@ -16,10 +16,14 @@
 mod bicubic;
 pub mod engine;
 mod filter_table;
+mod frame;
 pub mod taesd;
 
-pub use bicubic::{create_output_texture, BicubicUpscaler, OUTPUT_FORMAT};
-pub use engine::{with_gpu_decoder, with_headless_gpu_decoder, GpuDecode, GpuDecodedEngine};
+pub use bicubic::{create_output_texture, BicubicSource, BicubicUpscaler, OUTPUT_FORMAT, SOURCE_FORMAT};
+pub use frame::GpuFrame;
+pub use engine::{
+    with_gpu_decoder, with_headless_gpu_decoder, DecodedFrames, GpuDecode, GpuDecodedEngine,
+};
 pub use taesd::GpuTaesd;
 
 use crate::frame::RgbaImage;
@@ -186,6 +190,15 @@ pub fn upscale_to_image(
 /// Copies an `Rgba8Unorm` (or `Rgba8UnormSrgb`, `Rgba8Uint`) texture back into an image,
 /// waiting for the GPU. The texture needs `COPY_SRC` usage.
 pub fn read_texture(ctx: &GpuContext, texture: &wgpu::Texture) -> Result<RgbaImage, GpuError> {
+    read_texture_on(&ctx.device, &ctx.queue, texture)
+}
+
+/// [`read_texture`] for a texture of `device`, copied through `queue`.
+pub fn read_texture_on(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    texture: &wgpu::Texture,
+) -> Result<RgbaImage, GpuError> {
     use wgpu::TextureFormat as F;
     if !matches!(
         texture.format(),
@@ -200,7 +213,6 @@ pub fn read_texture(ctx: &GpuContext, texture: &wgpu::Texture) -> Result<RgbaIma
     let row_bytes = width * 4;
     // Buffer rows of a texture copy must start on 256-byte boundaries.
     let padded_row_bytes = row_bytes.next_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT);
-    let device = &ctx.device;
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let buffer = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback"),
@@ -223,7 +235,7 @@ pub fn read_texture(ctx: &GpuContext, texture: &wgpu::Texture) -> Result<RgbaIma
         },
         texture.size(),
     );
-    ctx.queue.submit([encoder.finish()]);
+    queue.submit([encoder.finish()]);
     let (sender, receiver) = std::sync::mpsc::channel();
     buffer.map_async(wgpu::MapMode::Read, .., move |result| {
         // The receiver outlives the poll below; a failed send only means it gave up.

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
 use wgpu::util::DeviceExt;
 
-use super::{GpuContext, GpuError};
+use super::{GpuContext, GpuError, GpuFrame};
 use crate::frame::RgbaImage;
 use crate::model::taesd::{ConvWeights, TaesdDecoder};
 
@@ -263,11 +263,12 @@ impl GpuTaesd {
     /// source, [`super::BicubicUpscaler::source_texture`]) and have `COPY_DST` usage. The
     /// bytes are those of [`Self::decode_rgba`]. Submits the work and returns without
     /// waiting: later submissions on the same queue (the upscaler's passes) see the frame.
+    /// Returns the submission, for a caller that wants to wait for it.
     pub fn decode_to_texture(
         &self,
         latents: &Tensor,
         target: &wgpu::Texture,
-    ) -> Result<(), GpuError> {
+    ) -> Result<wgpu::SubmissionIndex, GpuError> {
         use wgpu::TextureFormat as F;
         self.check_rgb()?;
         let (n, h, w) = self.check_latents(latents)?;
@@ -324,11 +325,45 @@ impl GpuTaesd {
                 depth_or_array_layers: 1,
             },
         );
-        self.queue.submit([encoder.finish()]);
+        let submission = self.queue.submit([encoder.finish()]);
         match pollster::block_on(scope.pop()) {
             Some(error) => Err(GpuError::Wgpu(error.to_string())),
-            None => Ok(()),
+            None => Ok(submission),
         }
+    }
+
+    /// Decodes `(1, latent_channels, h, w)` latents into a new [`GpuFrame`], which stays on
+    /// the GPU until someone reads it back. Waits for the GPU to finish (so the time this
+    /// takes is the decode's time), but copies nothing to the CPU.
+    pub fn decode_frame(&self, latents: &Tensor) -> Result<GpuFrame, GpuError> {
+        let (_, h, w) = self.check_latents(latents)?;
+        let f = self.upscale_factor() as u32;
+        let (width, height) = (w as u32 * f, h as u32 * f);
+        super::check_size(&self.device, "decoded frame", width, height)?;
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("decoded frame"),
+            size: wgpu::Extent3d {
+                width,
+                height,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: super::SOURCE_FORMAT,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING
+                | wgpu::TextureUsages::COPY_DST
+                | wgpu::TextureUsages::COPY_SRC,
+            view_formats: &[],
+        });
+        let submission = self.decode_to_texture(latents, &texture)?;
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Wgpu(e.to_string()))?;
+        GpuFrame::new(texture, &self.device, &self.queue)
     }
 
     /// Decodes every batch row, copying each row's `output` into one read-back buffer;

@@ -175,6 +175,15 @@ pub trait Engine: Send + Sync + 'static {
         latents: &candle_core::Tensor,
         decoder: DecoderKind,
     ) -> Result<crate::frame::RgbaImage>;
+    /// Decodes one latent to a pipeline frame: [`Self::decode`]'s image, unless the engine
+    /// decodes on a GPU and keeps the frame there.
+    fn decode_frame(
+        &self,
+        latents: &candle_core::Tensor,
+        decoder: DecoderKind,
+    ) -> Result<crate::frame::FrameImage> {
+        self.decode(latents, decoder).map(Into::into)
+    }
     /// The TAESD weights, for decoders elsewhere (the GPU's); `None` when there is none.
     fn taesd(&self) -> Option<&taesd::TaesdDecoder> {
         None

@@ -31,7 +31,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::frame::RgbaImage;
+use crate::frame::{FrameImage, RgbaImage};
 use crate::model::{DecoderKind, EndpointError, EndpointRequest, Engine};
 use crate::upscale::{BicubicResizer, UpscaleMode};
 use crate::walk::{Walk, WalkSettings};
@@ -307,13 +307,13 @@ struct Keyframes {
 }
 
 enum Decoded {
-    Frame(Arc<RgbaImage>, FrameSource),
+    Frame(FrameImage, FrameSource),
     End,
 }
 
 struct Job {
     index: u64,
-    image: Arc<RgbaImage>,
+    image: FrameImage,
     source: FrameSource,
     upscale: UpscaleMode,
     output_size: (u32, u32),
@@ -384,9 +384,10 @@ fn endpoint_thread(
     }
 }
 
-/// Decoded frames of the current walk by path index, within a memory budget.
+/// Decoded frames of the current walk by path index, within a memory budget (of the memory
+/// where they live: frames kept on the GPU are held there).
 struct DecodeCache {
-    frames: HashMap<usize, Arc<RgbaImage>>,
+    frames: HashMap<usize, FrameImage>,
     bytes: usize,
     budget: usize,
 }
@@ -397,8 +398,8 @@ impl DecodeCache {
         self.bytes = 0;
     }
 
-    fn insert(&mut self, path_index: usize, image: &Arc<RgbaImage>) {
-        let size = image.pixels.len();
+    fn insert(&mut self, path_index: usize, image: &FrameImage) {
+        let size = image.byte_len();
         // First come stays: a loop replays its start first, so keep that.
         if self.bytes + size <= self.budget {
             self.bytes += size;
@@ -556,13 +557,12 @@ impl DecodeStage {
                 let decoded = walk
                     .latents_at(&position)
                     .map_err(crate::model::ModelError::from)
-                    .and_then(|latents| self.engine.decode(&latents, self.decoder));
+                    .and_then(|latents| self.engine.decode_frame(&latents, self.decoder));
                 match decoded {
                     Ok(image) => {
                         self.shared
                             .stats
                             .record_decode(started.elapsed().as_secs_f64() * 1e3);
-                        let image = Arc::new(image);
                         self.cache.insert(path_index, &image);
                         image
                     }
@@ -599,7 +599,7 @@ fn inbetween_thread(
     jobs: Sender<Job>,
     stop: Receiver<()>,
 ) {
-    let mut previous: Option<Arc<RgbaImage>> = None;
+    let mut previous: Option<FrameImage> = None;
     let mut next_index = 0u64;
     let send = |job: Job| -> bool {
         select! {
@@ -625,19 +625,23 @@ fn inbetween_thread(
             )
         };
         shared.stats.update(|s| s.inbetweens = count);
-        if let Some(prev) = previous
-            .as_ref()
-            .filter(|p| (p.width, p.height) == (image.width, image.height))
-        {
+        if let Some(prev) = previous.as_ref().filter(|p| p.size() == image.size()) {
             for j in 0..count {
                 let started = Instant::now();
-                let blended = inbetween::blend(prev, &image, j, count);
+                // Frames on the GPU give an in-between the present shader blends (no work
+                // here); the time recorded is then only the bookkeeping.
+                let blended = FrameImage::inbetween(prev, &image, j, count).unwrap_or_else(|e| {
+                    shared.stats.update(|s| {
+                        s.last_error = Some(format!("in-between {j} of {count}: {e}"));
+                    });
+                    black_like(&image)
+                });
                 shared
                     .stats
                     .record_inbetween(started.elapsed().as_secs_f64() * 1e3);
                 let job = Job {
                     index: next_index,
-                    image: Arc::new(blended),
+                    image: blended,
                     source: FrameSource {
                         inbetween: Some((j, count)),
                         ..source
@@ -674,11 +678,20 @@ fn upscale_worker(shared: &Shared, jobs: Receiver<Job>, live_workers: Arc<Mutex<
             UpscaleMode::Cpu => {
                 let started = Instant::now();
                 let (w, h) = job.output_size;
-                let image = resizer.resize_shared(&job.image, w, h);
+                let image = match job.image.to_cpu() {
+                    Ok(source) => resizer.resize_shared(&source, w, h),
+                    Err(e) => {
+                        // The frame is lost with the GPU; its place in the stream is kept.
+                        shared.stats.update(|s| {
+                            s.last_error = Some(format!("frame {}: {e}", job.index));
+                        });
+                        Arc::new(RgbaImage::new(w, h))
+                    }
+                };
                 shared
                     .stats
                     .record_upscale(started.elapsed().as_secs_f64() * 1e3);
-                image
+                FrameImage::Cpu(image)
             }
             UpscaleMode::None | UpscaleMode::Gpu => job.image,
         };
@@ -698,4 +711,10 @@ fn upscale_worker(shared: &Shared, jobs: Receiver<Job>, live_workers: Arc<Mutex<
     if *live == 0 {
         shared.ring.close();
     }
+}
+
+/// A black frame of `image`'s size, standing in for one the GPU lost.
+fn black_like(image: &FrameImage) -> FrameImage {
+    let (w, h) = image.size();
+    RgbaImage::new(w, h).into()
 }

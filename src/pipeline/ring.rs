@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::frame::RgbaImage;
+use crate::frame::FrameImage;
 
 /// How the consumer of a ring takes frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub struct FrameSource {
 pub struct Frame {
     /// Position in the output stream: 0, 1, 2, ... with no gap.
     pub index: u64,
-    pub image: Arc<RgbaImage>,
+    pub image: FrameImage,
     pub source: FrameSource,
 }
 
