@@ -13,7 +13,8 @@ use std::time::Duration;
 use candle_core::{Device, Tensor};
 use common::max_byte_diff;
 use dreamwalk::app::{GpuTarget, ViewerApp, ViewerOptions};
-use dreamwalk::gpu::{GpuContext, GpuDecode, GpuDecodedEngine};
+use dreamwalk::frame::FrameImage;
+use dreamwalk::gpu::{DecodedFrames, GpuContext, GpuDecode, GpuDecodedEngine};
 use dreamwalk::model::{DecoderKind, Engine, StableDiffusion};
 
 fn context() -> GpuContext {
@@ -94,6 +95,30 @@ fn a_lost_device_falls_back_to_the_cpu_and_says_so() {
         description.starts_with("TAESD on the CPU (GPU decode failed"),
         "{description}"
     );
+}
+
+#[test]
+fn a_lost_device_moves_frames_kept_on_the_gpu_to_the_cpu() {
+    let ctx = context();
+    let cpu: Arc<dyn Engine> = Arc::new(StableDiffusion::demo());
+    let gpu = GpuDecodedEngine::new(cpu.clone(), &ctx.device, &ctx.queue, ctx.adapter_name())
+        .expect("GPU decoder")
+        .with_frames(DecodedFrames::StayOnGpu);
+    let latents = latents(9);
+    let kept = gpu.decode_frame(&latents, DecoderKind::Taesd).unwrap();
+    assert!(matches!(kept, FrameImage::Gpu(_)), "{kept:?}");
+    ctx.device.destroy();
+    let moved = gpu
+        .decode_frame(&latents, DecoderKind::Taesd)
+        .expect("the CPU decodes when the GPU cannot");
+    let FrameImage::Cpu(image) = moved else {
+        panic!("after the GPU failed the frame must come from the CPU: {moved:?}");
+    };
+    let expected = cpu.decode(&latents, DecoderKind::Taesd).unwrap();
+    assert_eq!(image.pixels, expected.pixels);
+    assert!(gpu.failure().is_some());
+    // The frame made before is lost with the device: reading it back says so.
+    assert!(kept.to_cpu().is_err());
 }
 
 #[test]

@@ -145,14 +145,13 @@ fn a_once_walk_yields_every_frame_in_order() {
     assert_eq!(frames.len(), 9 + 8 * 3);
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(f.index, i as u64);
-        assert_eq!(
-            f.image.size(),
-            (64, 40),
-            "upscaled to the output size"
-        );
+        assert_eq!(f.image.size(), (64, 40), "upscaled to the output size");
     }
     // Decoded frames sit every 4th position; grey levels rise monotonically along the walk.
-    let greys: Vec<u8> = frames.iter().map(|f| f.image.to_cpu().unwrap().pixels[0]).collect();
+    let greys: Vec<u8> = frames
+        .iter()
+        .map(|f| f.image.to_cpu().unwrap().pixels[0])
+        .collect();
     assert!(greys.windows(2).all(|w| w[0] <= w[1]), "{greys:?}");
     assert_eq!(frames[4].source.inbetween, None);
     assert_eq!(frames[5].source.inbetween, Some((0, 3)));
@@ -202,9 +201,7 @@ fn live_settings_reach_the_next_frames() {
     let frames = drain(&pipeline);
     let late = &frames[frames.len() - 10..];
     assert!(late.iter().any(|f| f.source.inbetween == Some((1, 2))));
-    assert!(late
-        .iter()
-        .all(|f| f.image.size() == (64, 40)));
+    assert!(late.iter().all(|f| f.image.size() == (64, 40)));
     for (a, b) in frames.windows(2).map(|w| (w[0].index, w[1].index)) {
         assert_eq!(b, a + 1);
     }

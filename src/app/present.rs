@@ -6,8 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::frame::FrameImage;
-use crate::gpu::{create_output_texture, BicubicSource, BicubicUpscaler, GpuError, OUTPUT_FORMAT};
+use crate::gpu::{create_output_texture, BicubicUpscaler, GpuError, OUTPUT_FORMAT};
 use crate::pipeline::Frame;
 
 /// A texture holding the frame on screen, and its size in pixels.
@@ -87,22 +86,6 @@ impl GpuPresenter {
         let device = &rs.device;
         // Without a scope wgpu's default handler panics on a validation error.
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let source = match &frame.image {
-            FrameImage::Gpu(f) if f.device() == device => BicubicSource::Texture(f.texture()),
-            FrameImage::GpuInbetween { prev, next, j, k } if prev.device() == device => {
-                BicubicSource::Inbetween {
-                    prev: prev.texture(),
-                    next: next.texture(),
-                    j: *j,
-                    k: *k,
-                }
-            }
-            // A CPU frame, or one from another device.
-            image => {
-                self.upscaler.upload(device, &rs.queue, &*image.to_cpu()?)?;
-                BicubicSource::Uploaded
-            }
-        };
         let texture_id = match &self.output {
             Some((texture, id)) if (texture.width(), texture.height()) == size => *id,
             _ => {
@@ -135,7 +118,7 @@ impl GpuPresenter {
             label: Some("present frame"),
         });
         self.upscaler
-            .render_from(device, &rs.queue, &mut encoder, source, &view)?;
+            .render_frame(device, &rs.queue, &mut encoder, &frame.image, &view)?;
         rs.queue.submit([encoder.finish()]);
         if let Some(error) = pollster::block_on(scope.pop()) {
             return Err(GpuError::Wgpu(error.to_string()));

@@ -181,7 +181,9 @@ impl Session {
             // the walk, slow down instead of a frame being lost.
             // Frames the viewer keeps on the GPU are read back only here, while recording.
             let pushed = match frame.image.to_cpu() {
-                Ok(image) => tap_recorder.push(frame.index, image).map_err(|e| e.to_string()),
+                Ok(image) => tap_recorder
+                    .push(frame.index, image)
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = pushed {

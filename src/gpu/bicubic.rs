@@ -8,7 +8,7 @@ use wgpu::util::DeviceExt;
 use super::filter_table::FilterTable;
 use super::{check_size, GpuError};
 use crate::frame::blend::MAX_INBETWEENS;
-use crate::frame::RgbaImage;
+use crate::frame::{FrameImage, RgbaImage};
 
 /// The format of output textures that egui can show: not sRGB, so the bytes written are the
 /// frame's bytes, and egui reads them as sRGB-encoded colors, which they are.
@@ -99,14 +99,13 @@ impl BicubicUpscaler {
             },
             count: None,
         };
-        let horizontal_layout =
-            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("bicubic horizontal"),
-                entries: &[
-                    texture_entry(0, wgpu::TextureSampleType::Uint),
-                    texture_entry(1, wgpu::TextureSampleType::Sint),
-                ],
-            });
+        let horizontal_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("bicubic horizontal"),
+            entries: &[
+                texture_entry(0, wgpu::TextureSampleType::Uint),
+                texture_entry(1, wgpu::TextureSampleType::Sint),
+            ],
+        });
         // The vertical pass also reads the frame blended toward and the blend's weights.
         let vertical_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("bicubic vertical"),
@@ -130,7 +129,11 @@ impl BicubicUpscaler {
             "target_is_srgb",
             f64::from(u8::from(target_format.is_srgb())),
         )];
-        let pipeline = |label, bind_group_layout: &wgpu::BindGroupLayout, entry_point, format, constants: &[(&str, f64)]| {
+        let pipeline = |label,
+                        bind_group_layout: &wgpu::BindGroupLayout,
+                        entry_point,
+                        format,
+                        constants: &[(&str, f64)]| {
             let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some(label),
                 bind_group_layouts: &[Some(bind_group_layout)],
@@ -257,6 +260,40 @@ impl BicubicUpscaler {
         self.render_from(device, queue, encoder, BicubicSource::Uploaded, target)
     }
 
+    /// [`Self::render_from`] for a pipeline frame: one on this device is drawn from its own
+    /// texture (an in-between from its two frames', blended in the pass), with no copy; any
+    /// other is uploaded first (read back from the GPU that holds it, if need be).
+    ///
+    /// wgpu tells devices apart by an id unique within one `wgpu::Instance`: GPU frames must
+    /// come from this device's instance (the viewer has one), else read them back first.
+    pub fn render_frame(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        encoder: &mut wgpu::CommandEncoder,
+        image: &FrameImage,
+        target: &wgpu::TextureView,
+    ) -> Result<(), GpuError> {
+        let source = match image {
+            FrameImage::Gpu(frame) if frame.device() == device => {
+                BicubicSource::Texture(frame.texture())
+            }
+            FrameImage::GpuInbetween { prev, next, j, k } if prev.device() == device => {
+                BicubicSource::Inbetween {
+                    prev: prev.texture(),
+                    next: next.texture(),
+                    j: *j,
+                    k: *k,
+                }
+            }
+            image => {
+                self.upload(device, queue, &*image.to_cpu()?)?;
+                BicubicSource::Uploaded
+            }
+        };
+        self.render_from(device, queue, encoder, source, target)
+    }
+
     /// [`Self::render`] from `source`: the uploaded frame, a frame already on the GPU, or an
     /// in-between of two, blended as the pass reads them.
     pub fn render_from(
@@ -335,7 +372,9 @@ impl BicubicUpscaler {
             entries: &[
                 wgpu::BindGroupEntry {
                     binding: 0,
-                    resource: wgpu::BindingResource::TextureView(&prev.create_view(&Default::default())),
+                    resource: wgpu::BindingResource::TextureView(
+                        &prev.create_view(&Default::default()),
+                    ),
                 },
                 wgpu::BindGroupEntry {
                     binding: 1,
@@ -343,7 +382,9 @@ impl BicubicUpscaler {
                 },
                 wgpu::BindGroupEntry {
                     binding: 2,
-                    resource: wgpu::BindingResource::TextureView(&next.create_view(&Default::default())),
+                    resource: wgpu::BindingResource::TextureView(
+                        &next.create_view(&Default::default()),
+                    ),
                 },
                 wgpu::BindGroupEntry {
                     binding: 3,

@@ -211,7 +211,11 @@ impl Engine for GpuDecodedEngine {
         }
     }
 
-    fn decode_frame(&self, latents: &Tensor, decoder: DecoderKind) -> Result<FrameImage, ModelError> {
+    fn decode_frame(
+        &self,
+        latents: &Tensor,
+        decoder: DecoderKind,
+    ) -> Result<FrameImage, ModelError> {
         if self.frames == DecodedFrames::ReadBack
             || decoder != DecoderKind::Taesd
             || self.failure.lock().is_some()

@@ -19,11 +19,13 @@ mod filter_table;
 mod frame;
 pub mod taesd;
 
-pub use bicubic::{create_output_texture, BicubicSource, BicubicUpscaler, OUTPUT_FORMAT, SOURCE_FORMAT};
-pub use frame::GpuFrame;
+pub use bicubic::{
+    create_output_texture, BicubicSource, BicubicUpscaler, OUTPUT_FORMAT, SOURCE_FORMAT,
+};
 pub use engine::{
     with_gpu_decoder, with_headless_gpu_decoder, DecodedFrames, GpuDecode, GpuDecodedEngine,
 };
+pub use frame::GpuFrame;
 pub use taesd::GpuTaesd;
 
 use crate::frame::RgbaImage;
