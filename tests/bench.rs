@@ -76,7 +76,13 @@ fn gpu_cases_name_the_adapter_and_judge_only_hardware() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let output = Command::new(env!("CARGO_BIN_EXE_dreamwalk"))
-        .args(["bench", "--cases", "gpu_4k,gpu_taesd", "--runs", "1"])
+        .args([
+            "bench",
+            "--cases",
+            "gpu_4k,gpu_taesd,gpu_walk",
+            "--runs",
+            "1",
+        ])
         .args(["--warmup", "0", "--gpu-latent", "2x3", "--json"])
         .arg(&json)
         .output()
@@ -90,7 +96,7 @@ fn gpu_cases_name_the_adapter_and_judge_only_hardware() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let cases = report["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 2);
+    assert_eq!(cases.len(), 3);
     for case in cases {
         let name = case["case"].as_str().unwrap();
         assert!(stdout.contains(name), "{stdout}");
@@ -108,4 +114,8 @@ fn gpu_cases_name_the_adapter_and_judge_only_hardware() {
         }
     }
     assert!(cases[1]["work"].as_str().unwrap().contains("2x3 -> 16x24"));
+    assert!(cases[2]["work"]
+        .as_str()
+        .unwrap()
+        .contains("kept on the GPU"));
 }

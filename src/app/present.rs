@@ -45,8 +45,8 @@ impl Presenter {
     }
 }
 
-/// Uploads each new frame and runs the bicubic shader into an output texture registered
-/// with egui's renderer.
+/// Runs the bicubic shader on each new frame (drawn from its own texture when it is on this
+/// GPU, uploaded otherwise) into an output texture registered with egui's renderer.
 pub struct GpuPresenter {
     upscaler: BicubicUpscaler,
     output: Option<(wgpu::Texture, egui::TextureId)>,

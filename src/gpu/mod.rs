@@ -10,8 +10,9 @@
 //! register its view once with `egui_wgpu::Renderer::register_native_texture` (egui wants
 //! `Rgba8Unorm` and treats the bytes as sRGB-encoded, which frames are), then per frame call
 //! [`BicubicUpscaler::upload`] and [`BicubicUpscaler::render`] into it and submit. With the
-//! decoder on the GPU too, replace the upload with [`GpuTaesd::decode_to_texture`] into
-//! [`BicubicUpscaler::source_texture`]: the frame never leaves the GPU.
+//! decoder on the GPU too, [`GpuTaesd::decode_frame`] makes a [`GpuFrame`] that
+//! [`BicubicUpscaler::render_frame`] draws from its texture (and in-betweens of two, blended
+//! in the pass): the frame never leaves the GPU unless read back ([`GpuFrame::to_cpu`]).
 
 mod bicubic;
 pub mod engine;
