@@ -40,6 +40,10 @@ pub struct ViewerArgs {
     /// as lavapipe is slower than the CPU decoder), `on` on any adapter, `off` never.
     #[arg(long, value_enum, default_value_t = crate::gpu::GpuDecode::Auto)]
     pub gpu_decode: crate::gpu::GpuDecode,
+    /// Decoded (source) frame size, sides multiples of 8 (default: the model's, 1024x576
+    /// for the demo model).
+    #[arg(long, value_name = "WxH")]
+    pub source: Option<Size>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -335,6 +339,11 @@ fn progress_bar() -> indicatif::ProgressBar {
 
 /// `dreamwalk` with no subcommand: the desktop viewer.
 pub fn run_viewer(model: &ModelArgs, viewer: &ViewerArgs) -> anyhow::Result<()> {
+    if let Some(Size { width, height }) = viewer.source {
+        if width == 0 || height == 0 || !width.is_multiple_of(8) || !height.is_multiple_of(8) {
+            bail!("--source {width}x{height}: both sides must be non-zero multiples of 8");
+        }
+    }
     if !(0.0..=3600.0).contains(&viewer.screenshot_after) {
         bail!("--screenshot-after must be between 0 and 3600 seconds");
     }
@@ -349,5 +358,6 @@ pub fn run_viewer(model: &ModelArgs, viewer: &ViewerArgs) -> anyhow::Result<()> 
         }),
         gpu_decode: viewer.gpu_decode,
         gpu: None,
+        source: viewer.source.map(|s| (s.width, s.height)),
     })
 }

@@ -195,17 +195,21 @@ fn every_slider_and_choice_acts_live() {
     assert_eq!(settings(&harness).upscale, UpscaleMode::None);
 
     // The walk still plays with all of it: frames at the source size (no upscale), decoded
-    // by the VAE from the new endpoints.
+    // by the VAE from the new endpoints. (Frames upscaled before the change may still be in
+    // the ring: wait for the new ones to come through.)
+    let current_size = |app: &ViewerApp| {
+        app.session()
+            .and_then(|s| s.current_frame())
+            .map(|f| f.image.size())
+    };
     let shown = frames_shown(harness.state());
-    step_until(&mut harness, "frames after the changes", |app| {
+    step_until(&mut harness, "frames at the source size", |app| {
+        current_size(app) == Some((1024, 576))
+    });
+    step_until(&mut harness, "more frames after the changes", |app| {
         frames_shown(app) > shown + 3
     });
-    let frame = harness
-        .state()
-        .session()
-        .and_then(|s| s.current_frame())
-        .unwrap();
-    assert_eq!(frame.image.size(), (1024, 576));
+    assert_eq!(current_size(harness.state()), Some((1024, 576)));
 }
 
 #[test]
@@ -217,13 +221,14 @@ fn record_button_writes_the_frames_shown() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("walk.y4m");
     set_text(&mut harness, "Record file", out.to_str().unwrap());
-    click(&mut harness, "Record");
-    let first_index = harness
+    // Read before the click: the click steps the window, and frames go on meanwhile.
+    let before_record = harness
         .state()
         .session()
         .and_then(|s| s.current_frame())
         .map(|f| f.index)
         .unwrap();
+    click(&mut harness, "Record");
     step_until(&mut harness, "recorded frames", |app| {
         app.session()
             .and_then(|s| s.recording())
@@ -241,14 +246,18 @@ fn record_button_writes_the_frames_shown() {
     let frames = (bytes.len() - header_end - 1) / frame_len;
     assert_eq!((bytes.len() - header_end - 1) % frame_len, 0);
     assert!(frames >= 6, "{frames} frames");
-    // The walk went on while recording, from the frame shown when Record was pressed.
+    // The walk went on while recording.
     let last_index = harness
         .state()
         .session()
         .and_then(|s| s.current_frame())
         .map(|f| f.index)
         .unwrap();
-    assert!(last_index >= first_index + frames as u64 - 1);
+    // The first recorded frame came after the one shown before Record was pressed.
+    assert!(
+        last_index >= before_record + frames as u64,
+        "{frames} frames recorded after frame {before_record}, but frame {last_index} is shown"
+    );
 
     // An unwritable path is a message in the window; the walk keeps playing.
     set_text(&mut harness, "Record file", "/proc/nope/walk.mp4");

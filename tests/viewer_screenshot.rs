@@ -1,15 +1,17 @@
 //! The real window under Xvfb on the demo model: it opens, plays, and its screenshot shows a
 //! picture (varied pixels where the frame is drawn), not a blank window. Saved to
-//! `target/screenshots/viewer.png` for people to look at. Needs `xvfb-run` (Debian `xvfb`,
-//! `xauth`; `.ci/run` installs them) and a wgpu adapter (Mesa's llvmpipe / lavapipe).
+//! `target/screenshots/viewer.png` (and `viewer_gpu_decode.png`, TAESD on the window's GPU)
+//! for people to look at. Needs `xvfb-run` (Debian `xvfb`, `xauth`; `.ci/run` installs them)
+//! and a wgpu adapter (Mesa's llvmpipe / lavapipe).
 
 use std::path::PathBuf;
 use std::process::Command;
 
-#[test]
-fn viewer_plays_under_xvfb_and_its_screenshot_is_not_blank() {
+/// Runs the viewer under Xvfb with `args` until it saves its screenshot; returns the JSON
+/// saved beside it and the RGB pixels with their width.
+fn screenshot(name: &str, args: &[&str]) -> (serde_json::Value, Vec<u8>, usize) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-    let png_path = dir.join("viewer.png");
+    let png_path = dir.join(format!("{name}.png"));
     let _ = std::fs::remove_file(&png_path);
     let _ = std::fs::remove_file(png_path.with_extension("json"));
     let output = Command::new("timeout")
@@ -17,7 +19,7 @@ fn viewer_plays_under_xvfb_and_its_screenshot_is_not_blank() {
         .arg(env!("CARGO_BIN_EXE_dreamwalk"))
         .arg("--screenshot")
         .arg(&png_path)
-        .args(["--screenshot-after", "3"])
+        .args(args)
         .env("RUST_LOG", "warn")
         .output()
         .expect("this test needs `timeout` and `xvfb-run` (Debian packages coreutils, xvfb)");
@@ -39,10 +41,13 @@ fn viewer_plays_under_xvfb_and_its_screenshot_is_not_blank() {
     let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut rgb).unwrap();
     assert_eq!(info.color_type, png::ColorType::Rgb);
-    let width = info.width as usize;
     assert_eq!(meta["width"].as_u64(), Some(info.width as u64));
+    (meta, rgb, info.width as usize)
+}
 
-    // The picture's rectangle, minus the heads-up display in its top-left corner.
+/// The picture's rectangle, minus the heads-up display in its top-left corner, has varied
+/// pixels: a frame was drawn, not a blank or flat texture.
+fn assert_picture_is_not_blank(meta: &serde_json::Value, rgb: &[u8], width: usize) {
     let rect: Vec<f64> = meta["picture"]
         .as_array()
         .expect("a frame was on screen when the screenshot was taken")
@@ -85,4 +90,48 @@ fn viewer_plays_under_xvfb_and_its_screenshot_is_not_blank() {
         colors.len()
     );
     assert!(std_dev > 2.0, "luma std dev {std_dev:.2}: blank picture");
+}
+
+fn hud(meta: &serde_json::Value) -> Vec<String> {
+    meta["hud"]
+        .as_array()
+        .expect("the heads-up display's lines")
+        .iter()
+        .map(|line| line.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn viewer_plays_under_xvfb_and_its_screenshot_is_not_blank() {
+    let (meta, rgb, width) = screenshot("viewer", &["--screenshot-after", "3"]);
+    assert_picture_is_not_blank(&meta, &rgb, width);
+    let hud = hud(&meta);
+    assert!(hud[0].starts_with("demo model (random weights)"), "{hud:?}");
+}
+
+/// TAESD on eframe's own GPU device with the frames kept there: decoded into textures,
+/// in-betweens blended by the present shader, drawn to 4K. (Small frames: lavapipe is slow.)
+#[test]
+fn frames_decoded_on_the_window_gpu_reach_the_screen() {
+    let (meta, rgb, width) = screenshot(
+        "viewer_gpu_decode",
+        &[
+            "--screenshot-after",
+            "3",
+            "--gpu-decode",
+            "on",
+            "--source",
+            "288x160",
+        ],
+    );
+    assert_picture_is_not_blank(&meta, &rgb, width);
+    let hud = hud(&meta);
+    assert!(
+        hud[0].contains("TAESD on the GPU (") && hud[0].ends_with("frames stay there"),
+        "{hud:?}"
+    );
+    assert!(
+        hud[1].starts_with("288x160 → 3840x2160 GPU bicubic"),
+        "{hud:?}"
+    );
 }

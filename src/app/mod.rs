@@ -41,6 +41,8 @@ pub struct ViewerOptions {
     /// The device to decode on. [`ViewerApp::new`] fills it from eframe's wgpu device;
     /// tests may give a headless one.
     pub gpu: Option<GpuTarget>,
+    /// Decoded frame size (width, height) instead of the model's default.
+    pub source: Option<(u32, u32)>,
 }
 
 /// A wgpu device the model's TAESD can be uploaded to.
@@ -137,8 +139,11 @@ pub struct ViewerApp {
     screenshot: Option<ScreenshotPlan>,
     /// Where the picture was drawn last frame, in points.
     picture_rect: Option<egui::Rect>,
+    /// The heads-up display's lines as last drawn (saved with a screenshot).
+    hud: Vec<String>,
     gpu_decode: GpuDecode,
     gpu: Option<GpuTarget>,
+    source: Option<(u32, u32)>,
 }
 
 struct ScreenshotPlan {
@@ -207,6 +212,8 @@ impl ViewerApp {
                 done: Default::default(),
             }),
             picture_rect: None,
+            hud: Vec::new(),
+            source: options.source,
             gpu_decode: options.gpu_decode,
             gpu: options.gpu,
         }
@@ -296,8 +303,8 @@ impl ViewerApp {
     }
 
     fn image_size(&self) -> (u32, u32) {
-        self.session()
-            .map(|s| s.engine().defaults().image_size)
+        self.source
+            .or_else(|| self.session().map(|s| s.engine().defaults().image_size))
             .unwrap_or((1024, 576))
     }
 
@@ -863,8 +870,8 @@ impl ViewerApp {
         if let Some(plan) = &mut self.screenshot {
             plan.first_frame.get_or_insert_with(Instant::now);
         }
-        let hud = self.hud_lines(&frame, stats.as_ref(), shown.size, upscale);
-        draw_hud(ui, area, &hud, stats.as_ref());
+        self.hud = self.hud_lines(&frame, stats.as_ref(), shown.size, upscale);
+        draw_hud(ui, area, &self.hud, stats.as_ref());
     }
 
     fn hud_lines(
@@ -942,7 +949,7 @@ impl ViewerApp {
         let due = plan.first_frame.is_some_and(|t| t.elapsed() >= plan.after);
         if due && !plan.requested {
             plan.requested = true;
-            let (path, done) = (plan.path.clone(), plan.done.clone());
+            let (path, done, hud) = (plan.path.clone(), plan.done.clone(), self.hud.clone());
             let pixels_per_point = ctx.pixels_per_point();
             let rect = self.picture_rect.map(|r| {
                 [
@@ -955,7 +962,7 @@ impl ViewerApp {
             let repaint = ctx.clone();
             ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(
                 egui::ScreenshotCallback::new(move |image| {
-                    *done.lock() = Some(save_screenshot(&path, &image, rect));
+                    *done.lock() = Some(save_screenshot(&path, &image, rect, &hud));
                     repaint.request_repaint();
                 }),
             ));
@@ -1133,11 +1140,13 @@ fn draw_hud(ui: &egui::Ui, area: egui::Rect, lines: &[String], stats: Option<&St
     }
 }
 
-/// Writes the screenshot as PNG and the picture's rectangle (pixels) as JSON beside it.
+/// Writes the screenshot as PNG, and beside it as JSON the picture's rectangle (pixels) and
+/// the heads-up display's lines.
 fn save_screenshot(
     path: &Path,
     image: &egui::ColorImage,
     picture: Option<[f32; 4]>,
+    hud: &[String],
 ) -> Result<(), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -1154,7 +1163,7 @@ fn save_screenshot(
         .write_header()
         .and_then(|mut writer| writer.write_image_data(&frame.to_rgb()))
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let json = serde_json::json!({ "width": w, "height": h, "picture": picture });
+    let json = serde_json::json!({ "width": w, "height": h, "picture": picture, "hud": hud });
     std::fs::write(path.with_extension("json"), json.to_string())
         .map_err(|e| format!("{}: {e}", path.display()))
 }
