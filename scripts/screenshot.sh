@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --release --test viewer_screenshot -- --nocapture
-echo "screenshot: $PWD/target/screenshots/viewer.png"
+echo "screenshots: $PWD/target/screenshots/viewer.png, viewer_gpu_decode.png"
