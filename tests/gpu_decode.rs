@@ -11,24 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
-use common::max_byte_diff;
+use common::{gpu_context as context, max_byte_diff, small_latents as latents};
 use dreamwalk::app::{GpuTarget, ViewerApp, ViewerOptions};
 use dreamwalk::frame::FrameImage;
 use dreamwalk::gpu::{DecodedFrames, GpuContext, GpuDecode, GpuDecodedEngine};
 use dreamwalk::model::{DecoderKind, Engine, StableDiffusion};
-
-fn context() -> GpuContext {
-    GpuContext::new_headless().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
-}
-
-fn latents(seed: u64) -> Tensor {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let values: Vec<f32> = (0..4 * 8 * 12)
-        .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
-        .collect();
-    Tensor::from_vec(values, (1, 4, 8, 12), &Device::Cpu).expect("latents")
-}
 
 #[test]
 fn gpu_engine_decodes_taesd_like_the_cpu_and_says_where() {

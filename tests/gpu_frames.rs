@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use common::max_byte_diff;
+use common::{gpu_context as context, max_byte_diff, small_latents as latents};
 use dreamwalk::app::Session;
 use dreamwalk::frame::{FrameImage, RgbaImage};
 use dreamwalk::gpu::{
@@ -24,19 +24,6 @@ use dreamwalk::pipeline::{Frame, Inbetweens, Pipeline, PipelineOptions, RingPoli
 use dreamwalk::record::RecordOptions;
 use dreamwalk::upscale::{BicubicResizer, UpscaleMode};
 use dreamwalk::walk::{LoopMode, WalkSettings};
-
-fn context() -> GpuContext {
-    GpuContext::new_headless().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
-}
-
-fn latents(seed: u64) -> Tensor {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let values: Vec<f32> = (0..4 * 8 * 12)
-        .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
-        .collect();
-    Tensor::from_vec(values, (1, 4, 8, 12), &Device::Cpu).expect("latents")
-}
 
 fn gpu_taesd(ctx: &GpuContext, model: &StableDiffusion) -> GpuTaesd {
     GpuTaesd::new(ctx, model.taesd().expect("the demo model has TAESD")).expect("GPU TAESD")

@@ -527,7 +527,7 @@ fn upload_table(
     texture.create_view(&Default::default())
 }
 
-fn create_texture(
+pub(super) fn create_texture(
     device: &wgpu::Device,
     label: &str,
     (width, height): (u32, u32),

@@ -340,22 +340,15 @@ impl GpuTaesd {
         let f = self.upscale_factor() as u32;
         let (width, height) = (w as u32 * f, h as u32 * f);
         super::check_size(&self.device, "decoded frame", width, height)?;
-        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
-            label: Some("decoded frame"),
-            size: wgpu::Extent3d {
-                width,
-                height,
-                depth_or_array_layers: 1,
-            },
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D2,
-            format: super::SOURCE_FORMAT,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING
+        let texture = super::bicubic::create_texture(
+            &self.device,
+            "decoded frame",
+            (width, height),
+            super::SOURCE_FORMAT,
+            wgpu::TextureUsages::TEXTURE_BINDING
                 | wgpu::TextureUsages::COPY_DST
                 | wgpu::TextureUsages::COPY_SRC,
-            view_formats: &[],
-        });
+        );
         let submission = self.decode_to_texture(latents, &texture)?;
         self.device
             .poll(wgpu::PollType::Wait {

@@ -64,3 +64,20 @@ pub fn max_byte_diff(a: &dreamwalk::frame::RgbaImage, b: &dreamwalk::frame::Rgba
         .max()
         .unwrap_or(0)
 }
+
+/// A headless wgpu context; panics with what to install when there is no adapter.
+pub fn gpu_context() -> dreamwalk::gpu::GpuContext {
+    dreamwalk::gpu::GpuContext::new_headless()
+        .unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
+}
+
+/// Seeded standard-normal latents (1, 4, 8, 12): a 96x64 frame, small enough for a software
+/// adapter.
+pub fn small_latents(seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let values: Vec<f32> = (0..4 * 8 * 12)
+        .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
+        .collect();
+    Tensor::from_vec(values, (1, 4, 8, 12), &Device::Cpu).expect("latents")
+}
