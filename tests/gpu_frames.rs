@@ -185,6 +185,14 @@ fn bad_gpu_sources_are_errors() {
         GpuFrame::new(unorm, &ctx.device, &ctx.queue),
         Err(GpuError::BadTarget(_))
     ));
+    // Pairing frames for an in-between checks the same before anything is drawn.
+    let (a, small) = (
+        FrameImage::Gpu(Arc::new(a)),
+        FrameImage::Gpu(Arc::new(small)),
+    );
+    assert!(FrameImage::inbetween(&a, &small, 0, 1).is_err());
+    assert!(FrameImage::inbetween(&a, &a, 2, 2).is_err());
+    assert!(FrameImage::inbetween(&a, &a, 0, 1).is_ok());
 }
 
 fn settings(upscale: UpscaleMode) -> Settings {

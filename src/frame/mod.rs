@@ -111,8 +111,8 @@ impl FrameImage {
         }
     }
 
-    /// In-between `j` of `k` from `prev` toward `next` (frames of one size). Two frames on
-    /// one GPU give a [`FrameImage::GpuInbetween`], which costs nothing until drawn; any
+    /// In-between `j` of `k` from `prev` toward `next` (frames of one size, `j < k <=
+    /// MAX_INBETWEENS`, else an error). Two frames on one GPU give a [`FrameImage::GpuInbetween`], which costs nothing until drawn; any
     /// other pair is blended on the CPU, reading back what is on the GPU.
     pub fn inbetween(
         prev: &FrameImage,
@@ -120,6 +120,13 @@ impl FrameImage {
         j: usize,
         k: usize,
     ) -> Result<FrameImage, GpuError> {
+        if prev.size() != next.size() || j >= k || k > blend::MAX_INBETWEENS {
+            return Err(GpuError::BadInput(format!(
+                "in-between {j} of {k} of a {:?} and a {:?} frame",
+                prev.size(),
+                next.size()
+            )));
+        }
         match (prev, next) {
             (FrameImage::Gpu(p), FrameImage::Gpu(n)) if p.device() == n.device() => {
                 Ok(FrameImage::GpuInbetween {
