@@ -912,9 +912,15 @@ impl ViewerApp {
                 UpscaleMode::Cpu => format!(" · upscale {:.1} ms", s.upscale_ms),
                 UpscaleMode::Gpu | UpscaleMode::None => String::new(),
             };
+            // In-betweens of frames kept on the GPU are blended by the present shader.
+            let inbetween_time = if frame.image.is_on_gpu() {
+                "in-betweens in the shader".to_string()
+            } else {
+                format!("in-between {:.1} ms", s.inbetween_ms)
+            };
             lines.push(format!(
-                "{:.1} / {} fps · decode {:.0} ms · in-between {:.1} ms{upscale_time}",
-                s.shown_fps, self.controls.target_fps, s.decode_ms, s.inbetween_ms
+                "{:.1} / {} fps · decode {:.0} ms · {inbetween_time}{upscale_time}",
+                s.shown_fps, self.controls.target_fps, s.decode_ms
             ));
             lines.push(format!(
                 "buffer {}/{} · underruns {} · frame {} · {} in-betweens",
