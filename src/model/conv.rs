@@ -124,16 +124,82 @@ enum BandOut<'a> {
 /// A 3x3 convolution (stride 1, padding 1) with its weights pre-transformed for Winograd.
 #[derive(Debug, Clone)]
 pub(crate) struct Conv3x3 {
-    cin: usize,
-    cout: usize,
-    cin_p: usize,
-    cout_p: usize,
+    channels: Channels,
     /// `G g G^T` per point, packed for the micro-kernel: `[point][column block][cin_p][width]`
     /// where the column blocks are 16 output channels wide (the last one 8 when `cout_p` is
     /// an odd multiple of 8).
     u: Vec<f32>,
+}
+
+/// The channel counts and bias of a 3x3 convolution, whatever the layout of its weights.
+#[derive(Debug, Clone)]
+pub(crate) struct Channels {
+    cin: usize,
+    cout: usize,
+    cin_p: usize,
+    cout_p: usize,
     /// Bias padded to `cout_p` (zeros without bias).
     bias: Vec<f32>,
+}
+
+impl Channels {
+    fn new(cin: usize, cout: usize, bias: Option<&[f32]>) -> Self {
+        let cout_p = padded(cout);
+        let mut padded_bias = vec![0f32; cout_p];
+        if let Some(bias) = bias {
+            padded_bias[..cout].copy_from_slice(&bias[..cout]);
+        }
+        Self {
+            cin,
+            cout,
+            cin_p: padded(cin),
+            cout_p,
+            bias: padded_bias,
+        }
+    }
+
+    /// The kernels' view of these channels with Winograd weights `u`.
+    fn packed<'a>(&'a self, u: &'a [f32]) -> Packed<'a> {
+        Packed {
+            u,
+            bias: &self.bias,
+            cout: self.cout,
+            cin_p: self.cin_p,
+            cout_p: self.cout_p,
+        }
+    }
+}
+
+/// What the models need to know of a convolution's shape.
+pub(crate) trait ConvShape {
+    fn channels(&self) -> &Channels;
+
+    /// Output channels (unpadded).
+    fn out_channels(&self) -> usize {
+        self.channels().cout
+    }
+
+    /// Input channels (unpadded).
+    fn in_channels(&self) -> usize {
+        self.channels().cin
+    }
+
+    /// Padded output channels: the channel stride of the activation this conv writes.
+    fn out_channels_padded(&self) -> usize {
+        self.channels().cout_p
+    }
+}
+
+impl ConvShape for Conv3x3 {
+    fn channels(&self) -> &Channels {
+        &self.channels
+    }
+}
+
+impl ConvShape for CompactConv3x3 {
+    fn channels(&self) -> &Channels {
+        &self.channels
+    }
 }
 
 /// Winograd F(4x4, 3x3) weight transform matrix G (6x3), points 0, 1, -1, 2, -2, inf.
@@ -157,7 +223,8 @@ impl Conv3x3 {
     /// From PyTorch-layout weights `(cout, cin, 3, 3)` and an optional bias `(cout)`.
     pub fn new(weight: &[f32], bias: Option<&[f32]>, cout: usize, cin: usize) -> Self {
         assert_eq!(weight.len(), cout * cin * 9, "conv weight size");
-        let (cin_p, cout_p) = (padded(cin), padded(cout));
+        let channels = Channels::new(cin, cout, bias);
+        let (cin_p, cout_p) = (channels.cin_p, channels.cout_p);
         let mut u = vec![0f32; POINTS * cin_p * cout_p];
         for co in 0..cout {
             let (n0, width) = column_blocks(cout_p)
@@ -181,56 +248,20 @@ impl Conv3x3 {
                 }
             }
         }
-        let mut bias_p = vec![0f32; cout_p];
-        if let Some(bias) = bias {
-            bias_p[..cout].copy_from_slice(&bias[..cout]);
-        }
-        Self {
-            cin,
-            cout,
-            cin_p,
-            cout_p,
-            u,
-            bias: bias_p,
-        }
-    }
-
-    /// Output channels (unpadded).
-    pub fn out_channels(&self) -> usize {
-        self.cout
-    }
-
-    /// Input channels (unpadded).
-    pub fn in_channels(&self) -> usize {
-        self.cin
-    }
-
-    /// Padded output channels: the channel stride of the activation this conv writes.
-    pub fn out_channels_padded(&self) -> usize {
-        self.cout_p
+        Self { channels, u }
     }
 
     /// Runs the convolution on `input` upsampled (nearest) by `upsample`, into `sink`.
     pub fn forward(&self, input: &Act, upsample: usize, sink: Sink<'_>) {
-        let weights = self.packed();
+        let weights = self.channels.packed(&self.u);
         let tiles_h = (input.h * upsample).div_ceil(TILE);
         run(
             &weights,
-            Plan::narrow(self.cin_p, tiles_h),
+            Plan::narrow(self.channels.cin_p, tiles_h),
             input,
             upsample,
             sink,
         );
-    }
-
-    fn packed(&self) -> Packed<'_> {
-        Packed {
-            u: &self.u,
-            bias: &self.bias,
-            cout: self.cout,
-            cin_p: self.cin_p,
-            cout_p: self.cout_p,
-        }
     }
 }
 
@@ -242,22 +273,18 @@ impl Conv3x3 {
 /// transform costs ~1% of the convolution it feeds (512 -> 512 channels on a 64x64 image).
 #[derive(Debug, Clone)]
 pub(crate) struct CompactConv3x3 {
-    cin: usize,
-    cout: usize,
-    cin_p: usize,
-    cout_p: usize,
+    channels: Channels,
     /// Weights as `[cin_p][ky * 3 + kx][cout_p]`, zero-padded, so the transform runs over
     /// consecutive output channels.
     weight: Vec<f32>,
-    /// Bias padded to `cout_p` (zeros without bias).
-    bias: Vec<f32>,
 }
 
 impl CompactConv3x3 {
     /// From PyTorch-layout weights `(cout, cin, 3, 3)` and an optional bias `(cout)`.
     pub fn new(weight: &[f32], bias: Option<&[f32]>, cout: usize, cin: usize) -> Self {
         assert_eq!(weight.len(), cout * cin * 9, "conv weight size");
-        let (cin_p, cout_p) = (padded(cin), padded(cout));
+        let channels = Channels::new(cin, cout, bias);
+        let (cin_p, cout_p) = (channels.cin_p, channels.cout_p);
         let mut packed = vec![0f32; cin_p * 9 * cout_p];
         for co in 0..cout {
             for ci in 0..cin {
@@ -266,55 +293,26 @@ impl CompactConv3x3 {
                 }
             }
         }
-        let mut bias_p = vec![0f32; cout_p];
-        if let Some(bias) = bias {
-            bias_p[..cout].copy_from_slice(&bias[..cout]);
-        }
         Self {
-            cin,
-            cout,
-            cin_p,
-            cout_p,
+            channels,
             weight: packed,
-            bias: bias_p,
         }
-    }
-
-    /// Output channels (unpadded).
-    pub fn out_channels(&self) -> usize {
-        self.cout
-    }
-
-    /// Input channels (unpadded).
-    pub fn in_channels(&self) -> usize {
-        self.cin
-    }
-
-    /// Padded output channels: the channel stride of the activation this conv writes.
-    pub fn out_channels_padded(&self) -> usize {
-        self.cout_p
     }
 
     /// Runs the convolution on `input` upsampled (nearest) by `upsample`, into `sink`;
     /// `u` holds the Winograd weights during the call (`36 * cin_p * cout_p` floats).
     pub fn forward(&self, input: &Act, upsample: usize, sink: Sink<'_>, u: &mut Vec<f32>) {
         self.transform(u);
-        let weights = Packed {
-            u: u.as_slice(),
-            bias: &self.bias,
-            cout: self.cout,
-            cin_p: self.cin_p,
-            cout_p: self.cout_p,
-        };
+        let weights = self.channels.packed(u);
         let tiles_h = (input.h * upsample).div_ceil(TILE);
         let tiles_w = (input.w * upsample).div_ceil(TILE);
-        let plan = Plan::wide(self.cin_p, tiles_h, tiles_w, input.n);
+        let plan = Plan::wide(self.channels.cin_p, tiles_h, tiles_w, input.n);
         run(&weights, plan, input, upsample, sink);
     }
 
     /// Writes `G g G^T` in [`Conv3x3::u`]'s layout, one point per rayon task.
     fn transform(&self, u: &mut Vec<f32>) {
-        let point_len = self.cin_p * self.cout_p;
+        let point_len = self.channels.cin_p * self.channels.cout_p;
         u.clear();
         u.resize(POINTS * point_len, 0.0);
         let isa = Isa::detect();
@@ -352,9 +350,9 @@ impl CompactConv3x3 {
             }
         }
         let terms = &terms[..count];
-        let cout_p = self.cout_p;
+        let (cin_p, cout_p) = (self.channels.cin_p, self.channels.cout_p);
         for (n0, width) in column_blocks(cout_p) {
-            let block = &mut u_p[n0 * self.cin_p..][..width * self.cin_p];
+            let block = &mut u_p[n0 * cin_p..][..width * cin_p];
             for (ci, row) in block.chunks_exact_mut(width).enumerate() {
                 let w = &self.weight[ci * 9 * cout_p..][..9 * cout_p];
                 let mut acc = [0f32; 2 * LANES];
@@ -1127,13 +1125,19 @@ mod tests {
 
     /// Runs `conv` on `input` with `plan` into a fresh activation.
     fn with_plan(conv: &Conv3x3, plan: Plan, input: &Act, up: usize) -> Act {
-        let mut out = Act::reuse(Vec::new(), input.n, input.h * up, input.w * up, conv.cout_p);
+        let mut out = Act::reuse(
+            Vec::new(),
+            input.n,
+            input.h * up,
+            input.w * up,
+            conv.channels.cout_p,
+        );
         let sink = Sink::Act {
             out: &mut out,
             skip: None,
             relu: false,
         };
-        run(&conv.packed(), plan, input, up, sink);
+        run(&conv.channels.packed(&conv.u), plan, input, up, sink);
         out
     }
 
@@ -1149,7 +1153,12 @@ mod tests {
         let conv = Conv3x3::new(&weight, Some(&bias), cout, cin);
         for up in [1, 2] {
             let tiles = ((h * up).div_ceil(TILE), (w * up).div_ceil(TILE));
-            let reference = with_plan(&conv, Plan::narrow(conv.cin_p, tiles.0), &input, up);
+            let reference = with_plan(
+                &conv,
+                Plan::narrow(conv.channels.cin_p, tiles.0),
+                &input,
+                up,
+            );
             for plan in [
                 Plan {
                     bands: 2,
@@ -1166,7 +1175,7 @@ mod tests {
                     chunk: 96,
                     k_block: 24,
                 },
-                Plan::wide(conv.cin_p, tiles.0, tiles.1, n),
+                Plan::wide(conv.channels.cin_p, tiles.0, tiles.1, n),
             ] {
                 let out = with_plan(&conv, plan, &input, up);
                 assert!(out.data == reference.data, "plan {plan:?}, upsample {up}");

@@ -23,7 +23,7 @@ use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::conv::{Act, Conv3x3, Sink};
+use super::conv::{Act, Conv3x3, ConvShape, Sink};
 use super::{weights, ModelError, Result};
 use crate::frame::RgbaImage;
 

@@ -29,7 +29,7 @@ use candle_nn::{init::DEFAULT_KAIMING_NORMAL, Init, VarBuilder};
 use serde::Deserialize;
 
 use self::kernels::{Attention, Conv1x1, GroupNorm, Pool};
-use super::conv::{padded, Act, CompactConv3x3, Sink};
+use super::conv::{padded, Act, CompactConv3x3, ConvShape, Sink};
 use super::{weights, ModelError, Result};
 
 /// diffusers' AutoencoderKL `config.json` (the `vae/` folder of an SD model); keys this
