@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use common::max_byte_diff;
+use common::shared_gpu_context as gpu;
 use dreamwalk::frame::RgbaImage;
 use dreamwalk::gpu::{
-    create_output_texture, read_texture, upscale_to_image, BicubicUpscaler, GpuContext, GpuError,
-    OUTPUT_FORMAT,
+    create_output_texture, read_texture, upscale_to_image, BicubicUpscaler, GpuError, OUTPUT_FORMAT,
 };
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -30,21 +29,6 @@ const CASES: [((u32, u32), (u32, u32)); 4] = [
     ((37, 21), (100, 64)),
     ((64, 36), (240, 135)),
 ];
-
-fn gpu() -> &'static GpuContext {
-    static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
-    CONTEXT.get_or_init(|| match GpuContext::new_headless() {
-        Ok(ctx) => {
-            eprintln!(
-                "GPU adapter: {} (software: {})",
-                ctx.adapter_name(),
-                ctx.is_software()
-            );
-            ctx
-        }
-        Err(e) => panic!("GPU tests need an adapter: {e}"),
-    })
-}
 
 fn cpu_resize(src: &RgbaImage, width: u32, height: u32) -> RgbaImage {
     let src_image = Image::from_vec_u8(src.width, src.height, src.pixels.clone(), PixelType::U8x4)

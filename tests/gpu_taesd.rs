@@ -7,14 +7,14 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use common::{fixture, load_tensors, max_abs_diff, max_byte_diff};
+use common::shared_gpu_context as gpu;
+use common::{fixture, load_tensors, max_abs_diff, max_byte_diff, original_names};
 use dreamwalk::gpu::{
-    create_output_texture, read_texture, upscale_to_image, BicubicUpscaler, GpuContext, GpuError,
-    GpuTaesd, OUTPUT_FORMAT,
+    create_output_texture, read_texture, upscale_to_image, BicubicUpscaler, GpuError, GpuTaesd,
+    OUTPUT_FORMAT,
 };
 use dreamwalk::model::taesd::{TaesdConfig, TaesdDecoder};
 
@@ -23,21 +23,6 @@ use dreamwalk::model::taesd::{TaesdConfig, TaesdDecoder};
 /// up to ~6 in magnitude, 34 convolutions). 1e-3 is far above that rounding and far below
 /// what a wrong weight, tap or missing bias does (1e-2 and more).
 const MAX_FLOAT_DIFF: f32 = 1e-3;
-
-fn gpu() -> &'static GpuContext {
-    static CONTEXT: OnceLock<GpuContext> = OnceLock::new();
-    CONTEXT.get_or_init(|| match GpuContext::new_headless() {
-        Ok(ctx) => {
-            eprintln!(
-                "GPU adapter: {} (software: {})",
-                ctx.adapter_name(),
-                ctx.is_software()
-            );
-            ctx
-        }
-        Err(e) => panic!("GPU tests need an adapter: {e}"),
-    })
-}
 
 fn fixture_decoder() -> TaesdDecoder {
     TaesdDecoder::load(&fixture("taesd/decoder.safetensors")).expect("fixture decoder")
@@ -240,19 +225,6 @@ fn decoded_frame_feeds_the_bicubic_upscaler() {
     ctx.queue.submit([encoder.finish()]);
     let got = read_texture(ctx, &target).expect("read back");
     assert!(got == expected, "upscaled GPU-decoded frame differs");
-}
-
-/// `decoder.layers.N.rest` -> `(N+1).rest`, the madebyollin/taesd checkpoint layout.
-fn original_names(tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    tensors
-        .iter()
-        .filter_map(|(name, t)| {
-            let rest = name.strip_prefix("decoder.layers.")?;
-            let (index, rest) = rest.split_once('.')?;
-            let index: usize = index.parse().ok()?;
-            Some((format!("{}.{rest}", index + 1), t.clone()))
-        })
-        .collect()
 }
 
 /// Both checkpoint layouts, and the diffusers folder (config + encoder keys), give the GPU

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, load_tensors, max_abs_diff};
+use common::{fixture, load_tensors, max_abs_diff, original_names};
 use dreamwalk::model::taesd::{TaesdConfig, TaesdDecoder};
 use dreamwalk::model::ModelError;
 use rand::rngs::StdRng;
@@ -54,19 +54,6 @@ fn folder_with_config_and_encoder_keys_gives_the_same_result() {
     let b = from_file.decode(latents).unwrap();
     // Same weights, same arithmetic in the same order: identical.
     assert_eq!(max_abs_diff(&a, &b), 0.0);
-}
-
-/// `decoder.layers.N.rest` -> `(N+1).rest`, the madebyollin/taesd checkpoint layout.
-fn original_names(tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    tensors
-        .iter()
-        .filter_map(|(name, t)| {
-            let rest = name.strip_prefix("decoder.layers.")?;
-            let (index, rest) = rest.split_once('.')?;
-            let index: usize = index.parse().ok()?;
-            Some((format!("{}.{rest}", index + 1), t.clone()))
-        })
-        .collect()
 }
 
 #[test]

@@ -239,6 +239,25 @@ pub fn read_texture_on(
         texture.size(),
     );
     queue.submit([encoder.finish()]);
+    let pixels = map_read(device, &buffer, scope, |mapped| {
+        let mut pixels = Vec::with_capacity(row_bytes as usize * height as usize);
+        for row in mapped.chunks_exact(padded_row_bytes as usize) {
+            pixels.extend_from_slice(&row[..row_bytes as usize]);
+        }
+        pixels
+    })?;
+    RgbaImage::from_pixels(width, height, pixels)
+        .ok_or_else(|| GpuError::Readback("read back fewer bytes than the texture holds".into()))
+}
+
+/// Waits for the GPU work copying into `buffer` (`MAP_READ`, the copies submitted), checks
+/// the validation `scope` opened before that work, and hands the buffer's bytes to `read`.
+fn map_read<T>(
+    device: &wgpu::Device,
+    buffer: &wgpu::Buffer,
+    scope: wgpu::ErrorScopeGuard,
+    read: impl FnOnce(&[u8]) -> T,
+) -> Result<T, GpuError> {
     let (sender, receiver) = std::sync::mpsc::channel();
     buffer.map_async(wgpu::MapMode::Read, .., move |result| {
         // The receiver outlives the poll below; a failed send only means it gave up.
@@ -254,19 +273,13 @@ pub fn read_texture_on(
         .recv()
         .map_err(|_| GpuError::Readback("buffer mapping never completed".into()))?
         .map_err(|e| GpuError::Readback(e.to_string()))?;
-
-    let mut pixels = Vec::with_capacity(row_bytes as usize * height as usize);
-    {
-        let mapped = buffer
+    let value = read(
+        &buffer
             .get_mapped_range(..)
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
-        for row in mapped.chunks_exact(padded_row_bytes as usize) {
-            pixels.extend_from_slice(&row[..row_bytes as usize]);
-        }
-    }
+            .map_err(|e| GpuError::Readback(e.to_string()))?,
+    );
     buffer.unmap();
-    RgbaImage::from_pixels(width, height, pixels)
-        .ok_or_else(|| GpuError::Readback("read back fewer bytes than the texture holds".into()))
+    Ok(value)
 }
 
 /// Rejects sizes a texture on `device` cannot have.

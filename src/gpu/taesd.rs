@@ -400,26 +400,7 @@ impl GpuTaesd {
             encoder.copy_buffer_to_buffer(source, 0, &readback, row as u64 * size, size);
             self.queue.submit([encoder.finish()]);
         }
-        let (sender, receiver) = std::sync::mpsc::channel();
-        readback.map_async(wgpu::MapMode::Read, .., move |result| {
-            // The receiver outlives the poll below; a failed send only means it gave up.
-            let _ = sender.send(result);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
-        if let Some(error) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Wgpu(error.to_string()));
-        }
-        receiver
-            .recv()
-            .map_err(|_| GpuError::Readback("buffer mapping never completed".into()))?
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
-        let bytes = readback
-            .get_mapped_range(..)
-            .map_err(|e| GpuError::Readback(e.to_string()))?
-            .to_vec();
-        readback.unmap();
+        let bytes = super::map_read(&self.device, &readback, scope, <[u8]>::to_vec)?;
         Ok((bytes, sizes))
     }
 

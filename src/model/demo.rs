@@ -25,10 +25,12 @@ pub const DEMO_NAME: &str = "demo model (random weights)";
 
 const SEED: u64 = 0x00d2_ea3f_a1c0;
 
-/// Weights drawn from a generator seeded by `SEED` and the tensor's name, following the
+/// Weights drawn from a generator seeded by `seed` and the tensor's name, following the
 /// initialisation hint of each layer (PyTorch-like: N(0, 1/fan_in) for weights, the
 /// constants for norms). Deterministic on every machine.
-struct SeededWeights;
+pub(crate) struct SeededWeights {
+    pub seed: u64,
+}
 
 fn name_hash(name: &str) -> u64 {
     // FNV-1a: a stable hash (std's hasher may change between Rust versions).
@@ -46,7 +48,7 @@ impl SimpleBackend for SeededWeights {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(SEED ^ name_hash(name));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ name_hash(name));
         let count = shape.elem_count();
         let dims = shape.dims();
         let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
@@ -69,7 +71,7 @@ impl SimpleBackend for SeededWeights {
     }
 
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("demo weights are made by shape; `{name}` was asked without one")
+        candle_core::bail!("seeded weights are made by shape; `{name}` was asked without one")
     }
 
     fn contains_tensor(&self, _name: &str) -> bool {
@@ -78,8 +80,9 @@ impl SimpleBackend for SeededWeights {
     }
 }
 
-fn seeded_var_builder(device: &Device) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(SeededWeights), DType::F32, device.clone())
+/// Weights for any architecture, drawn from `seed` and each tensor's name.
+pub(crate) fn seeded_var_builder(seed: u64, device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(SeededWeights { seed }), DType::F32, device.clone())
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
@@ -127,7 +130,7 @@ impl StableDiffusion {
     /// The built-in demo model (see the module docs). 1024x576 images by default.
     pub fn demo() -> Self {
         let device = Device::Cpu;
-        let vb = seeded_var_builder(&device);
+        let vb = seeded_var_builder(SEED, &device);
         let clip_config: ClipTextConfig = from_json(json!({
             "vocab_size": 514, "hidden_size": 32, "intermediate_size": 37,
             "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,

@@ -430,12 +430,7 @@ impl VaeDecoder {
     /// (`N(0, 1/fan_in)` weights, `U(+-1/sqrt(fan_in))` biases, GroupNorm 1 and 0): for
     /// benchmarks without a model file (the work does not depend on the weights).
     pub fn random(cfg: &AutoencoderKlConfig, seed: u64) -> Result<Self> {
-        let backend = RandomWeights {
-            seed,
-            calls: std::sync::atomic::AtomicU64::new(0),
-        };
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
-        Self::new(vb, cfg)
+        Self::new(super::demo::seeded_var_builder(seed, &Device::Cpu), cfg)
     }
 
     /// Multiply-adds x 2 of one decode of `h x w` latents as direct convolutions and plain
@@ -580,56 +575,5 @@ impl VaeDecoder {
         let z = latents.broadcast_div(&scale)?;
         let z = if shift != 0.0 { (z + shift)? } else { z };
         self.decode_raw(&z)
-    }
-}
-
-/// Makes every tensor asked for from a generator seeded by `seed` and the call's order,
-/// following candle-nn's initialisation hints.
-struct RandomWeights {
-    seed: u64,
-    calls: std::sync::atomic::AtomicU64,
-}
-
-impl candle_nn::var_builder::SimpleBackend for RandomWeights {
-    fn get(
-        &self,
-        shape: Shape,
-        _name: &str,
-        hint: Init,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        use rand::{Rng, SeedableRng};
-        let call = self
-            .calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ call.wrapping_mul(0x9e37_79b9));
-        let count = shape.elem_count();
-        let fan_in: usize = shape.dims().iter().skip(1).product::<usize>().max(1);
-        let normal = |rng: &mut rand::rngs::StdRng, std: f64| {
-            (std * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32
-        };
-        let values: Vec<f32> = match hint {
-            Init::Const(v) => vec![v as f32; count],
-            Init::Uniform { lo, up } => (0..count)
-                .map(|_| rng.random_range(lo..up) as f32)
-                .collect(),
-            Init::Randn { mean, stdev } => (0..count)
-                .map(|_| mean as f32 + normal(&mut rng, stdev))
-                .collect(),
-            Init::Kaiming { .. } => {
-                let std = (1.0 / fan_in as f64).sqrt();
-                (0..count).map(|_| normal(&mut rng, std)).collect()
-            }
-        };
-        Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("random weights are made by shape; `{name}` was asked without one")
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        false
     }
 }

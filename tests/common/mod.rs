@@ -65,6 +65,34 @@ pub fn max_byte_diff(a: &dreamwalk::frame::RgbaImage, b: &dreamwalk::frame::Rgba
         .unwrap_or(0)
 }
 
+/// One headless wgpu context for every test of a test binary (a software adapter compiles
+/// shaders per device, which takes seconds); names the adapter once.
+pub fn shared_gpu_context() -> &'static dreamwalk::gpu::GpuContext {
+    static CONTEXT: std::sync::OnceLock<dreamwalk::gpu::GpuContext> = std::sync::OnceLock::new();
+    CONTEXT.get_or_init(|| {
+        let ctx = gpu_context();
+        eprintln!(
+            "GPU adapter: {} (software: {})",
+            ctx.adapter_name(),
+            ctx.is_software()
+        );
+        ctx
+    })
+}
+
+/// `decoder.layers.N.rest` -> `(N+1).rest`, the madebyollin/taesd checkpoint layout.
+pub fn original_names(tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    tensors
+        .iter()
+        .filter_map(|(name, t)| {
+            let rest = name.strip_prefix("decoder.layers.")?;
+            let (index, rest) = rest.split_once('.')?;
+            let index: usize = index.parse().ok()?;
+            Some((format!("{}.{rest}", index + 1), t.clone()))
+        })
+        .collect()
+}
+
 /// A headless wgpu context; panics with what to install when there is no adapter.
 pub fn gpu_context() -> dreamwalk::gpu::GpuContext {
     dreamwalk::gpu::GpuContext::new_headless()
