@@ -165,20 +165,12 @@ fn srgb_target_keeps_bytes() {
     upscaler
         .upload(&ctx.device, &ctx.queue, &frame)
         .expect("upload");
-    let target = ctx.device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("srgb target"),
-        size: wgpu::Extent3d {
-            width,
-            height,
-            depth_or_array_layers: 1,
-        },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba8UnormSrgb,
-        usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
-        view_formats: &[],
-    });
+    let target = common::texture(
+        &ctx.device,
+        (width, height),
+        wgpu::TextureFormat::Rgba8UnormSrgb,
+        wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
+    );
     let view = target.create_view(&Default::default());
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     upscaler

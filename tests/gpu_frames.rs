@@ -141,20 +141,12 @@ fn bad_gpu_sources_are_errors() {
     let mut upscaler = BicubicUpscaler::new(&ctx.device, OUTPUT_FORMAT);
     let target = create_output_texture(&ctx.device, 128, 128);
     let view = target.create_view(&Default::default());
-    let unorm = ctx.device.create_texture(&wgpu::TextureDescriptor {
-        label: None,
-        size: wgpu::Extent3d {
-            width: 96,
-            height: 64,
-            depth_or_array_layers: 1,
-        },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba8Unorm,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_SRC,
-        view_formats: &[],
-    });
+    let unorm = common::texture(
+        &ctx.device,
+        (96, 64),
+        wgpu::TextureFormat::Rgba8Unorm,
+        wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_SRC,
+    );
     let sources = [
         (
             BicubicSource::Inbetween {

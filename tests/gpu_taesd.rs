@@ -174,20 +174,12 @@ fn rgba_and_texture_output_match_cpu_rgba() {
     assert!(got[0].pixels.chunks_exact(4).all(|p| p[3] == 255));
 
     // Straight into a texture: the same bytes as the read-back.
-    let target = ctx.device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("decoded frame"),
-        size: wgpu::Extent3d {
-            width: 80,
-            height: 48,
-            depth_or_array_layers: 1,
-        },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba8Unorm,
-        usage: wgpu::TextureUsages::COPY_DST | wgpu::TextureUsages::COPY_SRC,
-        view_formats: &[],
-    });
+    let target = common::texture(
+        &ctx.device,
+        (80, 48),
+        wgpu::TextureFormat::Rgba8Unorm,
+        wgpu::TextureUsages::COPY_DST | wgpu::TextureUsages::COPY_SRC,
+    );
     decoder
         .decode_to_texture(&latents, &target)
         .expect("decode to texture");
@@ -313,22 +305,8 @@ fn bad_input_is_an_error() {
     ));
 
     let latents = randn((1, 4, 2, 2), 9);
-    let texture = |width, height, format, usage| {
-        ctx.device.create_texture(&wgpu::TextureDescriptor {
-            label: None,
-            size: wgpu::Extent3d {
-                width,
-                height,
-                depth_or_array_layers: 1,
-            },
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D2,
-            format,
-            usage,
-            view_formats: &[],
-        })
-    };
+    let texture =
+        |width, height, format, usage| common::texture(&ctx.device, (width, height), format, usage);
     let copy_dst = wgpu::TextureUsages::COPY_DST;
     let rgba = wgpu::TextureFormat::Rgba8Unorm;
     for (target, what) in [

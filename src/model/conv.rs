@@ -467,34 +467,14 @@ fn run(weights: &Packed<'_>, plan: Plan, input: &Act, upsample: usize, sink: Sin
     let rows = plan.band_rows(tiles_h);
     let (mut bands, skip, relu, kind) = match sink {
         Sink::Act { out, skip, relu } => {
-            assert_eq!(
-                (out.n, out.h, out.w, out.c),
-                (n, out_h, out_w, cout_p),
-                "conv output size"
-            );
             if let Some(skip) = skip {
-                assert_eq!((skip.n, skip.h, skip.w, skip.c), (n, out_h, out_w, out.c));
+                assert_eq!((skip.n, skip.h, skip.w, skip.c), (n, out_h, out_w, cout_p));
             }
-            let bands: Vec<BandOut> = out
-                .data
-                .chunks_mut(out_h * out_w * cout_p)
-                .flat_map(|image| split_rows(image, &rows, out_w * cout_p, out_h))
-                .map(BandOut::Act)
-                .collect();
+            let bands = act_bands(out, (n, out_h, out_w, cout_p), &rows);
             (bands, skip, relu, OutKind::Act)
         }
         Sink::AddTo { out } => {
-            assert_eq!(
-                (out.n, out.h, out.w, out.c),
-                (n, out_h, out_w, cout_p),
-                "conv output size"
-            );
-            let bands: Vec<BandOut> = out
-                .data
-                .chunks_mut(out_h * out_w * cout_p)
-                .flat_map(|image| split_rows(image, &rows, out_w * cout_p, out_h))
-                .map(BandOut::Act)
-                .collect();
+            let bands = act_bands(out, (n, out_h, out_w, cout_p), &rows);
             (bands, None, false, OutKind::AddTo)
         }
         Sink::Image { out } => {
@@ -543,6 +523,24 @@ fn run(weights: &Packed<'_>, plan: Plan, input: &Act, upsample: usize, sink: Sin
 
 /// Splits NCHW images (`n` images of `cout` planes of `out_h x out_w`) into the bands' row
 /// ranges.
+/// The row bands of an NHWC output activation, per image.
+fn act_bands<'a>(
+    out: &'a mut Act,
+    (n, out_h, out_w, cout_p): (usize, usize, usize, usize),
+    rows: &[(usize, usize)],
+) -> Vec<BandOut<'a>> {
+    assert_eq!(
+        (out.n, out.h, out.w, out.c),
+        (n, out_h, out_w, cout_p),
+        "conv output size"
+    );
+    out.data
+        .chunks_mut(out_h * out_w * cout_p)
+        .flat_map(|image| split_rows(image, rows, out_w * cout_p, out_h))
+        .map(BandOut::Act)
+        .collect()
+}
+
 fn planes<'a>(
     out: &'a mut [f32],
     (n, cout, out_h, out_w): (usize, usize, usize, usize),

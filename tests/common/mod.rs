@@ -93,6 +93,29 @@ pub fn original_names(tensors: &HashMap<String, Tensor>) -> HashMap<String, Tens
         .collect()
 }
 
+/// A plain 2D texture of `device` (one mip level, one sample).
+pub fn texture(
+    device: &wgpu::Device,
+    (width, height): (u32, u32),
+    format: wgpu::TextureFormat,
+    usage: wgpu::TextureUsages,
+) -> wgpu::Texture {
+    device.create_texture(&wgpu::TextureDescriptor {
+        label: None,
+        size: wgpu::Extent3d {
+            width,
+            height,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format,
+        usage,
+        view_formats: &[],
+    })
+}
+
 /// A headless wgpu context; panics with what to install when there is no adapter.
 pub fn gpu_context() -> dreamwalk::gpu::GpuContext {
     dreamwalk::gpu::GpuContext::new_headless()
