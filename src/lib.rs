@@ -5,7 +5,6 @@
 //! (in-betweens, ordered ring buffer) -> [`upscale`] -> display / [`record`].
 
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod frame;
 pub mod gpu;
@@ -13,4 +12,5 @@ pub mod model;
 pub mod pipeline;
 pub mod record;
 pub mod upscale;
+pub mod usecase;
 pub mod walk;

@@ -1,23 +1,17 @@
 //! dreamwalk's entry point: logging, arguments, then the library does the work.
 
 use clap::Parser;
-use dreamwalk::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
+    let default_filter = format!("info,{}", dreamwalk::gpu::QUIET_WGPU_LOG_DIRECTIVES);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,wgpu_core=warn,wgpu_hal=warn,naga=warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = match &cli.command {
-        Some(Command::Render(args)) => dreamwalk::cli::render(args, &cli.model),
-        Some(Command::Bench(args)) => dreamwalk::bench::run(args),
-        None => dreamwalk::cli::run_viewer(&cli.model, &cli.viewer),
-    };
-    match result {
+    match dreamwalk::cli::run(dreamwalk::cli::Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One clear sentence per cause, no backtrace.

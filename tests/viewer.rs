@@ -274,7 +274,7 @@ fn record_button_writes_the_frames_shown() {
 fn a_bad_model_folder_is_a_message_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = ViewerApp::headless(ViewerOptions {
-        model: dreamwalk::cli::ModelArgs {
+        model: dreamwalk::usecase::ModelSource {
             model: Some(dir.path().display().to_string()),
             taesd: None,
         },

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::cli::ModelArgs;
 use crate::gpu::{with_gpu_decoder, DecodedFrames, GpuDecode};
 use crate::model::{DecoderKind, Engine};
 use crate::pipeline::{Inbetweens, StatsSnapshot};
 use crate::record::{RecordOptions, RecordSummary};
 use crate::upscale::UpscaleMode;
+use crate::usecase::ModelSource;
 use crate::walk::{Easing, Interp, LoopMode};
 pub use controls::{keyframe_name, Controls, OutputSize};
 use present::{Presenter, Shown};
@@ -30,7 +30,7 @@ pub use session::{PlayState, RecordingStatus, Session};
 /// How the viewer starts.
 #[derive(Clone, Debug, Default)]
 pub struct ViewerOptions {
-    pub model: ModelArgs,
+    pub model: ModelSource,
     /// Start playing as soon as the model is loaded.
     pub autoplay: bool,
     /// Save a PNG of the window this long after the first frame, then close
@@ -296,7 +296,7 @@ impl ViewerApp {
             .unwrap_or_else(|| "the built-in demo model".into());
         self.model = load_in_background(
             what,
-            ModelArgs { model, taesd: None },
+            ModelSource { model, taesd: None },
             self.gpu.clone(),
             self.gpu_decode,
         );
@@ -993,7 +993,7 @@ impl eframe::App for ViewerApp {
 
 fn load_in_background(
     what: String,
-    args: ModelArgs,
+    args: ModelSource,
     gpu: Option<GpuTarget>,
     gpu_decode: GpuDecode,
 ) -> ModelState {
@@ -1001,21 +1001,23 @@ fn load_in_background(
     let spawned = std::thread::Builder::new()
         .name("model-loader".into())
         .spawn(move || {
-            let loaded = crate::cli::load_engine(&args).map(|engine| {
-                let (engine, note) = match &gpu {
-                    // Frames decoded on eframe's device stay there for the present shader.
-                    Some(g) => with_gpu_decoder(
-                        engine,
-                        &g.device,
-                        &g.queue,
-                        &g.adapter,
-                        gpu_decode,
-                        DecodedFrames::StayOnGpu,
-                    ),
-                    None => (engine, None),
-                };
-                Loaded { engine, note }
-            });
+            let loaded = crate::usecase::load_engine(&args)
+                .map_err(anyhow::Error::from)
+                .map(|engine| {
+                    let (engine, note) = match &gpu {
+                        // Frames decoded on eframe's device stay there for the present shader.
+                        Some(g) => with_gpu_decoder(
+                            engine,
+                            &g.device,
+                            &g.queue,
+                            &g.adapter,
+                            gpu_decode,
+                            DecodedFrames::StayOnGpu,
+                        ),
+                        None => (engine, None),
+                    };
+                    Loaded { engine, note }
+                });
             let _ = tx.send(loaded);
         });
     match spawned {

@@ -1,10 +1,11 @@
 //! Images as they travel through the pipeline, and the pixel arithmetic stages share.
 
 pub mod blend;
+mod gpu;
 
 use std::sync::Arc;
 
-use crate::gpu::{GpuError, GpuFrame};
+pub use gpu::{map_read, read_texture_on, FrameError, GpuFrame, GPU_FRAME_FORMAT};
 
 /// An 8-bit RGBA image, rows top to bottom, no padding between rows.
 ///
@@ -98,7 +99,7 @@ impl FrameImage {
 
     /// The bytes: as they are for a CPU frame; read back from the GPU (once per decoded
     /// frame) otherwise, with in-betweens blended on the CPU exactly as the shader does.
-    pub fn to_cpu(&self) -> Result<Arc<RgbaImage>, GpuError> {
+    pub fn to_cpu(&self) -> Result<Arc<RgbaImage>, FrameError> {
         match self {
             FrameImage::Cpu(image) => Ok(image.clone()),
             FrameImage::Gpu(frame) => frame.to_cpu(),
@@ -119,9 +120,9 @@ impl FrameImage {
         next: &FrameImage,
         j: usize,
         k: usize,
-    ) -> Result<FrameImage, GpuError> {
+    ) -> Result<FrameImage, FrameError> {
         if prev.size() != next.size() || j >= k || k > blend::MAX_INBETWEENS {
-            return Err(GpuError::BadInput(format!(
+            return Err(FrameError::BadInput(format!(
                 "in-between {j} of {k} of a {:?} and a {:?} frame",
                 prev.size(),
                 next.size()

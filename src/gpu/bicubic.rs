@@ -16,7 +16,7 @@ pub const OUTPUT_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Unorm;
 
 /// The format of source frames (and of the intermediate): integer, so the passes read exact
 /// bytes. Frames decoded on the GPU ([`super::GpuFrame`]) are made in it.
-pub const SOURCE_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Uint;
+pub const SOURCE_FORMAT: wgpu::TextureFormat = crate::frame::GPU_FRAME_FORMAT;
 const PIXEL_FORMAT: wgpu::TextureFormat = SOURCE_FORMAT;
 const TABLE_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::R32Sint;
 

@@ -1,6 +1,6 @@
 //! A model whose TAESD decodes run on a wgpu device: the viewer wraps the loaded engine in
-//! [`GpuDecodedEngine`] when it has a hardware adapter, so the pipeline (which only calls
-//! [`Engine::decode`]) decodes on the GPU without knowing it. Sampling and the full VAE stay
+//! [`GpuDecodedEngine`] when it has a hardware adapter, so the pipeline's decode stage (which
+//! calls [`Engine::decode_frame`]) decodes on the GPU without knowing it. Sampling and the full VAE stay
 //! on the inner engine.
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use crate::model::{
 };
 
 /// Whether the viewer decodes TAESD on the GPU.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GpuDecode {
     /// On a hardware adapter; on a software one (lavapipe, llvmpipe) the CPU is faster.
     #[default]

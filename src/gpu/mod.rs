@@ -17,19 +17,18 @@
 mod bicubic;
 pub mod engine;
 mod filter_table;
-mod frame;
 pub mod taesd;
 
+pub use crate::frame::GpuFrame;
 pub use bicubic::{
     create_output_texture, BicubicSource, BicubicUpscaler, OUTPUT_FORMAT, SOURCE_FORMAT,
 };
 pub use engine::{
     with_gpu_decoder, with_headless_gpu_decoder, DecodedFrames, GpuDecode, GpuDecodedEngine,
 };
-pub use frame::GpuFrame;
 pub use taesd::GpuTaesd;
 
-use crate::frame::RgbaImage;
+use crate::frame::{read_texture_on, FrameError, RgbaImage};
 
 /// `tracing_subscriber::EnvFilter` directives that keep wgpu and naga below WARN (they log
 /// per frame and per resource at INFO and DEBUG). Append to the binary's filter.
@@ -80,6 +79,17 @@ pub enum GpuError {
     /// Reading a texture back to the CPU failed.
     #[error("reading back from the GPU failed: {0}")]
     Readback(String),
+}
+
+impl From<FrameError> for GpuError {
+    fn from(error: FrameError) -> Self {
+        match error {
+            FrameError::BadTarget(why) => GpuError::BadTarget(why),
+            FrameError::BadInput(why) => GpuError::BadInput(why),
+            FrameError::Wgpu(why) => GpuError::Wgpu(why),
+            FrameError::Readback(why) => GpuError::Readback(why),
+        }
+    }
 }
 
 /// A wgpu instance, adapter, device and queue not tied to any window.
@@ -193,93 +203,7 @@ pub fn upscale_to_image(
 /// Copies an `Rgba8Unorm` (or `Rgba8UnormSrgb`, `Rgba8Uint`) texture back into an image,
 /// waiting for the GPU. The texture needs `COPY_SRC` usage.
 pub fn read_texture(ctx: &GpuContext, texture: &wgpu::Texture) -> Result<RgbaImage, GpuError> {
-    read_texture_on(&ctx.device, &ctx.queue, texture)
-}
-
-/// [`read_texture`] for a texture of `device`, copied through `queue`.
-pub fn read_texture_on(
-    device: &wgpu::Device,
-    queue: &wgpu::Queue,
-    texture: &wgpu::Texture,
-) -> Result<RgbaImage, GpuError> {
-    use wgpu::TextureFormat as F;
-    if !matches!(
-        texture.format(),
-        F::Rgba8Unorm | F::Rgba8UnormSrgb | F::Rgba8Uint
-    ) {
-        return Err(GpuError::BadTarget(format!(
-            "format {:?} cannot be read back as RGBA8",
-            texture.format()
-        )));
-    }
-    let (width, height) = (texture.width(), texture.height());
-    let row_bytes = width * 4;
-    // Buffer rows of a texture copy must start on 256-byte boundaries.
-    let padded_row_bytes = row_bytes.next_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT);
-    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("readback"),
-        size: u64::from(padded_row_bytes) * u64::from(height),
-        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
-        mapped_at_creation: false,
-    });
-    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-        label: Some("readback"),
-    });
-    encoder.copy_texture_to_buffer(
-        texture.as_image_copy(),
-        wgpu::TexelCopyBufferInfo {
-            buffer: &buffer,
-            layout: wgpu::TexelCopyBufferLayout {
-                offset: 0,
-                bytes_per_row: Some(padded_row_bytes),
-                rows_per_image: Some(height),
-            },
-        },
-        texture.size(),
-    );
-    queue.submit([encoder.finish()]);
-    let pixels = map_read(device, &buffer, scope, |mapped| {
-        let mut pixels = Vec::with_capacity(row_bytes as usize * height as usize);
-        for row in mapped.chunks_exact(padded_row_bytes as usize) {
-            pixels.extend_from_slice(&row[..row_bytes as usize]);
-        }
-        pixels
-    })?;
-    RgbaImage::from_pixels(width, height, pixels)
-        .ok_or_else(|| GpuError::Readback("read back fewer bytes than the texture holds".into()))
-}
-
-/// Waits for the GPU work copying into `buffer` (`MAP_READ`, the copies submitted), checks
-/// the validation `scope` opened before that work, and hands the buffer's bytes to `read`.
-fn map_read<T>(
-    device: &wgpu::Device,
-    buffer: &wgpu::Buffer,
-    scope: wgpu::ErrorScopeGuard,
-    read: impl FnOnce(&[u8]) -> T,
-) -> Result<T, GpuError> {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    buffer.map_async(wgpu::MapMode::Read, .., move |result| {
-        // The receiver outlives the poll below; a failed send only means it gave up.
-        let _ = sender.send(result);
-    });
-    device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| GpuError::Readback(e.to_string()))?;
-    if let Some(error) = pollster::block_on(scope.pop()) {
-        return Err(GpuError::Wgpu(error.to_string()));
-    }
-    receiver
-        .recv()
-        .map_err(|_| GpuError::Readback("buffer mapping never completed".into()))?
-        .map_err(|e| GpuError::Readback(e.to_string()))?;
-    let value = read(
-        &buffer
-            .get_mapped_range(..)
-            .map_err(|e| GpuError::Readback(e.to_string()))?,
-    );
-    buffer.unmap();
-    Ok(value)
+    Ok(read_texture_on(&ctx.device, &ctx.queue, texture)?)
 }
 
 /// Rejects sizes a texture on `device` cannot have.

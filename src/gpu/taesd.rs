@@ -356,7 +356,7 @@ impl GpuTaesd {
                 timeout: None,
             })
             .map_err(|e| GpuError::Wgpu(e.to_string()))?;
-        GpuFrame::new(texture, &self.device, &self.queue)
+        Ok(GpuFrame::new(texture, &self.device, &self.queue)?)
     }
 
     /// Decodes every batch row, copying each row's `output` into one read-back buffer;
@@ -400,7 +400,7 @@ impl GpuTaesd {
             encoder.copy_buffer_to_buffer(source, 0, &readback, row as u64 * size, size);
             self.queue.submit([encoder.finish()]);
         }
-        let bytes = super::map_read(&self.device, &readback, scope, <[u8]>::to_vec)?;
+        let bytes = crate::frame::map_read(&self.device, &readback, scope, <[u8]>::to_vec)?;
         Ok((bytes, sizes))
     }
 

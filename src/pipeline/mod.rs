@@ -21,6 +21,7 @@
 pub mod display;
 pub mod inbetween;
 pub mod ring;
+mod settings;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -34,24 +35,11 @@ use parking_lot::Mutex;
 use crate::frame::{FrameImage, RgbaImage};
 use crate::model::{DecoderKind, EndpointError, EndpointRequest, Engine};
 use crate::upscale::{BicubicResizer, UpscaleMode};
-use crate::walk::{Walk, WalkSettings};
+use crate::walk::Walk;
 pub use inbetween::Inbetweens;
 pub use ring::{Closed, Frame, FrameSource, Popped, RingBuffer, RingPolicy};
+pub use settings::{Settings, SettingsError, MAX_IMAGE_SIDE, MAX_SAMPLER_STEPS};
 pub use stats::{Stats, StatsSnapshot};
-
-/// Everything a user can change, live.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Prompts, seed, sampler steps, guidance, image size: a change samples new endpoints.
-    pub endpoints: EndpointRequest,
-    pub walk: WalkSettings,
-    pub decoder: DecoderKind,
-    pub inbetweens: Inbetweens,
-    pub target_fps: f64,
-    pub upscale: UpscaleMode,
-    /// Output size (width, height) when upscaling.
-    pub output_size: (u32, u32),
-}
 
 /// How the pipeline is built (fixed for its lifetime).
 #[derive(Clone, Debug)]

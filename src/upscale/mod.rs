@@ -25,7 +25,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use crate::frame::RgbaImage;
 
 /// Where frames are brought to the output size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub enum UpscaleMode {
     /// Frames stay at the decoded (source) size.
     None,

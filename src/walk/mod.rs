@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor};
 
 /// How latents are interpolated between two keyframes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Interp {
     /// Spherical: keeps the latents' norm, so mid-walk images stay as sharp as the ends.
     #[default]
@@ -18,7 +18,7 @@ pub enum Interp {
 }
 
 /// How walk time is spent inside each keyframe pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Easing {
     #[default]
     Linear,
@@ -37,13 +37,12 @@ impl Easing {
 }
 
 /// What happens at the end of the path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub enum LoopMode {
     /// Play the path once and stop.
     #[default]
     Once,
     /// Forward, backward, forward... forever, from the decode cache after the first pass.
-    #[value(name = "pingpong")]
     PingPong,
     /// Around the keyframes in a circle (last back to first), forever.
     Endless,

@@ -1,0 +1,251 @@
+//! The arguments, as clap parses them, and what they become in the library's types.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+
+use super::values::{DecoderArg, EasingArg, GpuDecodeArg, InterpArg, LoopArg, UpscaleArg};
+use crate::app::ViewerOptions;
+use crate::model::{EndpointRequest, Engine};
+use crate::pipeline::{Inbetweens, Settings, MAX_IMAGE_SIDE};
+use crate::record::RecordOptions;
+use crate::usecase::{ModelSource, RenderJob};
+use crate::walk::WalkSettings;
+
+/// Walk the latent space of Stable Diffusion between prompts, in real time.
+#[derive(Parser, Debug)]
+#[command(name = "dreamwalk", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub viewer: ViewerArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Render a walk headless to a PNG sequence or a video file.
+    Render(RenderArgs),
+}
+
+/// Which weights to run.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ModelArgs {
+    /// A diffusers model folder, or a Hugging Face id found in the local cache
+    /// (e.g. stabilityai/sd-turbo). Without it, the built-in demo model runs.
+    #[arg(long, global = true)]
+    pub model: Option<String>,
+    /// A TAESD decoder: a folder (diffusers AutoencoderTiny) or a .safetensors file.
+    #[arg(long, global = true)]
+    pub taesd: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// Where the weights come from.
+    pub fn source(&self) -> ModelSource {
+        ModelSource {
+            model: self.model.clone(),
+            taesd: self.taesd.clone(),
+        }
+    }
+}
+
+/// Options of the window (`dreamwalk` without a subcommand).
+#[derive(Args, Debug, Clone)]
+pub struct ViewerArgs {
+    /// Start playing as soon as the model is loaded.
+    #[arg(long)]
+    pub play: bool,
+    /// Save a PNG of the window (and a JSON with the picture's rectangle) once frames have
+    /// played for `--screenshot-after` seconds, then close. Implies --play.
+    #[arg(long, value_name = "PNG")]
+    pub screenshot: Option<PathBuf>,
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub screenshot_after: f64,
+    /// Where TAESD decodes: `auto` uses the GPU on a hardware adapter (a software one such
+    /// as lavapipe is slower than the CPU decoder), `on` on any adapter, `off` never.
+    #[arg(long, value_enum, default_value_t = GpuDecodeArg::Auto)]
+    pub gpu_decode: GpuDecodeArg,
+    /// Decoded (source) frame size, sides multiples of the model's size multiple, 8 for the
+    /// demo model (default: the model's, 1024x576 for the demo model).
+    #[arg(long, value_name = "WxH")]
+    pub source: Option<Size>,
+}
+
+impl ViewerArgs {
+    /// How the window starts. The source size is checked against the model once it loads.
+    pub fn options(&self, model: &ModelArgs) -> anyhow::Result<ViewerOptions> {
+        if !(0.0..=3600.0).contains(&self.screenshot_after) {
+            bail!("--screenshot-after must be between 0 and 3600 seconds");
+        }
+        Ok(ViewerOptions {
+            model: model.source(),
+            autoplay: self.play || self.screenshot.is_some(),
+            screenshot: self
+                .screenshot
+                .clone()
+                .map(|path| (path, Duration::from_secs_f64(self.screenshot_after))),
+            gpu_decode: self.gpu_decode.into(),
+            gpu: None,
+            source: self.source.map(Size::pair),
+        })
+    }
+}
+
+/// `WIDTHxHEIGHT`, e.g. `1024x576`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Size {
+    /// (width, height), as the library takes sizes.
+    pub fn pair(self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a size: write WIDTHxHEIGHT, e.g. 1024x576");
+        let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+        let (width, height) = (w.trim().parse::<u32>(), h.trim().parse::<u32>());
+        match (width, height) {
+            (Ok(width), Ok(height)) if width > 0 && height > 0 => {
+                if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+                    return Err(format!(
+                        "`{s}` is larger than {MAX_IMAGE_SIDE} pixels on a side"
+                    ));
+                }
+                Ok(Size { width, height })
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RenderArgs {
+    /// A keyframe prompt; give two or more, in walk order.
+    #[arg(long = "prompt", required = true)]
+    pub prompts: Vec<String>,
+    /// The negative prompt.
+    #[arg(long, default_value = "")]
+    pub negative: String,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Give keyframe i the seed `seed + i` (default: all keyframes start from one noise).
+    #[arg(long)]
+    pub seed_per_keyframe: bool,
+    /// Sampler steps per keyframe (default: the model's; 1-4 suit SD-Turbo).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (1 or less: off).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Walk positions between two keyframes.
+    #[arg(long, default_value_t = 24)]
+    pub steps_between: usize,
+    /// In-between frames per decoded frame: 0 to 15, or `auto`.
+    #[arg(long, default_value = "3")]
+    pub inbetween: Inbetweens,
+    #[arg(long, value_enum, default_value_t = InterpArg::Slerp)]
+    pub interp: InterpArg,
+    #[arg(long, value_enum, default_value_t = EasingArg::Linear)]
+    pub ease: EasingArg,
+    #[arg(long = "loop", value_enum, default_value_t = LoopArg::Once)]
+    pub loop_mode: LoopArg,
+    /// Laps of a ping-pong or endless loop to render.
+    #[arg(long, default_value_t = 1)]
+    pub laps: u64,
+    /// Output frame size.
+    #[arg(long, default_value = "3840x2160")]
+    pub size: Size,
+    /// Decoded (source) size, a multiple of 8 (default: 1024x576 for the demo model, the
+    /// model's native size otherwise).
+    #[arg(long)]
+    pub source: Option<Size>,
+    #[arg(long, value_enum, default_value_t = DecoderArg::Taesd)]
+    pub decoder: DecoderArg,
+    /// Where TAESD decodes: `auto` on a hardware GPU when there is one (a software adapter
+    /// such as lavapipe is slower than the CPU decoder), `on` on any adapter, `off` never.
+    #[arg(long, value_enum, default_value_t = GpuDecodeArg::Auto)]
+    pub gpu_decode: GpuDecodeArg,
+    /// CPU bicubic to `--size`, or none (frames stay at the source size).
+    #[arg(long, value_enum, default_value_t = UpscaleArg::Cpu)]
+    pub upscale: UpscaleArg,
+    /// Frames per second of the output video.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=240))]
+    pub fps: u32,
+    /// Output: a folder (PNG sequence), or a file .mp4 / .y4m.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Start every keyframe from the tensor `init_latents` of this safetensors file.
+    #[arg(long)]
+    pub init_latents: Option<PathBuf>,
+    /// Also save the keyframe latents (`keyframe_0`, `keyframe_1`, ...) to this file.
+    #[arg(long)]
+    pub save_latents: Option<PathBuf>,
+    /// H.264 quality for .mp4 (lower is better; 18 is visually lossless).
+    #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(0..=51))]
+    pub crf: u8,
+    /// Size of the recorded video when it should differ from the frames.
+    #[arg(long)]
+    pub record_size: Option<Size>,
+}
+
+impl RenderArgs {
+    /// The render these arguments describe on `engine` (whose defaults fill what was not
+    /// given), checked before anything is opened or sampled.
+    pub fn job(&self, engine: &dyn Engine) -> anyhow::Result<RenderJob> {
+        if self.laps == 0 {
+            bail!("--laps must be at least 1");
+        }
+        let defaults = engine.defaults();
+        let init_latents = match &self.init_latents {
+            None => None,
+            Some(path) => Some(crate::model::load_init_latents(path)?),
+        };
+        let settings = Settings {
+            endpoints: EndpointRequest {
+                prompts: self.prompts.clone(),
+                negative: self.negative.clone(),
+                seed: self.seed,
+                seed_per_keyframe: self.seed_per_keyframe,
+                steps: self.steps.unwrap_or(defaults.steps),
+                guidance: self.guidance.unwrap_or(defaults.guidance),
+                image_size: self.source.map_or(defaults.image_size, Size::pair),
+                init_latents,
+            },
+            walk: WalkSettings {
+                steps_between: self.steps_between,
+                interp: self.interp.into(),
+                easing: self.ease.into(),
+                loop_mode: self.loop_mode.into(),
+            },
+            decoder: self.decoder.into(),
+            inbetweens: self.inbetween,
+            target_fps: f64::from(self.fps),
+            upscale: self.upscale.into(),
+            output_size: self.size.pair(),
+        };
+        settings.validate(engine)?;
+        Ok(RenderJob {
+            settings,
+            laps: self.laps,
+            out: self.out.clone(),
+            record: RecordOptions {
+                fps: self.fps,
+                size: self.record_size.map(Size::pair),
+                crf: self.crf,
+                ..Default::default()
+            },
+        })
+    }
+}

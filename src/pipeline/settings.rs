@@ -1,0 +1,106 @@
+//! What a user can change while the walk plays, and the one place that says whether a set of
+//! values can run on a model. The command line, the window and the bench all build a
+//! [`Settings`] and ask [`Settings::validate`] before anything starts, so the rules (and their
+//! messages) cannot drift apart.
+
+use crate::model::{DecoderKind, EndpointRequest, Engine};
+use crate::upscale::UpscaleMode;
+use crate::walk::WalkSettings;
+
+use super::Inbetweens;
+
+/// The largest image side dreamwalk decodes or writes, in pixels: beyond it a single frame
+/// is over a gigabyte and no GPU texture can hold it.
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// The most sampler steps a keyframe may take (diffusers' schedulers train on 1000 steps).
+pub const MAX_SAMPLER_STEPS: usize = 1000;
+
+/// Everything a user can change, live.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Prompts, seed, sampler steps, guidance, image size: a change samples new endpoints.
+    pub endpoints: EndpointRequest,
+    pub walk: WalkSettings,
+    pub decoder: DecoderKind,
+    pub inbetweens: Inbetweens,
+    pub target_fps: f64,
+    pub upscale: UpscaleMode,
+    /// Output size (width, height) when upscaling.
+    pub output_size: (u32, u32),
+}
+
+/// Why a set of [`Settings`] cannot run, in words a user can act on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("a walk needs two or more prompts: give --prompt twice or more")]
+    TooFewPrompts,
+    /// Which prompt, 1-based.
+    #[error("prompt {0} is empty")]
+    EmptyPrompt(usize),
+    #[error("--steps-between must be at least 1")]
+    NoStepsBetween,
+    #[error("sampler steps must be between 1 and {MAX_SAMPLER_STEPS}, not {0}")]
+    SamplerSteps(usize),
+    #[error("guidance must be a finite number, not {0}")]
+    Guidance(f64),
+    #[error("frame rate must be a positive number, not {0}")]
+    TargetFps(f64),
+    /// The decoded size (width, height) and the multiple this model needs.
+    #[error(
+        "source size {}x{}: both sides must be non-zero multiples of {multiple} for this model, \
+         at most {MAX_IMAGE_SIDE}",
+        size.0,
+        size.1
+    )]
+    SourceSize { size: (u32, u32), multiple: u32 },
+    #[error("output size {}x{}: both sides must be between 1 and {MAX_IMAGE_SIDE}", .0.0, .0.1)]
+    OutputSize((u32, u32)),
+    #[error("this model has no {} decoder", .0.label())]
+    NoDecoder(DecoderKind),
+}
+
+impl Settings {
+    /// Checks every value against `engine` before any work starts: the first problem found.
+    pub fn validate(&self, engine: &dyn Engine) -> Result<(), SettingsError> {
+        let endpoints = &self.endpoints;
+        if endpoints.prompts.len() < 2 {
+            return Err(SettingsError::TooFewPrompts);
+        }
+        if let Some(i) = endpoints.prompts.iter().position(|p| p.trim().is_empty()) {
+            return Err(SettingsError::EmptyPrompt(i + 1));
+        }
+        if self.walk.steps_between == 0 {
+            return Err(SettingsError::NoStepsBetween);
+        }
+        if !(1..=MAX_SAMPLER_STEPS).contains(&endpoints.steps) {
+            return Err(SettingsError::SamplerSteps(endpoints.steps));
+        }
+        if !endpoints.guidance.is_finite() {
+            return Err(SettingsError::Guidance(endpoints.guidance));
+        }
+        if !(self.target_fps.is_finite() && self.target_fps > 0.0) {
+            return Err(SettingsError::TargetFps(self.target_fps));
+        }
+        check_source_size(endpoints.image_size, engine.size_multiple())?;
+        let (w, h) = self.output_size;
+        if !(1..=MAX_IMAGE_SIDE).contains(&w) || !(1..=MAX_IMAGE_SIDE).contains(&h) {
+            return Err(SettingsError::OutputSize(self.output_size));
+        }
+        if !engine.decoders().contains(&self.decoder) {
+            return Err(SettingsError::NoDecoder(self.decoder));
+        }
+        Ok(())
+    }
+}
+
+/// The rule for a decoded (source) size: sides non-zero multiples of `multiple` (the
+/// decoder's factor times the UNet's down-sampling), at most [`MAX_IMAGE_SIDE`].
+pub fn check_source_size(size: (u32, u32), multiple: u32) -> Result<(), SettingsError> {
+    let fits = |side: u32| side > 0 && side <= MAX_IMAGE_SIDE && side.is_multiple_of(multiple);
+    if fits(size.0) && fits(size.1) {
+        Ok(())
+    } else {
+        Err(SettingsError::SourceSize { size, multiple })
+    }
+}

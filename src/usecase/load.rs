@@ -1,0 +1,47 @@
+//! Weights as users have them (a diffusers folder, a Hugging Face id in the local cache, a
+//! TAESD file) or the built-in demo model, turned into the [`Engine`] every stage runs on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::gpu::GpuDecode;
+use crate::model::{Engine, ModelError, StableDiffusion};
+
+/// Which weights to run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelSource {
+    /// A diffusers model folder or a Hugging Face id found in the local cache; `None` runs
+    /// the built-in demo model.
+    pub model: Option<String>,
+    /// A TAESD decoder (a diffusers AutoencoderTiny folder or a `.safetensors` file) to use
+    /// instead of the model's own.
+    pub taesd: Option<PathBuf>,
+}
+
+/// Loads the weights `source` names, or the built-in demo model.
+pub fn load_engine(source: &ModelSource) -> Result<Arc<dyn Engine>, ModelError> {
+    let engine = match &source.model {
+        None => {
+            let mut demo = StableDiffusion::demo();
+            if let Some(taesd) = &source.taesd {
+                demo.set_taesd(taesd)?;
+            }
+            demo
+        }
+        Some(model) => StableDiffusion::load(model, source.taesd.as_deref())?,
+    };
+    Ok(Arc::new(engine))
+}
+
+/// [`load_engine`] for headless work: TAESD decodes on a GPU adapter when `gpu_decode`
+/// wants it (see [`crate::gpu::with_headless_gpu_decoder`]). The note says why the CPU
+/// decodes when the GPU was asked for and cannot.
+pub fn headless_engine(
+    source: &ModelSource,
+    gpu_decode: GpuDecode,
+) -> Result<(Arc<dyn Engine>, Option<String>), ModelError> {
+    Ok(crate::gpu::with_headless_gpu_decoder(
+        load_engine(source)?,
+        gpu_decode,
+    ))
+}

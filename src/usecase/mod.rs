@@ -1,0 +1,9 @@
+//! What a person does with dreamwalk, as library functions with typed arguments: load a
+//! model ([`load`]), render a walk headless ([`render`]). The command line, the window and
+//! the bench call these; none of them builds another's arguments to reach them.
+
+pub mod load;
+pub mod render;
+
+pub use load::{headless_engine, load_engine, ModelSource};
+pub use render::{render, RenderError, RenderHeader, RenderJob, RenderProgress, RenderSummary};

@@ -1,0 +1,215 @@
+//! `render`, the headless use case: the whole walk, every frame in order, to a file or a
+//! PNG folder. The caller (the command line, the bench) says how to show progress.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::frame::FrameError;
+use crate::model::Engine;
+use crate::pipeline::{
+    Pipeline, PipelineOptions, Popped, RingPolicy, Settings, SettingsError, StatsSnapshot,
+};
+use crate::record::{RecordError, RecordOptions, RecordSummary, Recorder};
+use crate::upscale::UpscaleMode;
+use crate::walk::LoopMode;
+
+/// One headless render.
+#[derive(Clone, Debug)]
+pub struct RenderJob {
+    /// What to walk and how; checked with [`Settings::validate`] before anything starts.
+    pub settings: Settings,
+    /// Laps of a ping-pong or endless walk (a walk played once has one).
+    pub laps: u64,
+    /// A folder (PNG sequence) or a `.mp4` / `.y4m` file.
+    pub out: PathBuf,
+    /// Frame rate, quality and size of the output; its `comment` is filled in with the
+    /// model and the prompts when `None`.
+    pub record: RecordOptions,
+}
+
+/// What a render is about to do, for its first line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderHeader {
+    /// The model's name ("demo model (random weights)" for the demo).
+    pub model: String,
+    /// Which decoder runs and where ("TAESD on the CPU").
+    pub decoder: String,
+    pub keyframes: usize,
+    /// Size of the frames written, before any `--record-size` resize.
+    pub frame_size: (u32, u32),
+    pub out: PathBuf,
+}
+
+impl std::fmt::Display for RenderHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} | {} | {} keyframes | {}x{} frames | {}",
+            self.model,
+            self.decoder,
+            self.keyframes,
+            self.frame_size.0,
+            self.frame_size.1,
+            self.out.display()
+        )
+    }
+}
+
+/// How a render reports while it runs. Every method has a default that does nothing.
+pub trait RenderProgress {
+    /// Once the output is open, before the first keyframe is sampled.
+    fn started(&mut self, _header: &RenderHeader) {}
+    /// Now and then while no frame is ready (keyframes being sampled).
+    fn waiting(&mut self, _stats: &StatsSnapshot) {}
+    /// After each frame written; `written` counts them.
+    fn frame_written(&mut self, _written: u64, _stats: &StatsSnapshot) {}
+}
+
+/// Reports nothing.
+impl RenderProgress for () {}
+
+/// What a finished render made.
+#[derive(Clone, Debug)]
+pub struct RenderSummary {
+    pub frames_written: u64,
+    pub record: RecordSummary,
+    /// The pipeline's figures at the end.
+    pub stats: StatsSnapshot,
+}
+
+impl std::fmt::Display for RenderSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stats = &self.stats;
+        write!(
+            f,
+            "wrote {} frames: {}\n  decoded {} (+{} from cache), decode {:.1} ms, in-between {:.2} ms, upscale {:.1} ms per frame",
+            self.frames_written,
+            self.record,
+            stats.frames_decoded,
+            stats.frames_from_cache,
+            stats.decode_ms,
+            stats.inbetween_ms,
+            stats.upscale_ms
+        )
+    }
+}
+
+/// Why a render stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("cannot write to {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: RecordError,
+    },
+    #[error("reading frame {index} back from the GPU")]
+    Readback {
+        index: u64,
+        #[source]
+        source: FrameError,
+    },
+    #[error("writing frame {index} to {}", path.display())]
+    Write {
+        index: u64,
+        path: PathBuf,
+        #[source]
+        source: RecordError,
+    },
+    /// The pipeline's own error (sampling or decoding failed).
+    #[error("{0}")]
+    Pipeline(String),
+    #[error("finishing the output file")]
+    Finish(#[source] RecordError),
+}
+
+/// How often a render waiting for its first frames reports.
+const WAITING_REPORT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Renders the walk `job` describes on `engine`, every frame in order.
+pub fn render(
+    engine: Arc<dyn Engine>,
+    job: &RenderJob,
+    progress: &mut dyn RenderProgress,
+) -> Result<RenderSummary, RenderError> {
+    let settings = &job.settings;
+    settings.validate(&*engine)?;
+    let frame_size = match settings.upscale {
+        UpscaleMode::Cpu => settings.output_size,
+        _ => settings.endpoints.image_size,
+    };
+    let mut record = job.record.clone();
+    if record.comment.is_none() {
+        record.comment = Some(crate::record::provenance(
+            &engine.name(),
+            &settings.endpoints.prompts,
+        ));
+    }
+    // Open the output first: a bad path should fail before minutes of sampling.
+    let recorder = Recorder::start(&job.out, record).map_err(|source| RenderError::Open {
+        path: job.out.clone(),
+        source,
+    })?;
+    progress.started(&RenderHeader {
+        model: engine.name(),
+        decoder: engine.decoder_description(settings.decoder),
+        keyframes: settings.endpoints.prompts.len(),
+        frame_size,
+        out: job.out.clone(),
+    });
+    let options = PipelineOptions {
+        policy: RingPolicy::Record,
+        stop_at_end: true,
+        laps: job.laps,
+        // A walk played once never comes back to a decoded frame: caching them would only
+        // make memory grow with the walk's length.
+        cache_budget_bytes: match settings.walk.loop_mode {
+            LoopMode::Once => 0,
+            _ => PipelineOptions::default().cache_budget_bytes,
+        },
+        ..Default::default()
+    };
+    let pipeline = Pipeline::start(engine, settings.clone(), options);
+    let mut written = 0u64;
+    loop {
+        let deadline = Instant::now() + WAITING_REPORT_INTERVAL;
+        let frame = match pipeline.ring().pop_by(deadline) {
+            Popped::Frame(frame) => frame,
+            Popped::Late => {
+                progress.waiting(&pipeline.stats_snapshot());
+                continue;
+            }
+            Popped::Closed => break,
+        };
+        let image = frame
+            .image
+            .to_cpu()
+            .map_err(|source| RenderError::Readback {
+                index: frame.index,
+                source,
+            })?;
+        recorder
+            .push(frame.index, image)
+            .map_err(|source| RenderError::Write {
+                index: frame.index,
+                path: job.out.clone(),
+                source,
+            })?;
+        written += 1;
+        progress.frame_written(written, &pipeline.stats_snapshot());
+    }
+    let stats = pipeline.stats_snapshot();
+    pipeline.shutdown();
+    if let Some(error) = stats.last_error.clone() {
+        return Err(RenderError::Pipeline(error));
+    }
+    let record = recorder.finish().map_err(RenderError::Finish)?;
+    Ok(RenderSummary {
+        frames_written: written,
+        record,
+        stats,
+    })
+}
