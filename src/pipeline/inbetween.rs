@@ -1,8 +1,17 @@
-//! Linear in-between frames at source resolution, before upscaling: how many to insert.
+//! The in-between stage: linear in-between frames at source resolution, before upscaling,
+//! how many to insert, and the numbering of every frame of the stream (0, 1, 2, ...).
 //! The pixel arithmetic is [`crate::frame::blend`]; on the GPU, in-betweens of frames that
 //! stay there are drawn by the present shader ([`crate::frame::FrameImage::inbetween`]).
 
+use std::time::Instant;
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use super::decode::Decoded;
+use super::upscale::Job;
+use super::{FrameSource, Shared};
 pub use crate::frame::blend::{blend, Divider, MAX_INBETWEENS};
+use crate::frame::{FrameImage, RgbaImage};
 
 /// How many in-betweens to insert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -51,4 +60,87 @@ impl Inbetweens {
             Inbetweens::Auto => auto_inbetweens(decode_ms, target_fps),
         }
     }
+}
+
+pub(super) fn inbetween_thread(
+    shared: &Shared,
+    decoded: Receiver<Decoded>,
+    jobs: Sender<Job>,
+    stop: Receiver<()>,
+) {
+    let mut previous: Option<FrameImage> = None;
+    let mut next_index = 0u64;
+    let send = |job: Job| -> bool {
+        select! {
+            send(jobs, job) -> r => r.is_ok(),
+            recv(stop) -> _ => false,
+        }
+    };
+    loop {
+        let message = select! {
+            recv(decoded) -> m => match m { Ok(m) => m, Err(_) => return },
+            recv(stop) -> _ => return,
+        };
+        let Decoded::Frame(image, source) = message else {
+            return; // End: dropping `jobs` lets the workers finish and close the ring.
+        };
+        let (count, upscale, output_size) = {
+            let s = shared.settings.lock();
+            let decode_ms = shared.stats.snapshot().decode_ms;
+            (
+                s.inbetweens.count(decode_ms, s.target_fps),
+                s.upscale,
+                s.output_size,
+            )
+        };
+        shared.stats.update(|s| s.inbetweens = count);
+        if let Some(prev) = previous.as_ref().filter(|p| p.size() == image.size()) {
+            for j in 0..count {
+                let started = Instant::now();
+                // Frames on the GPU give an in-between the present shader blends (no work
+                // here); the time recorded is then only the bookkeeping.
+                let blended = FrameImage::inbetween(prev, &image, j, count).unwrap_or_else(|e| {
+                    shared.stats.update(|s| {
+                        s.last_error = Some(format!("in-between {j} of {count}: {e}"));
+                    });
+                    black_like(&image)
+                });
+                shared
+                    .stats
+                    .record_inbetween(started.elapsed().as_secs_f64() * 1e3);
+                let job = Job {
+                    index: next_index,
+                    image: blended,
+                    source: FrameSource {
+                        inbetween: Some((j, count)),
+                        ..source
+                    },
+                    upscale,
+                    output_size,
+                };
+                next_index += 1;
+                if !send(job) {
+                    return;
+                }
+            }
+        }
+        previous = Some(image.clone());
+        let job = Job {
+            index: next_index,
+            image,
+            source,
+            upscale,
+            output_size,
+        };
+        next_index += 1;
+        if !send(job) {
+            return;
+        }
+    }
+}
+
+/// A black frame of `image`'s size, standing in for one the GPU lost.
+fn black_like(image: &FrameImage) -> FrameImage {
+    let (w, h) = image.size();
+    RgbaImage::new(w, h).into()
 }

@@ -1,0 +1,234 @@
+//! The decode stage: walks the keyframes' path, decodes each position (or takes it from the
+//! loop cache) and sends the frames on in walk order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use super::endpoints::Keyframes;
+use super::{PipelineOptions, Shared};
+use crate::frame::FrameImage;
+use crate::model::{DecoderKind, Engine};
+use crate::pipeline::FrameSource;
+use crate::walk::Walk;
+
+/// What the decode stage sends the in-between stage.
+pub(super) enum Decoded {
+    Frame(FrameImage, FrameSource),
+    End,
+}
+
+/// Decoded frames of the current walk by path index, within a memory budget (of the memory
+/// where they live: frames kept on the GPU are held there).
+pub(super) struct DecodeCache {
+    frames: HashMap<usize, FrameImage>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl DecodeCache {
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+    }
+
+    fn insert(&mut self, path_index: usize, image: &FrameImage) {
+        let size = image.byte_len();
+        // First come stays: a loop replays its start first, so keep that.
+        if self.bytes + size <= self.budget {
+            self.bytes += size;
+            self.frames.insert(path_index, image.clone());
+        }
+    }
+}
+
+pub(super) struct DecodeStage {
+    engine: Arc<dyn Engine>,
+    shared: Arc<Shared>,
+    options: PipelineOptions,
+    walk: Option<Walk>,
+    generation: u64,
+    decoder: DecoderKind,
+    /// Frames of the current walk sent so far (the walk's sequence position).
+    sequence: u64,
+    decoded_index: u64,
+    ended: bool,
+    /// A decode failed: wait for a settings change instead of failing in a loop.
+    failed: bool,
+    cache: DecodeCache,
+}
+
+impl DecodeStage {
+    pub(super) fn new(
+        engine: Arc<dyn Engine>,
+        shared: Arc<Shared>,
+        options: PipelineOptions,
+    ) -> Self {
+        let decoder = shared.settings.lock().decoder;
+        let budget = options.cache_budget_bytes;
+        Self {
+            engine,
+            shared,
+            options,
+            walk: None,
+            generation: 0,
+            decoder,
+            sequence: 0,
+            decoded_index: 0,
+            ended: false,
+            failed: false,
+            cache: DecodeCache {
+                frames: HashMap::new(),
+                bytes: 0,
+                budget,
+            },
+        }
+    }
+
+    fn install_keyframes(&mut self, keyframes: Keyframes) {
+        let settings = self.shared.settings.lock().walk;
+        let walk = Walk::new(keyframes.latents, settings);
+        // Keep the walk where it is unless it had ended: then play the new one from the start.
+        self.sequence = match (&self.walk, self.ended) {
+            (Some(old), false) => {
+                let here = old
+                    .path_index_at(self.sequence.saturating_sub(1))
+                    .unwrap_or(0);
+                old.carry_over(here, &walk) as u64
+            }
+            _ => 0,
+        };
+        self.walk = Some(walk);
+        self.generation = keyframes.generation;
+        self.ended = false;
+        self.failed = false;
+        self.cache.clear();
+    }
+
+    /// Applies live walk and decoder settings; a change clears the cache.
+    fn sync_settings(&mut self) {
+        let (walk_settings, decoder) = {
+            let s = self.shared.settings.lock();
+            (s.walk, s.decoder)
+        };
+        if decoder != self.decoder {
+            self.decoder = decoder;
+            self.failed = false;
+            self.cache.clear();
+        }
+        if let Some(walk) = &self.walk {
+            if *walk.settings() != walk_settings {
+                let new = Walk::new(walk.keyframes().to_vec(), walk_settings);
+                let here = walk
+                    .path_index_at(self.sequence.saturating_sub(1))
+                    .unwrap_or(0);
+                let next = walk.carry_over(here, &new) as u64;
+                // Continue after the current place, not on it again.
+                self.sequence = if self.sequence == 0 { 0 } else { next + 1 };
+                if walk.settings().loop_mode != walk_settings.loop_mode {
+                    self.ended = false;
+                }
+                self.walk = Some(new);
+                self.failed = false;
+                self.cache.clear();
+            }
+        }
+    }
+
+    pub(super) fn run(
+        mut self,
+        keyframes: Receiver<Keyframes>,
+        wake: Receiver<()>,
+        decoded: Sender<Decoded>,
+        stop: Receiver<()>,
+    ) {
+        loop {
+            if let Some(newest) = keyframes.try_iter().last() {
+                self.install_keyframes(newest);
+            }
+            self.sync_settings();
+            let paused = self.shared.run_state.lock().paused;
+            if self.ended && self.options.stop_at_end {
+                let _ = decoded.send(Decoded::End);
+                return;
+            }
+            if paused || self.walk.is_none() || self.ended || self.failed {
+                self.shared.stats.update(|s| s.playing = false);
+                select! {
+                    recv(keyframes) -> k => match k {
+                        Ok(k) => self.install_keyframes(k),
+                        Err(_) => return,
+                    },
+                    recv(wake) -> _ => {},
+                    recv(stop) -> _ => return,
+                }
+                continue;
+            }
+            let Some(message) = self.next_frame() else {
+                continue;
+            };
+            self.shared.stats.update(|s| s.playing = true);
+            select! {
+                send(decoded, message) -> r => if r.is_err() { return },
+                recv(stop) -> _ => return,
+            }
+        }
+    }
+
+    /// Decodes (or takes from the cache) the walk's next frame.
+    fn next_frame(&mut self) -> Option<Decoded> {
+        let walk = self.walk.as_ref()?;
+        let past_end =
+            self.options.stop_at_end && self.sequence >= walk.frames_in_laps(self.options.laps);
+        let Some(path_index) = walk.path_index_at(self.sequence).filter(|_| !past_end) else {
+            self.ended = true;
+            return None;
+        };
+        let position = walk.position(path_index);
+        let image = match self.cache.frames.get(&path_index) {
+            Some(image) => {
+                self.shared.stats.update(|s| s.frames_from_cache += 1);
+                image.clone()
+            }
+            None => {
+                let started = Instant::now();
+                let decoded = walk
+                    .latents_at(&position)
+                    .map_err(crate::model::ModelError::from)
+                    .and_then(|latents| self.engine.decode_frame(&latents, self.decoder));
+                match decoded {
+                    Ok(image) => {
+                        self.shared
+                            .stats
+                            .record_decode(started.elapsed().as_secs_f64() * 1e3);
+                        self.cache.insert(path_index, &image);
+                        image
+                    }
+                    Err(e) => {
+                        tracing::warn!("decoding failed: {e}");
+                        self.shared.stats.update(|s| {
+                            s.last_error = Some(format!("decoding failed: {e}"));
+                        });
+                        self.failed = true;
+                        return None;
+                    }
+                }
+            }
+        };
+        let source = FrameSource {
+            decoded_index: self.decoded_index,
+            segment: position.segment,
+            t: position.t,
+            inbetween: None,
+            generation: self.generation,
+        };
+        self.shared
+            .stats
+            .update(|s| s.position = (position.segment, position.t));
+        self.sequence += 1;
+        self.decoded_index += 1;
+        Some(Decoded::Frame(image, source))
+    }
+}
