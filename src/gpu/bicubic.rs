@@ -87,7 +87,7 @@ impl BicubicUpscaler {
     pub fn new(device: &wgpu::Device, target_format: wgpu::TextureFormat) -> Self {
         let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("bicubic.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/bicubic.wgsl").into()),
+            source: wgpu::ShaderSource::Wgsl(include_str!("bicubic.wgsl").into()),
         });
         let texture_entry = |binding, sample_type| wgpu::BindGroupLayoutEntry {
             binding,
