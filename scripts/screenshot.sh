@@ -4,5 +4,5 @@
 # the README's test command (`cargo test --release`); this runs it alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --release --test viewer_screenshot -- --nocapture
+cargo test --release --test it viewer_screenshot -- --nocapture
 echo "screenshots: $PWD/target/screenshots/viewer.png, viewer_gpu_decode.png"

@@ -6,13 +6,10 @@
 //! Needs a GPU adapter (on machines without one, Debian's `mesa-vulkan-drivers`); frames are
 //! small because a software adapter is slow.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use common::{gpu_context as context, max_byte_diff, small_latents as latents};
 use dreamwalk::app::Session;
 use dreamwalk::frame::{FrameImage, RgbaImage};
 use dreamwalk::gpu::{
@@ -24,6 +21,10 @@ use dreamwalk::pipeline::{Frame, Inbetweens, Pipeline, PipelineOptions, RingPoli
 use dreamwalk::record::RecordOptions;
 use dreamwalk::upscale::{BicubicResizer, UpscaleMode};
 use dreamwalk::walk::{LoopMode, WalkSettings};
+
+use crate::support::fixtures::max_byte_diff;
+use crate::support::gpu::{gpu_context as context, small_latents as latents, texture};
+use crate::support::images::{png_files, read_png_rgba};
 
 fn gpu_taesd(ctx: &GpuContext, model: &StableDiffusion) -> GpuTaesd {
     GpuTaesd::new(ctx, model.taesd().expect("the demo model has TAESD")).expect("GPU TAESD")
@@ -141,7 +142,7 @@ fn bad_gpu_sources_are_errors() {
     let mut upscaler = BicubicUpscaler::new(&ctx.device, OUTPUT_FORMAT);
     let target = create_output_texture(&ctx.device, 128, 128);
     let view = target.create_view(&Default::default());
-    let unorm = common::texture(
+    let unorm = texture(
         &ctx.device,
         (96, 64),
         wgpu::TextureFormat::Rgba8Unorm,
@@ -306,16 +307,11 @@ fn recording_reads_gpu_frames_back_as_they_are_shown() {
     session.stop();
     eprintln!("{summary}");
 
-    let mut files: Vec<_> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    files.sort();
+    let files = png_files(&out);
     assert!(files.len() >= 6, "{} frames written", files.len());
     // The recording tap sees each frame once, in order (a repeat on underrun is not a new
     // frame): the files are consecutive frames of the walk from where Record was pressed.
-    let recorded: Vec<RgbaImage> = files.iter().map(|p| read_png(p)).collect();
+    let recorded: Vec<RgbaImage> = files.iter().map(|p| read_png_rgba(p)).collect();
     let start = reference
         .iter()
         .position(|f| max_byte_diff(&f.image.to_cpu().unwrap(), &recorded[0]) <= 1)
@@ -331,21 +327,4 @@ fn recording_reads_gpu_frames_back_as_they_are_shown() {
             start + i
         );
     }
-}
-
-fn read_png(path: &std::path::Path) -> RgbaImage {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    let pixels = match info.color_type {
-        png::ColorType::Rgba => buf,
-        png::ColorType::Rgb => buf
-            .chunks_exact(3)
-            .flat_map(|p| [p[0], p[1], p[2], 255])
-            .collect(),
-        other => panic!("unexpected PNG color type {other:?}"),
-    };
-    RgbaImage::from_pixels(info.width, info.height, pixels).expect("PNG size")
 }

@@ -5,17 +5,19 @@
 //! Needs a GPU adapter (on machines without one, Debian's `mesa-vulkan-drivers`); latents
 //! are kept small because a software adapter is slow.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
-use common::{gpu_context as context, max_byte_diff, small_latents as latents};
 use dreamwalk::app::{GpuTarget, ViewerApp, ViewerOptions};
 use dreamwalk::frame::FrameImage;
 use dreamwalk::gpu::{DecodedFrames, GpuContext, GpuDecode, GpuDecodedEngine};
 use dreamwalk::model::{DecoderKind, Engine, StableDiffusion};
+
+use crate::support::fixtures::max_byte_diff;
+use crate::support::gpu::{gpu_context as context, small_latents as latents};
+use crate::support::images::{png_files, read_png};
+use crate::support::process::dreamwalk;
 
 #[test]
 fn gpu_engine_decodes_taesd_like_the_cpu_and_says_where() {
@@ -156,7 +158,7 @@ fn the_viewer_picks_the_gpu_decoder_as_told() {
 
 /// `dreamwalk render --gpu-decode on|off` into `out`; returns stderr and the PNG frames.
 fn render_demo(out: &std::path::Path, gpu_decode: &str) -> (String, Vec<Vec<u8>>) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dreamwalk"))
+    let output = dreamwalk()
         .args([
             "render",
             "--prompt",
@@ -179,23 +181,9 @@ fn render_demo(out: &std::path::Path, gpu_decode: &str) -> (String, Vec<Vec<u8>>
         .expect("run dreamwalk");
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "render failed: {stderr}");
-    let mut files: Vec<_> = std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    files.sort();
-    let frames = files
+    let frames = png_files(out)
         .iter()
-        .map(|path| {
-            let decoder =
-                png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-            let mut reader = decoder.read_info().unwrap();
-            let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-            let info = reader.next_frame(&mut buf).unwrap();
-            buf.truncate(info.buffer_size());
-            buf
-        })
+        .map(|path| read_png(path).pixels)
         .collect();
     (stderr, frames)
 }

@@ -9,396 +9,23 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use dreamwalk::frame::RgbaImage;
 use dreamwalk::record::{
-    partial_path, Encoder, FrameSink, OutputFormat, RecordError, RecordOptions, Recorder,
+    partial_path, Encoder, OutputFormat, RecordError, RecordOptions, Recorder,
 };
 
-// ---------------------------------------------------------------------------------------
-// Frames and measures
-
-/// A smooth synthetic frame: two drifting sine gradients and a soft moving disc (video-like
-/// content; noise would test the codec's worst case instead of our plumbing). It moves fast
-/// enough that neighbouring frames are far apart (see `neighbouring_frames_differ`).
-fn smooth_frame(index: u64, width: u32, height: u32) -> RgbaImage {
-    let t = index as f32 / 6.0;
-    let (w, h) = (width as f32, height as f32);
-    let (cx, cy) = (
-        w * (0.5 + 0.3 * (t * 1.3).sin()),
-        h * (0.5 + 0.3 * (t * 0.9).cos()),
-    );
-    let sigma = 0.18 * w.min(h);
-    let mut pixels = Vec::with_capacity(width as usize * height as usize * 4);
-    for y in 0..height {
-        for x in 0..width {
-            let (xf, yf) = (x as f32, y as f32);
-            let tau = std::f32::consts::TAU;
-            let r = 128.0 + 100.0 * (tau * (xf / w + 0.25 * t)).sin();
-            let g = 128.0 + 90.0 * (tau * (0.7 * yf / h - 0.15 * t)).sin();
-            let d2 = (xf - cx).powi(2) + (yf - cy).powi(2);
-            let b = 40.0 + 190.0 * (-d2 / (2.0 * sigma * sigma)).exp();
-            pixels.extend_from_slice(&[r as u8, g as u8, b as u8, 255]);
-        }
-    }
-    RgbaImage::from_pixels(width, height, pixels).expect("size matches")
-}
-
-fn frames(count: u64, width: u32, height: u32) -> Vec<Arc<RgbaImage>> {
-    (0..count)
-        .map(|i| Arc::new(smooth_frame(i, width, height)))
-        .collect()
-}
-
-/// PSNR in dB over R, G and B of an RGBA frame against packed RGB bytes.
-fn psnr(frame: &RgbaImage, rgb: &[u8]) -> f64 {
-    assert_eq!(rgb.len(), frame.pixels.len() / 4 * 3);
-    let mut squared = 0.0f64;
-    for (p, q) in frame.pixels.chunks_exact(4).zip(rgb.chunks_exact(3)) {
-        for c in 0..3 {
-            let d = f64::from(p[c]) - f64::from(q[c]);
-            squared += d * d;
-        }
-    }
-    let mse = squared / rgb.len() as f64;
-    if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    }
-}
-
-fn record(
-    path: &Path,
-    opts: RecordOptions,
-    frames: &[Arc<RgbaImage>],
-) -> dreamwalk::record::RecordSummary {
-    let recorder = Recorder::start(path, opts).expect("recording starts");
-    for (i, frame) in frames.iter().enumerate() {
-        recorder
-            .push(i as u64, Arc::clone(frame))
-            .expect("frame is accepted");
-    }
-    recorder.finish().expect("recording finishes")
-}
-
-// ---------------------------------------------------------------------------------------
-// ffmpeg / ffprobe
-
-/// The ffmpeg the recorder will find: `$DREAMWALK_FFMPEG` or `PATH`.
-fn ffmpeg() -> PathBuf {
-    if let Some(program) = std::env::var_os("DREAMWALK_FFMPEG").filter(|p| !p.is_empty()) {
-        return PathBuf::from(program);
-    }
-    which("ffmpeg").expect("this test needs ffmpeg (Debian package `ffmpeg`) on PATH")
-}
-
-fn ffprobe() -> Option<PathBuf> {
-    let beside_ffmpeg = which("ffmpeg")
-        .and_then(|f| f.parent().map(|d| d.join("ffprobe")))
-        .filter(|p| p.is_file());
-    beside_ffmpeg.or_else(|| which("ffprobe"))
-}
-
-fn require_ffprobe() -> PathBuf {
-    ffprobe().expect("this test needs ffprobe (Debian package `ffmpeg`) on PATH")
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// What ffprobe says about the first video stream, decoding every frame to count them.
-#[derive(Debug)]
-struct Probe {
-    codec_name: String,
-    pix_fmt: String,
-    width: u32,
-    height: u32,
-    r_frame_rate: String,
-    nb_read_frames: u64,
-}
-
-fn probe_with(ffprobe: &Path, file: &Path) -> Probe {
-    let out = Command::new(ffprobe)
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-count_frames",
-            "-show_entries",
-        ])
-        .arg("stream=codec_name,pix_fmt,width,height,r_frame_rate,nb_read_frames")
-        .args(["-of", "json"])
-        .arg(file)
-        .output()
-        .expect("ffprobe runs");
-    assert!(
-        out.status.success(),
-        "ffprobe {} failed: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
-    let stream = &json["streams"][0];
-    let text = |key: &str| stream[key].as_str().unwrap_or_default().to_string();
-    Probe {
-        codec_name: text("codec_name"),
-        pix_fmt: text("pix_fmt"),
-        width: stream["width"].as_u64().unwrap_or(0) as u32,
-        height: stream["height"].as_u64().unwrap_or(0) as u32,
-        r_frame_rate: text("r_frame_rate"),
-        nb_read_frames: text("nb_read_frames").parse().unwrap_or(0),
-    }
-}
-
-fn probe_stream(file: &Path) -> Probe {
-    probe_with(&require_ffprobe(), file)
-}
-
-/// Every frame of `file` decoded by ffmpeg to packed RGB (with the colour matrix the stream
-/// is tagged with, as a player does).
-fn decode_rgb(file: &Path, width: u32, height: u32) -> Vec<Vec<u8>> {
-    let out = Command::new(ffmpeg())
-        .args(["-nostdin", "-v", "error", "-i"])
-        .arg(file)
-        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
-        .output()
-        .expect("ffmpeg runs");
-    assert!(
-        out.status.success(),
-        "decoding {} failed: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let frame_len = width as usize * height as usize * 3;
-    assert_eq!(out.stdout.len() % frame_len, 0, "whole frames decoded");
-    out.stdout
-        .chunks_exact(frame_len)
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------
-// MP4 boxes, read back without ffmpeg
-
-/// Top-level boxes of an MP4: (type, offset, length).
-fn top_level_boxes(data: &[u8]) -> Vec<([u8; 4], usize, usize)> {
-    let mut boxes = Vec::new();
-    let mut pos = 0;
-    while pos + 8 <= data.len() {
-        let size32 = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
-        let kind: [u8; 4] = data[pos + 4..pos + 8].try_into().unwrap();
-        let size = match size32 {
-            1 => u64::from_be_bytes(data[pos + 8..pos + 16].try_into().unwrap()) as usize,
-            0 => data.len() - pos,
-            n => n,
-        };
-        assert!(
-            size >= 8 && pos + size <= data.len(),
-            "box {:?} overruns the file",
-            kind
-        );
-        boxes.push((kind, pos, size));
-        pos += size;
-    }
-    assert_eq!(pos, data.len(), "the file ends on a box boundary");
-    boxes
-}
-
-fn assert_moov_before_mdat(file: &Path) {
-    let data = std::fs::read(file).expect("output readable");
-    let kinds: Vec<[u8; 4]> = top_level_boxes(&data).iter().map(|b| b.0).collect();
-    let moov = kinds.iter().position(|k| k == b"moov").expect("a moov box");
-    let mdat = kinds
-        .iter()
-        .position(|k| k == b"mdat")
-        .expect("an mdat box");
-    assert!(
-        moov < mdat,
-        "+faststart: moov before mdat, got {:?}",
-        kinds_text(&kinds)
-    );
-}
-
-fn kinds_text(kinds: &[[u8; 4]]) -> Vec<String> {
-    kinds
-        .iter()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .collect()
-}
-
-/// The body of the first box at `path` (container boxes only, plus `stsd` and `avc1`, whose
-/// children follow fixed fields).
-fn find_box<'a>(data: &'a [u8], path: &[&[u8; 4]]) -> Option<&'a [u8]> {
-    let (first, rest) = path.split_first()?;
-    let mut pos = 0;
-    while pos + 8 <= data.len() {
-        let size = u32::from_be_bytes(data[pos..pos + 4].try_into().ok()?) as usize;
-        let size = if size == 1 {
-            u64::from_be_bytes(data[pos + 8..pos + 16].try_into().ok()?) as usize
-        } else {
-            size
-        };
-        let header = if u32::from_be_bytes(data[pos..pos + 4].try_into().ok()?) == 1 {
-            16
-        } else {
-            8
-        };
-        if size < header || pos + size > data.len() {
-            return None;
-        }
-        if &data[pos + 4..pos + 8] == *first {
-            let body = &data[pos + header..pos + size];
-            if rest.is_empty() {
-                return Some(body);
-            }
-            let children = match *first {
-                b"stsd" => &body[8..],
-                b"avc1" => &body[78..],
-                _ => body,
-            };
-            return find_box(children, rest);
-        }
-        pos += size;
-    }
-    None
-}
-
-fn u32_at(data: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(data[at..at + 4].try_into().unwrap())
-}
-
-/// A single-track H.264 MP4 read back: its size, parameter sets and samples.
-struct Mp4Track {
-    width: u32,
-    height: u32,
-    sps: Vec<u8>,
-    pps: Vec<u8>,
-    samples: Vec<Vec<u8>>,
-}
-
-fn read_mp4_track(data: &[u8]) -> Mp4Track {
-    let stbl: [&[u8; 4]; 5] = [b"moov", b"trak", b"mdia", b"minf", b"stbl"];
-    let sub = |leaf: &[u8; 4]| {
-        let mut path = stbl.to_vec();
-        path.push(leaf);
-        find_box(data, &path).unwrap_or_else(|| panic!("no {} box", String::from_utf8_lossy(leaf)))
-    };
-    let avc1 = find_box(
-        data,
-        &[
-            b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd", b"avc1",
-        ],
-    )
-    .expect("avc1");
-    let width = u32::from(u16::from_be_bytes([avc1[24], avc1[25]]));
-    let height = u32::from(u16::from_be_bytes([avc1[26], avc1[27]]));
-    let avcc = find_box(
-        data,
-        &[
-            b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd", b"avc1", b"avcC",
-        ],
-    )
-    .expect("avcC");
-    assert_eq!(avcc[4] & 3, 3, "4-byte NAL lengths");
-    assert_eq!(avcc[5] & 0x1f, 1, "one SPS");
-    let sps_len = usize::from(u16::from_be_bytes([avcc[6], avcc[7]]));
-    let sps = avcc[8..8 + sps_len].to_vec();
-    let at = 8 + sps_len;
-    assert_eq!(avcc[at], 1, "one PPS");
-    let pps_len = usize::from(u16::from_be_bytes([avcc[at + 1], avcc[at + 2]]));
-    let pps = avcc[at + 3..at + 3 + pps_len].to_vec();
-
-    let stsz = sub(b"stsz");
-    assert_eq!(u32_at(stsz, 4), 0, "per-sample sizes");
-    let count = u32_at(stsz, 8) as usize;
-    let sizes: Vec<usize> = (0..count)
-        .map(|i| u32_at(stsz, 12 + 4 * i) as usize)
-        .collect();
-    let stsc = sub(b"stsc");
-    assert_eq!(u32_at(stsc, 4), 1, "one stsc entry");
-    assert_eq!(u32_at(stsc, 12) as usize, count, "all samples in one chunk");
-    let stco = sub(b"stco");
-    assert_eq!(u32_at(stco, 4), 1, "one chunk");
-    let mut offset = u32_at(stco, 8) as usize;
-    let stts = sub(b"stts");
-    assert_eq!(u32_at(stts, 8) as usize, count, "stts covers every sample");
-    let samples = sizes
-        .iter()
-        .map(|&size| {
-            let sample = data[offset..offset + size].to_vec();
-            offset += size;
-            sample
-        })
-        .collect();
-    Mp4Track {
-        width,
-        height,
-        sps,
-        pps,
-        samples,
-    }
-}
-
-/// Decodes a track with OpenH264 into packed RGB, converting with BT.709 limited range (what
-/// the stream is tagged with), chroma nearest-neighbour.
-fn decode_track_openh264(track: &Mp4Track) -> Vec<Vec<u8>> {
-    use openh264::formats::YUVSource;
-    let mut decoder = openh264::decoder::Decoder::new().expect("decoder");
-    let mut decoded = Vec::new();
-    let to_rgb = |yuv: &dyn YUVSource| {
-        let (w, h) = yuv.dimensions();
-        let (sy, su, sv) = yuv.strides();
-        let mut rgb = Vec::with_capacity(w * h * 3);
-        for y in 0..h {
-            for x in 0..w {
-                let luma = f64::from(yuv.y()[y * sy + x]) - 16.0;
-                let cb = f64::from(yuv.u()[(y / 2) * su + x / 2]) - 128.0;
-                let cr = f64::from(yuv.v()[(y / 2) * sv + x / 2]) - 128.0;
-                let r = 1.164_383 * luma + 1.792_741 * cr;
-                let g = 1.164_383 * luma - 0.213_249 * cb - 0.532_909 * cr;
-                let b = 1.164_383 * luma + 2.112_402 * cb;
-                for v in [r, g, b] {
-                    rgb.push(v.round().clamp(0.0, 255.0) as u8);
-                }
-            }
-        }
-        rgb
-    };
-    for (i, sample) in track.samples.iter().enumerate() {
-        let mut annex_b = Vec::new();
-        if i == 0 {
-            for set in [&track.sps, &track.pps] {
-                annex_b.extend_from_slice(&[0, 0, 0, 1]);
-                annex_b.extend_from_slice(set);
-            }
-        }
-        let mut pos = 0;
-        while pos + 4 <= sample.len() {
-            let len = u32_at(sample, pos) as usize;
-            annex_b.extend_from_slice(&[0, 0, 0, 1]);
-            annex_b.extend_from_slice(&sample[pos + 4..pos + 4 + len]);
-            pos += 4 + len;
-        }
-        assert_eq!(
-            pos,
-            sample.len(),
-            "sample {i} is whole length-prefixed NAL units"
-        );
-        if let Some(yuv) = decoder.decode(&annex_b).expect("sample decodes") {
-            decoded.push(to_rgb(&yuv));
-        }
-    }
-    for yuv in decoder.flush_remaining().expect("flush") {
-        decoded.push(to_rgb(&yuv));
-    }
-    decoded
-}
+use crate::support::ffmpeg::{
+    decode_rgb, ffmpeg, ffprobe, probe_comment, probe_stream, probe_with, require_ffprobe,
+};
+use crate::support::images::{png_texts, read_png_rgb};
+use crate::support::mp4::{
+    assert_moov_before_mdat, decode_track_openh264, has_complete_fragment, read_mp4_track,
+};
+use crate::support::process::{run_alone, write_script};
+use crate::support::recording::{
+    frames, psnr, push_until_failure, record, smooth_frame, tagged_frame, GatedSink, TinyDisk,
+};
+use crate::support::y4m::{assert_y4m_frame_exact, read_y4m, split_header};
 
 /// The PSNR bounds below tell frames apart only if neighbouring frames differ by much more.
 #[test]
@@ -561,56 +188,6 @@ fn mp4_builtin_encoder_when_forced() {
 // ---------------------------------------------------------------------------------------
 // Y4M and PNG
 
-/// The documented RGB -> YCbCr (full-range BT.601, JFIF) conversion, written out again.
-fn documented_ycbcr(r: u8, g: u8, b: u8) -> [u8; 3] {
-    let (r, g, b) = (i64::from(r), i64::from(g), i64::from(b));
-    let y = (19595 * r + 38470 * g + 7471 * b + 32768) >> 16;
-    let cb = (-11059 * r - 21709 * g + 32768 * b + (128 << 16) + 32767) >> 16;
-    let cr = (32768 * r - 27439 * g - 5329 * b + (128 << 16) + 32767) >> 16;
-    [y as u8, cb as u8, cr as u8]
-}
-
-/// A parsed `.y4m`: header fields and frames of three planes.
-struct Y4m {
-    header: String,
-    frames: Vec<Vec<u8>>,
-}
-
-fn read_y4m(path: &Path, width: u32, height: u32) -> Y4m {
-    let data = std::fs::read(path).unwrap();
-    let header_end = data.iter().position(|&b| b == b'\n').expect("header line");
-    let header = String::from_utf8(data[..header_end].to_vec()).unwrap();
-    let plane = width as usize * height as usize;
-    let mut frames = Vec::new();
-    let mut pos = header_end + 1;
-    while pos < data.len() {
-        assert_eq!(
-            &data[pos..pos + 6],
-            b"FRAME\n",
-            "frame {} header",
-            frames.len()
-        );
-        pos += 6;
-        assert!(
-            pos + 3 * plane <= data.len(),
-            "frame {} is whole",
-            frames.len()
-        );
-        frames.push(data[pos..pos + 3 * plane].to_vec());
-        pos += 3 * plane;
-    }
-    Y4m { header, frames }
-}
-
-fn assert_y4m_frame_exact(frame: &RgbaImage, planes: &[u8], index: usize) {
-    let plane = frame.pixels.len() / 4;
-    for (i, p) in frame.pixels.chunks_exact(4).enumerate() {
-        let expected = documented_ycbcr(p[0], p[1], p[2]);
-        let got = [planes[i], planes[plane + i], planes[2 * plane + i]];
-        assert_eq!(got, expected, "frame {index} pixel {i}: RGB {:?}", &p[..3]);
-    }
-}
-
 #[test]
 fn y4m_planes_are_the_documented_conversion() {
     let dir = tempfile::tempdir().unwrap();
@@ -678,19 +255,6 @@ fn y4m_reads_back_in_ffmpeg_as_the_frames() {
     }
 }
 
-fn read_png_rgb(path: &Path) -> (u32, u32, Vec<u8>) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buffer = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buffer).unwrap();
-    assert_eq!(
-        (info.color_type, info.bit_depth),
-        (png::ColorType::Rgb, png::BitDepth::Eight)
-    );
-    buffer.truncate(info.buffer_size());
-    (info.width, info.height, buffer)
-}
-
 #[test]
 fn png_sequence_is_exact_rgb() {
     let dir = tempfile::tempdir().unwrap();
@@ -731,38 +295,6 @@ fn png_sequence_is_exact_rgb() {
 
 // ---------------------------------------------------------------------------------------
 // The consumer: order, loss, back-pressure, shutdown
-
-/// A sink that writes a frame only when the test lets it, and reports each one.
-struct GatedSink {
-    gate: Receiver<()>,
-    written: Sender<u64>,
-}
-
-impl FrameSink for GatedSink {
-    fn encoder(&self) -> Encoder {
-        Encoder::Custom("gated test sink".to_string())
-    }
-
-    fn write_frame(&mut self, frame: &RgbaImage) -> Result<(), RecordError> {
-        let _ = self.gate.recv();
-        let _ = self.written.send(tag_of(frame));
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<String, RecordError> {
-        Ok("done".to_string())
-    }
-}
-
-fn tagged_frame(tag: u64) -> Arc<RgbaImage> {
-    let mut frame = RgbaImage::new(8, 8);
-    frame.pixels[..8].copy_from_slice(&tag.to_le_bytes());
-    Arc::new(frame)
-}
-
-fn tag_of(frame: &RgbaImage) -> u64 {
-    u64::from_le_bytes(frame.pixels[..8].try_into().unwrap())
-}
 
 #[test]
 fn push_blocks_while_the_queue_is_full_and_nothing_is_lost() {
@@ -971,35 +503,6 @@ fn mp4_via_ffmpeg_unwritable_path_fails_at_start() {
 // ---------------------------------------------------------------------------------------
 // Faults mid-way
 
-/// Writes an executable shell script.
-fn write_script(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// Whether the fragmented partial file holds a complete fragment yet.
-fn has_complete_fragment(path: &Path) -> bool {
-    let Ok(data) = std::fs::read(path) else {
-        return false;
-    };
-    let mut pos = 0;
-    let mut after_moof = false;
-    while pos + 8 <= data.len() {
-        let size = u32_at(&data, pos) as usize;
-        if size < 8 || pos + size > data.len() {
-            return false;
-        }
-        match &data[pos + 4..pos + 8] {
-            b"moof" => after_moof = true,
-            b"mdat" if after_moof => return true,
-            _ => {}
-        }
-        pos += size;
-    }
-    false
-}
-
 #[test]
 fn ffmpeg_killed_mid_way_keeps_a_playable_file() {
     // DREAMWALK_FFMPEG is process-wide, so the recording runs in a child test process.
@@ -1015,29 +518,13 @@ fn ffmpeg_killed_mid_way_keeps_a_playable_file() {
             real.display()
         ),
     );
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "record_with_ffmpeg_killed",
-            "--ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("DREAMWALK_FFMPEG", &wrapper)
-        .env("DREAMWALK_TEST_DIR", dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "child test failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the child ran the test:\n{stdout}"
+    run_alone(
+        module_path!(),
+        "record_with_ffmpeg_killed",
+        &[
+            ("DREAMWALK_FFMPEG", &wrapper),
+            ("DREAMWALK_TEST_DIR", dir.path()),
+        ],
     );
 }
 
@@ -1102,53 +589,6 @@ fn record_with_ffmpeg_killed() {
         let db = psnr(&smooth_frame(i as u64, width, height), rgb);
         assert!(db >= 35.0, "kept frame {i}: {db:.2} dB");
     }
-}
-
-/// A tmpfs of `size_kib` mounted on a fresh folder, unmounted on drop; `None` where mounting
-/// is not allowed (not root).
-struct TinyDisk {
-    mount_point: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl TinyDisk {
-    fn mount(size_kib: u32) -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let mount_point = dir.path().join("disk");
-        std::fs::create_dir(&mount_point).ok()?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
-            .arg(&mount_point)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then_some(Self {
-            mount_point,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for TinyDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount_point).status();
-    }
-}
-
-/// Pushes detailed frames until the recording fails; returns the error and frames pushed.
-fn push_until_failure(recorder: &Recorder, width: u32, height: u32) -> (RecordError, u64) {
-    for i in 0..20_000u64 {
-        // Fine moving stripes: much to encode per frame, so the disk fills quickly.
-        let mut frame = smooth_frame(i, width, height);
-        for (j, p) in frame.pixels.chunks_exact_mut(4).enumerate() {
-            let (x, y) = ((j as u32 % width) as u64, (j as u32 / width) as u64);
-            p[1] = p[1].wrapping_add((((x * 7 + y * 3 + i * 5) % 16) * 8) as u8);
-        }
-        if let Err(e) = recorder.push(i, Arc::new(frame)) {
-            return (e, i);
-        }
-    }
-    panic!("the disk never filled up");
 }
 
 #[test]
@@ -1263,18 +703,6 @@ fn disk_full_with_builtin_encoder_keeps_a_playable_file() {
 // ---------------------------------------------------------------------------------------
 // Provenance: every format carries the comment (the demo model labels its output with it)
 
-/// ffprobe's `comment` tag of a file's container.
-fn probe_comment(file: &Path) -> String {
-    let out = Command::new(require_ffprobe())
-        .args(["-v", "error", "-show_entries", "format_tags=comment"])
-        .args(["-of", "default=noprint_wrappers=1:nokey=1"])
-        .arg(file)
-        .output()
-        .expect("ffprobe runs");
-    assert!(out.status.success(), "ffprobe {} failed", file.display());
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn every_format_stores_the_comment() {
     let comment = dreamwalk::record::provenance(
@@ -1309,8 +737,8 @@ fn every_format_stores_the_comment() {
     let y4m = dir.path().join("walk.y4m");
     record(&y4m, opts.clone(), &input);
     let bytes = std::fs::read(&y4m).unwrap();
-    let header_end = bytes.iter().position(|&b| b == b'\n').unwrap();
-    let header = String::from_utf8(bytes[..header_end].to_vec()).unwrap();
+    let (header, _) = split_header(&bytes);
+    let header = String::from_utf8(header.to_vec()).unwrap();
     // The header keeps the start of the comment, the model's name, within ffmpeg's limit.
     let field = header.split(" XCOMMENT=").nth(1).expect("a comment field");
     assert!(comment.replace(' ', "_").starts_with(field), "{header}");
@@ -1323,15 +751,9 @@ fn every_format_stores_the_comment() {
     record(&pngs, opts, &input);
     for i in 0..3 {
         let file = pngs.join(format!("frame_{i:06}.png"));
-        let decoder =
-            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&file).unwrap()));
-        let reader = decoder.read_info().unwrap();
-        let texts: Vec<(String, String)> = reader
-            .info()
-            .utf8_text
-            .iter()
-            .map(|t| (t.keyword.clone(), t.get_text().unwrap()))
-            .collect();
-        assert_eq!(texts, vec![("Comment".to_string(), comment.clone())]);
+        assert_eq!(
+            png_texts(&file),
+            vec![("Comment".to_string(), comment.clone())]
+        );
     }
 }

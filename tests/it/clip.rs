@@ -1,15 +1,14 @@
 //! The CLIP tokenizer and text encoder against transformers (fixtures `clip/`,
 //! `tiny-sd/tokenizer`, `tiny-sd/text_encoder`).
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, load_tensors, max_abs_diff};
 use dreamwalk::model::clip::{ClipTextEncoder, ClipTextOutput};
 use dreamwalk::model::tokenizer::{ClipTokenizer, PadToken, MAX_TOKENS};
+
+use crate::support::fixtures::{fixture, load_tensors, max_abs_diff, model_folder};
 
 /// The text encoder's outputs are compared within 1e-4. Outputs are O(1); the fixture's
 /// float32-vs-float64 noise for this 2-layer, 32-wide model is ~1e-6 and we measure
@@ -255,11 +254,7 @@ fn clip_weights() -> HashMap<String, Tensor> {
 
 /// A text_encoder folder with the fixture's config.json and the given tensors.
 fn encoder_folder(tensors: &HashMap<String, Tensor>) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("clip/config.json"), dir.path().join("config.json")).unwrap();
-    let weights = dir.path().join("model.safetensors");
-    candle_core::safetensors::save(tensors, &weights).unwrap();
-    (dir, weights)
+    model_folder("clip/config.json", tensors, "model.safetensors")
 }
 
 #[test]

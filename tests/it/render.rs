@@ -2,11 +2,9 @@
 //! determinism, and clear errors.
 
 use std::path::Path;
-use std::process::Command;
 
-fn dreamwalk() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dreamwalk"))
-}
+use crate::support::images::{png_files, png_texts, read_png};
+use crate::support::process::dreamwalk;
 
 /// Renders a short demo walk into `out`; returns the PNG files in name order.
 fn render(out: &Path, seed: u64) -> Vec<std::path::PathBuf> {
@@ -32,22 +30,7 @@ fn render(out: &Path, seed: u64) -> Vec<std::path::PathBuf> {
         .status()
         .expect("run dreamwalk");
     assert!(status.success(), "render failed: {status}");
-    let mut files: Vec<_> = std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    files.sort();
-    files
-}
-
-fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    (info.width, info.height, buf)
+    png_files(out)
 }
 
 #[test]
@@ -64,10 +47,10 @@ fn demo_render_writes_every_frame_in_order_and_is_deterministic() {
     for (i, file) in first.iter().enumerate() {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.contains(&format!("{i:06}")), "frame {i} is {name}");
-        let (w, h, _) = read_png(file);
-        assert_eq!((w, h), (160, 96));
+        let png = read_png(file);
+        assert_eq!((png.width, png.height), (160, 96));
     }
-    let images: Vec<_> = first.iter().map(|f| read_png(f).2).collect();
+    let images: Vec<_> = first.iter().map(|f| read_png(f).pixels).collect();
     assert!(images.windows(2).any(|w| w[0] != w[1]), "the walk moves");
     // Same settings, same bytes; another seed, other frames.
     let again = render(&b, 7);
@@ -75,13 +58,11 @@ fn demo_render_writes_every_frame_in_order_and_is_deterministic() {
         assert_eq!(std::fs::read(x).unwrap(), std::fs::read(y).unwrap());
     }
     let other = render(&c, 8);
-    assert_ne!(read_png(&first[0]).2, read_png(&other[0]).2);
+    assert_ne!(read_png(&first[0]).pixels, read_png(&other[0]).pixels);
     // What the demo model saves says so.
     for file in &first {
-        let decoder =
-            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(file).unwrap()));
-        let reader = decoder.read_info().unwrap();
-        let comment = reader.info().utf8_text[0].get_text().unwrap();
+        let texts = png_texts(file);
+        let comment = &texts[0].1;
         assert!(
             comment.starts_with("demo model (random weights)")
                 && comment.contains("a red fox | a lighthouse"),

@@ -1,19 +1,19 @@
 //! The whole model against diffusers: the sampling loops with the fixture UNet (ddim,
 //! ddim_v, euler), and `tiny-sd/` end to end against `e2e/` (library and `render`).
 
-mod common;
-
-use std::process::Command;
-
 use candle_core::{Device, Tensor};
 use dreamwalk::model::scheduler::{denoise, Sampler, SamplerKind, SchedulerConfig};
 use dreamwalk::model::sd::StableDiffusion;
 use dreamwalk::model::unet::UNet2DConditionModel;
 use dreamwalk::model::{EndpointRequest, Engine};
 
+use crate::support::fixtures::{fixture, load_tensors, max_abs_diff};
+use crate::support::images::read_png;
+use crate::support::process::dreamwalk;
+
 fn fixture_unet() -> UNet2DConditionModel {
     // unet/ keeps config.json + model.safetensors side by side, like a diffusers folder.
-    UNet2DConditionModel::load(&common::fixture("unet"), &Device::Cpu).unwrap()
+    UNet2DConditionModel::load(&fixture("unet"), &Device::Cpu).unwrap()
 }
 
 /// Runs a guided sampling loop like the SD pipeline: context row 0 uncond, row 1 cond.
@@ -25,7 +25,7 @@ fn run_loop(
     guidance: f64,
     init: &Tensor,
 ) -> Tensor {
-    let case = common::load_tensors(case);
+    let case = load_tensors(case);
     let unet = fixture_unet();
     let context = if guidance > 1.0 {
         Tensor::cat(&[&case["uncond"], &case["cond"]], 0).unwrap()
@@ -45,7 +45,7 @@ fn run_loop(
 
 #[test]
 fn ddim_twenty_steps_with_guidance_matches() {
-    let case = common::load_tensors("ddim/case.safetensors");
+    let case = load_tensors("ddim/case.safetensors");
     let mut config =
         SchedulerConfig::stable_diffusion(dreamwalk::model::scheduler::PredictionType::Epsilon);
     config.set_alpha_to_one = false;
@@ -59,14 +59,14 @@ fn ddim_twenty_steps_with_guidance_matches() {
         &case["init_latents"],
     );
     // 1e-3: guidance 7.5 amplifies f32 rounding over 20 steps (README: f32 vs f64 5.5e-5).
-    let diff = common::max_abs_diff(&out, &case["final_latents"]);
+    let diff = max_abs_diff(&out, &case["final_latents"]);
     assert!(diff <= 1e-3, "ddim final latents max |diff| {diff}");
 }
 
 #[test]
 fn ddim_v_prediction_matches() {
-    let case = common::load_tensors("ddim_v/case.safetensors");
-    let config = SchedulerConfig::load(&common::fixture("ddim_v/scheduler_config.json")).unwrap();
+    let case = load_tensors("ddim_v/case.safetensors");
+    let config = SchedulerConfig::load(&fixture("ddim_v/scheduler_config.json")).unwrap();
     let guidance = case["guidance_scale"].to_vec1::<f32>().unwrap()[0] as f64;
     let steps = case["timesteps"].dim(0).unwrap();
     let out = run_loop(
@@ -77,14 +77,14 @@ fn ddim_v_prediction_matches() {
         guidance,
         &case["init_latents"],
     );
-    let diff = common::max_abs_diff(&out, &case["final_latents"]);
+    let diff = max_abs_diff(&out, &case["final_latents"]);
     assert!(diff <= 1e-3, "ddim_v final latents max |diff| {diff}");
 }
 
 #[test]
 fn euler_trailing_few_steps_match() {
-    let case = common::load_tensors("euler/case.safetensors");
-    let config = SchedulerConfig::load(&common::fixture("euler/scheduler_config.json")).unwrap();
+    let case = load_tensors("euler/case.safetensors");
+    let config = SchedulerConfig::load(&fixture("euler/scheduler_config.json")).unwrap();
     for n in [1, 2, 4] {
         let out = run_loop(
             "euler/case.safetensors",
@@ -94,21 +94,21 @@ fn euler_trailing_few_steps_match() {
             0.0,
             &case["init_latents"],
         );
-        let diff = common::max_abs_diff(&out, &case[&format!("final_latents_{n}")]);
+        let diff = max_abs_diff(&out, &case[&format!("final_latents_{n}")]);
         assert!(diff <= 1e-3, "euler {n} steps: max |diff| {diff}");
     }
 }
 
 fn settings() -> serde_json::Value {
-    let text = std::fs::read_to_string(common::fixture("e2e/settings.json")).unwrap();
+    let text = std::fs::read_to_string(fixture("e2e/settings.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 #[test]
 fn tiny_sd_endpoints_match_the_diffusers_pipeline() {
     let s = settings();
-    let case = common::load_tensors("e2e/case.safetensors");
-    let model = StableDiffusion::load(common::fixture("tiny-sd").to_str().unwrap(), None).unwrap();
+    let case = load_tensors("e2e/case.safetensors");
+    let model = StableDiffusion::load(fixture("tiny-sd").to_str().unwrap(), None).unwrap();
     let request = EndpointRequest {
         prompts: vec![
             s["prompt_a"].as_str().unwrap().into(),
@@ -127,7 +127,7 @@ fn tiny_sd_endpoints_match_the_diffusers_pipeline() {
     };
     let latents = model.endpoints(&request, &mut |_| true).unwrap();
     for (ours, name) in latents.iter().zip(["final_latents_a", "final_latents_b"]) {
-        let diff = common::max_abs_diff(ours, &case[name]);
+        let diff = max_abs_diff(ours, &case[name]);
         assert!(diff <= 1e-3, "{name}: max |diff| {diff}");
     }
 }
@@ -135,14 +135,14 @@ fn tiny_sd_endpoints_match_the_diffusers_pipeline() {
 #[test]
 fn tiny_sd_render_frames_match_the_walk_images() {
     let s = settings();
-    let case = common::load_tensors("e2e/case.safetensors");
+    let case = load_tensors("e2e/case.safetensors");
     let dir = tempfile::tempdir().unwrap();
     let size = format!("{}x{}", s["width"], s["height"]);
     let walk_t = case["walk_t"].to_vec1::<f32>().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_dreamwalk"))
+    let status = dreamwalk()
         .arg("render")
         .arg("--model")
-        .arg(common::fixture("tiny-sd"))
+        .arg(fixture("tiny-sd"))
         .args([
             "--prompt",
             s["prompt_a"].as_str().unwrap(),
@@ -173,7 +173,7 @@ fn tiny_sd_render_frames_match_the_walk_images() {
             &(walk_t.len() - 1).to_string(),
         ])
         .arg("--init-latents")
-        .arg(common::fixture("e2e/case.safetensors"))
+        .arg(fixture("e2e/case.safetensors"))
         .arg("--out")
         .arg(dir.path())
         .status()
@@ -184,12 +184,8 @@ fn tiny_sd_render_frames_match_the_walk_images() {
         .unwrap();
     for i in 0..walk_t.len() {
         let path = dir.path().join(format!("frame_{i:06}.png"));
-        let decoder =
-            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
-        let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        let channels = info.color_type.samples();
+        let png = read_png(&path);
+        let channels = png.color_type.samples();
         let reference = expected
             .get(i)
             .unwrap()
@@ -198,7 +194,11 @@ fn tiny_sd_render_frames_match_the_walk_images() {
             .to_vec1::<f32>()
             .unwrap();
         let mut worst = 0f32;
-        for (p, r) in buf.chunks_exact(channels).zip(reference.chunks_exact(3)) {
+        for (p, r) in png
+            .pixels
+            .chunks_exact(channels)
+            .zip(reference.chunks_exact(3))
+        {
             for c in 0..3 {
                 worst = worst.max((p[c] as f32 / 255.0 - r[c]).abs());
             }

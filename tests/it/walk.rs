@@ -1,20 +1,20 @@
 //! Slerp/lerp against `slerp/case.safetensors`, and the shape of walk paths.
 
-mod common;
-
 use candle_core::{Device, Tensor};
 use dreamwalk::walk::{slerp, Easing, Interp, LoopMode, Walk, WalkSettings};
 
+use crate::support::fixtures::{load_tensors, max_abs_diff};
+
 #[test]
 fn slerp_matches_reference_in_both_branches() {
-    let case = common::load_tensors("slerp/case.safetensors");
+    let case = load_tensors("slerp/case.safetensors");
     let t = case["t"].to_vec1::<f32>().unwrap();
     for (v1, out) in [("v1", "out"), ("v1_near", "out_near")] {
         for (i, &ti) in t.iter().enumerate() {
             let ours = slerp(ti as f64, &case["v0"], &case[v1]).unwrap();
             let expected = case[out].get(i).unwrap();
             // 1e-6: the bound; the reference is numpy in f32, we accumulate in f64.
-            let diff = common::max_abs_diff(&ours, &expected);
+            let diff = max_abs_diff(&ours, &expected);
             assert!(diff <= 1e-6, "{out}[{i}] (t = {ti}): max |diff| {diff}");
         }
     }

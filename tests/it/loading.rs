@@ -1,11 +1,12 @@
 //! Loading whole models the way users keep them: a diffusers folder, a Hugging Face cache
 //! id, and the errors for folders that are not a supported model.
 
-mod common;
-
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dreamwalk::model::{Engine, StableDiffusion};
+
+use crate::support::fixtures::{fixture, max_abs_diff};
+use crate::support::process::{run_alone, running_alone};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -29,18 +30,23 @@ fn load_error(model: &str) -> String {
 
 #[test]
 fn a_hugging_face_id_loads_from_the_local_cache_and_bad_folders_say_why() {
-    let tmp = tempfile::tempdir().unwrap();
+    // HF_HOME is process-wide and every test module runs in this process: the test runs
+    // alone in a child process, with HF_HOME set there to a fresh folder.
+    if !running_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        run_alone(
+            module_path!(),
+            "a_hugging_face_id_loads_from_the_local_cache_and_bad_folders_say_why",
+            &[("HF_HOME", tmp.path())],
+        );
+        return;
+    }
+    let tmp = PathBuf::from(std::env::var_os("HF_HOME").expect("HF_HOME"));
     // The cache layout hf-hub reads: hub/models--ORG--NAME/{refs/main, snapshots/HASH/...}.
-    let repo = tmp.path().join("hub/models--dreamwalk-test--tiny-sd");
+    let repo = tmp.join("hub/models--dreamwalk-test--tiny-sd");
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
-    copy_dir(
-        &common::fixture("tiny-sd"),
-        &repo.join("snapshots/0123abcd"),
-    );
-    // SAFETY-free in edition 2021; this test binary has a single test, so no other thread
-    // reads the environment meanwhile.
-    std::env::set_var("HF_HOME", tmp.path());
+    copy_dir(&fixture("tiny-sd"), &repo.join("snapshots/0123abcd"));
     let model = StableDiffusion::load("dreamwalk-test/tiny-sd", None).unwrap();
     assert_eq!(model.name(), "dreamwalk-test/tiny-sd");
     assert!(model
@@ -54,8 +60,8 @@ fn a_hugging_face_id_loads_from_the_local_cache_and_bad_folders_say_why() {
     );
 
     // An unknown pipeline class names model_index.json and the family.
-    let sdxl = tmp.path().join("sdxl");
-    copy_dir(&common::fixture("tiny-sd"), &sdxl);
+    let sdxl = tmp.join("sdxl");
+    copy_dir(&fixture("tiny-sd"), &sdxl);
     let index = std::fs::read_to_string(sdxl.join("model_index.json")).unwrap();
     std::fs::write(
         sdxl.join("model_index.json"),
@@ -69,8 +75,8 @@ fn a_hugging_face_id_loads_from_the_local_cache_and_bad_folders_say_why() {
     );
 
     // A folder without a UNet names the missing path.
-    let no_unet = tmp.path().join("no-unet");
-    copy_dir(&common::fixture("tiny-sd"), &no_unet);
+    let no_unet = tmp.join("no-unet");
+    copy_dir(&fixture("tiny-sd"), &no_unet);
     std::fs::remove_dir_all(no_unet.join("unet")).unwrap();
     let unet = load_error(no_unet.to_str().unwrap());
     assert!(unet.contains("unet"), "{unet}");
@@ -130,9 +136,9 @@ fn fp16_variant_files_load_and_compute_like_their_f32_values() {
     use dreamwalk::model::{DecoderKind, EndpointRequest};
     let tmp = tempfile::tempdir().unwrap();
     let (half, rounded) = (tmp.path().join("half"), tmp.path().join("rounded"));
-    write_fp16_variants(&common::fixture("tiny-sd"), &half, &rounded);
+    write_fp16_variants(&fixture("tiny-sd"), &half, &rounded);
     let (taesd_half, taesd_rounded) = (tmp.path().join("taesd16"), tmp.path().join("taesd32"));
-    write_fp16_variants(&common::fixture("taesd"), &taesd_half, &taesd_rounded);
+    write_fp16_variants(&fixture("taesd"), &taesd_half, &taesd_rounded);
     assert!(half
         .join("unet/diffusion_pytorch_model.fp16.safetensors")
         .is_file());
@@ -160,16 +166,14 @@ fn fp16_variant_files_load_and_compute_like_their_f32_values() {
     let (latents16, vae16, taesd16) = run(&half, &taesd_half);
     let (latents32, vae32, taesd32) = run(&rounded, &taesd_rounded);
     for (a, b) in latents16.iter().zip(&latents32) {
-        let diff = common::max_abs_diff(a, b);
+        let diff = max_abs_diff(a, b);
         assert!(diff <= 1e-6, "latents differ by {diff}");
     }
     assert_eq!(vae16.pixels, vae32.pixels);
     assert_eq!(taesd16.pixels, taesd32.pixels);
     // And the rounding did change the model: the fp16 files are not just copies.
-    let original = std::fs::read(common::fixture(
-        "tiny-sd/unet/diffusion_pytorch_model.safetensors",
-    ))
-    .unwrap();
+    let original =
+        std::fs::read(fixture("tiny-sd/unet/diffusion_pytorch_model.safetensors")).unwrap();
     assert_ne!(
         original,
         std::fs::read(rounded.join("unet/diffusion_pytorch_model.safetensors")).unwrap()

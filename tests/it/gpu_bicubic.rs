@@ -3,12 +3,8 @@
 //! These tests need a GPU adapter and FAIL without one: on machines without a GPU, install
 //! the software Vulkan driver (Debian: `mesa-vulkan-drivers libvulkan1`).
 
-mod common;
-
 use std::time::Instant;
 
-use common::max_byte_diff;
-use common::shared_gpu_context as gpu;
 use dreamwalk::frame::RgbaImage;
 use dreamwalk::gpu::{
     create_output_texture, read_texture, upscale_to_image, BicubicUpscaler, GpuError, OUTPUT_FORMAT,
@@ -16,6 +12,9 @@ use dreamwalk::gpu::{
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use rand::{Rng, SeedableRng};
+
+use crate::support::fixtures::max_byte_diff;
+use crate::support::gpu::{shared_gpu_context as gpu, texture};
 
 /// The contract: every channel within 1 of the CPU. The shader uses the CPU's own
 /// fixed-point weights and rounding, so 0 is what we measure; 1 leaves room for a driver
@@ -165,7 +164,7 @@ fn srgb_target_keeps_bytes() {
     upscaler
         .upload(&ctx.device, &ctx.queue, &frame)
         .expect("upload");
-    let target = common::texture(
+    let target = texture(
         &ctx.device,
         (width, height),
         wgpu::TextureFormat::Rgba8UnormSrgb,

@@ -1,12 +1,11 @@
 //! The UNet against diffusers (`unet/`, `euler/` fixtures), the model folders `tiny-sd/`
 //! and `tiny-x4/`, real SD config files, and the errors a user sees.
 
-mod common;
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use common::{fixture, load_tensors, max_abs_diff};
 use dreamwalk::model::unet::{PerBlock, UNet2DConditionModel, UNetConfig};
+
+use crate::support::fixtures::{fixture, load_tensors, max_abs_diff, model_folder};
 
 /// f32 against diffusers' f32: the README puts f32-vs-f64 of this output at 2.3e-6, the
 /// rounding noise of one pass. 1e-4 leaves room for a different but equally valid
@@ -156,15 +155,13 @@ fn bad_inputs_are_refused_with_shapes() {
 fn edited_unet_dir(
     edit: impl FnOnce(&mut std::collections::HashMap<String, Tensor>),
 ) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("unet/config.json"), dir.path().join("config.json")).unwrap();
     let mut tensors = load_tensors("unet/model.safetensors");
     edit(&mut tensors);
-    candle_core::safetensors::save(
+    let (dir, _) = model_folder(
+        "unet/config.json",
         &tensors,
-        dir.path().join("diffusion_pytorch_model.safetensors"),
-    )
-    .unwrap();
+        "diffusion_pytorch_model.safetensors",
+    );
     dir
 }
 
@@ -398,7 +395,8 @@ fn odd_latent_sizes_follow_diffusers_upsample_size() {
 
 /// Times one SD 1.5 forward (zero weights: the cost does not depend on the values) at
 /// 64x64 latents, batch 2 (classifier-free guidance). Needs ~4 GB of memory.
-/// `cargo test --release --test unet -- --ignored --nocapture sd15_forward_time`
+/// `cargo test --release --test it -- --ignored --nocapture --exact unet::sd15_forward_time`
+/// (alone: the CPU time is the whole process's).
 #[test]
 #[ignore]
 fn sd15_forward_time() {

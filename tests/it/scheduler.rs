@@ -2,13 +2,12 @@
 //! `euler/`, `ddim_v/`, `tiny-sd/scheduler/`). No UNet here: the full loops are checked where
 //! the UNet lives.
 
-mod common;
-
 use candle_core::{Device, IndexOp, Tensor};
-use common::{fixture, load_tensors, max_abs_diff};
 use dreamwalk::model::scheduler::{
     denoise, BetaSchedule, PredictionType, Sampler, SamplerKind, SchedulerConfig, TimestepSpacing,
 };
+
+use crate::support::fixtures::{fixture, load_tensors, max_abs_diff};
 
 fn vec1(t: &Tensor) -> Vec<f64> {
     t.flatten_all()

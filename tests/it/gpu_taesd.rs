@@ -5,18 +5,17 @@
 //! the software Vulkan driver (Debian: `mesa-vulkan-drivers libvulkan1`). Latents are kept
 //! small: on a software adapter a 18x32 decode takes seconds.
 
-mod common;
-
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use common::shared_gpu_context as gpu;
-use common::{fixture, load_tensors, max_abs_diff, max_byte_diff, original_names};
 use dreamwalk::gpu::{
     create_output_texture, read_texture, upscale_to_image, BicubicUpscaler, GpuError, GpuTaesd,
     OUTPUT_FORMAT,
 };
 use dreamwalk::model::taesd::{TaesdConfig, TaesdDecoder};
+
+use crate::support::fixtures::{fixture, load_tensors, max_abs_diff, max_byte_diff};
+use crate::support::gpu::{original_names, randn_latents, shared_gpu_context as gpu, texture};
 
 /// The contract on the float output. The GPU sums each 3x3 convolution directly in f32, the
 /// CPU through Winograd F(4x4, 3x3); both stay ~1e-5 from diffusers on the fixture (outputs
@@ -40,13 +39,7 @@ fn fixture_pair() -> &'static (TaesdDecoder, GpuTaesd) {
 }
 
 fn randn(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let count = shape.0 * shape.1 * shape.2 * shape.3;
-    let values: Vec<f32> = (0..count)
-        .map(|_| 1.5 * rng.sample::<f32, _>(rand_distr::StandardNormal))
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu).expect("latents")
+    randn_latents(shape, 1.5, seed)
 }
 
 /// GPU vs CPU float decode; returns the max difference after asserting the contract.
@@ -174,7 +167,7 @@ fn rgba_and_texture_output_match_cpu_rgba() {
     assert!(got[0].pixels.chunks_exact(4).all(|p| p[3] == 255));
 
     // Straight into a texture: the same bytes as the read-back.
-    let target = common::texture(
+    let target = texture(
         &ctx.device,
         (80, 48),
         wgpu::TextureFormat::Rgba8Unorm,
@@ -306,7 +299,7 @@ fn bad_input_is_an_error() {
 
     let latents = randn((1, 4, 2, 2), 9);
     let texture =
-        |width, height, format, usage| common::texture(&ctx.device, (width, height), format, usage);
+        |width, height, format, usage| texture(&ctx.device, (width, height), format, usage);
     let copy_dst = wgpu::TextureUsages::COPY_DST;
     let rgba = wgpu::TextureFormat::Rgba8Unorm;
     for (target, what) in [

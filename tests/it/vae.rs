@@ -1,15 +1,14 @@
 //! The AutoencoderKL decoder against diffusers (fixtures `vae_kl/`, `tiny-sd/vae/`, `e2e/`),
 //! its loading errors, and its NHWC kernels against plain references.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, IndexOp, Tensor};
-use common::{fixture, load_tensors, max_abs_diff};
 use dreamwalk::model::vae::{kernels, AutoencoderKlConfig, VaeDecoder};
 use dreamwalk::model::weights;
+
+use crate::support::fixtures::{fixture, load_tensors, max_abs_diff};
 
 #[test]
 fn decode_raw_matches_diffusers() {

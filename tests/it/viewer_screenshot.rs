@@ -7,6 +7,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::support::images::read_png;
+use crate::support::process::DREAMWALK;
+
 /// Runs the viewer under Xvfb with `args` until it saves its screenshot; returns the JSON
 /// saved beside it and the RGB pixels with their width.
 fn screenshot(name: &str, args: &[&str]) -> (serde_json::Value, Vec<u8>, usize) {
@@ -16,7 +19,7 @@ fn screenshot(name: &str, args: &[&str]) -> (serde_json::Value, Vec<u8>, usize) 
     let _ = std::fs::remove_file(png_path.with_extension("json"));
     let output = Command::new("timeout")
         .args(["300", "xvfb-run", "-a", "-s", "-screen 0 1600x1000x24"])
-        .arg(env!("CARGO_BIN_EXE_dreamwalk"))
+        .arg(DREAMWALK)
         .arg("--screenshot")
         .arg(&png_path)
         .args(args)
@@ -34,15 +37,10 @@ fn screenshot(name: &str, args: &[&str]) -> (serde_json::Value, Vec<u8>, usize) 
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(png_path.with_extension("json")).unwrap())
             .unwrap();
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(&png_path).unwrap(),
-    ));
-    let mut reader = decoder.read_info().unwrap();
-    let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut rgb).unwrap();
-    assert_eq!(info.color_type, png::ColorType::Rgb);
-    assert_eq!(meta["width"].as_u64(), Some(info.width as u64));
-    (meta, rgb, info.width as usize)
+    let png = read_png(&png_path);
+    assert_eq!(png.color_type, png::ColorType::Rgb);
+    assert_eq!(meta["width"].as_u64(), Some(png.width as u64));
+    (meta, png.pixels, png.width as usize)
 }
 
 /// The picture's rectangle, minus the heads-up display in its top-left corner, has varied

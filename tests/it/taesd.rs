@@ -1,18 +1,18 @@
 //! TAESD decoder against diffusers (`fixtures/taesd/`, README section 1) and against a
 //! plain candle-ops decode for other configs.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, load_tensors, max_abs_diff, original_names};
 use dreamwalk::model::taesd::{TaesdConfig, TaesdDecoder};
 use dreamwalk::model::ModelError;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
+
+use crate::support::fixtures::{fixture, load_tensors, max_abs_diff};
+use crate::support::gpu::original_names;
 
 /// diffusers' f32 output is ~8.5e-6 from an f64 decode (README noise floor); ours adds
 /// Winograd F(4x4, 3x3) rounding (~2e-6 of the values per convolution, 34 of them) on

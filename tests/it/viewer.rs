@@ -14,6 +14,8 @@ use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 
+use crate::support::y4m::split_header;
+
 fn harness() -> Harness<'static, ViewerApp> {
     let mut app = ViewerApp::headless(ViewerOptions::default());
     assert!(
@@ -238,13 +240,13 @@ fn record_button_writes_the_frames_shown() {
     let notice = harness.state().notice().unwrap_or_default().to_string();
     assert!(notice.starts_with("saved"), "{notice}");
     let bytes = std::fs::read(&out).unwrap();
-    let header_end = bytes.iter().position(|&b| b == b'\n').unwrap();
-    let header = String::from_utf8_lossy(&bytes[..header_end]).into_owned();
+    let (header, frame_bytes) = split_header(&bytes);
+    let header = String::from_utf8_lossy(header).into_owned();
     assert!(header.starts_with("YUV4MPEG2 W1024 H576 F30:1"), "{header}");
     assert!(header.contains("demo_model_(random_weights)"), "{header}");
     let frame_len = 6 + 1024 * 576 * 3;
-    let frames = (bytes.len() - header_end - 1) / frame_len;
-    assert_eq!((bytes.len() - header_end - 1) % frame_len, 0);
+    let frames = frame_bytes.len() / frame_len;
+    assert_eq!(frame_bytes.len() % frame_len, 0);
     assert!(frames >= 6, "{frames} frames");
     // The walk went on while recording.
     let last_index = harness

@@ -2,13 +2,13 @@
 //! No time is asserted (timed tests are forbidden): only that the fields are there and
 //! the numbers are positive.
 
-use std::process::Command;
+use crate::support::process::dreamwalk;
 
 #[test]
 fn four_k_path_bench_writes_its_figures() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_dreamwalk"))
+    let output = dreamwalk()
         .args([
             "bench", "--cases", "4k_path", "--runs", "1", "--warmup", "0",
         ])
@@ -56,7 +56,7 @@ fn four_k_path_bench_writes_its_figures() {
 
 #[test]
 fn unknown_case_is_a_clear_error() {
-    let output = Command::new(env!("CARGO_BIN_EXE_dreamwalk"))
+    let output = dreamwalk()
         .args(["bench", "--cases", "taesd_1x1", "--no-reference"])
         .output()
         .unwrap();
@@ -75,7 +75,7 @@ fn unknown_case_is_a_clear_error() {
 fn gpu_cases_name_the_adapter_and_judge_only_hardware() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_dreamwalk"))
+    let output = dreamwalk()
         .args([
             "bench",
             "--cases",

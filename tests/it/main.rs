@@ -1,0 +1,31 @@
+//! The integration tests, in one binary (`cargo test --release --test it`): one module per
+//! area, and `support` for what they share. Filter by module, e.g.
+//! `cargo test --release --test it viewer_screenshot -- --nocapture`.
+//!
+//! Every module runs in this one process, in parallel: process-wide state is shared. The GPU
+//! tests share one headless wgpu context (`support::gpu`), and a test that must change the
+//! environment runs alone in a child process (`support::process::run_alone`).
+
+mod support;
+
+mod bench;
+mod clip;
+mod e2e;
+mod gpu_bicubic;
+mod gpu_decode;
+mod gpu_frames;
+mod gpu_taesd;
+mod inbetween;
+mod loading;
+mod pipeline;
+mod record;
+mod render;
+mod ring;
+mod scheduler;
+mod taesd;
+mod unet;
+mod upscale;
+mod vae;
+mod viewer;
+mod viewer_screenshot;
+mod walk;

@@ -1,0 +1,80 @@
+//! The fixture folder (`$DREAMWALK_FIXTURES`, or `../shared/fixtures` beside the project),
+//! what it holds, and the comparisons the tests make against it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+
+/// The fixture folder: `$DREAMWALK_FIXTURES`, or `../shared/fixtures` beside the project.
+fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("DREAMWALK_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
+    }
+}
+
+/// A file inside the fixture folder, e.g. `fixture("taesd/case.safetensors")`.
+pub fn fixture(relative: &str) -> PathBuf {
+    let path = fixtures_dir().join(relative);
+    assert!(
+        path.exists(),
+        "fixture {} not found: set DREAMWALK_FIXTURES to the fixtures folder",
+        path.display()
+    );
+    path
+}
+
+/// All tensors of a fixture safetensors file, on the CPU.
+pub fn load_tensors(relative: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(relative), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot read fixture {relative}: {e}"))
+}
+
+/// A model folder in a temp dir: the fixture `config` copied in as `config.json` and
+/// `tensors` saved as `weights`. Returns the folder and the weights' path.
+pub fn model_folder(
+    config: &str,
+    tensors: &HashMap<String, Tensor>,
+    weights: &str,
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(config), dir.path().join("config.json")).unwrap();
+    let weights = dir.path().join(weights);
+    candle_core::safetensors::save(tensors, &weights).unwrap();
+    (dir, weights)
+}
+
+/// Largest absolute element-wise difference; panics when the shapes differ.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    let b = b
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Largest per-channel difference of two images of the same size.
+pub fn max_byte_diff(a: &dreamwalk::frame::RgbaImage, b: &dreamwalk::frame::RgbaImage) -> u8 {
+    assert_eq!((a.width, a.height), (b.width, b.height), "image sizes");
+    a.pixels
+        .iter()
+        .zip(&b.pixels)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
