@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use dreamwalk::app::Session;
-use dreamwalk::frame::{FrameImage, RgbaImage};
+use dreamwalk::frame::{FrameError, FrameImage, RgbaImage};
 use dreamwalk::gpu::{
     create_output_texture, read_texture, BicubicSource, BicubicUpscaler, DecodedFrames, GpuContext,
     GpuDecodedEngine, GpuError, GpuFrame, GpuTaesd, OUTPUT_FORMAT,
@@ -176,7 +176,7 @@ fn bad_gpu_sources_are_errors() {
     }
     assert!(matches!(
         GpuFrame::new(unorm, &ctx.device, &ctx.queue),
-        Err(GpuError::BadTarget(_))
+        Err(FrameError::BadTarget(_))
     ));
     // Pairing frames for an in-between checks the same before anything is drawn.
     let (a, small) = (

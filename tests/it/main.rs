@@ -16,6 +16,7 @@ mod gpu_decode;
 mod gpu_frames;
 mod gpu_taesd;
 mod inbetween;
+mod layering;
 mod loading;
 mod pipeline;
 mod record;
