@@ -8,6 +8,7 @@ pub mod clip;
 pub mod conv;
 pub mod demo;
 pub mod scheduler;
+pub mod scripted;
 pub mod sd;
 pub mod taesd;
 pub mod tokenizer;

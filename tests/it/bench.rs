@@ -1,17 +1,15 @@
-//! `dreamwalk bench` end to end on its smallest case: the figures reach the JSON file.
+//! `dreamwalk-bench` end to end on its smallest case: the figures reach the JSON file.
 //! No time is asserted (timed tests are forbidden): only that the fields are there and
 //! the numbers are positive.
 
-use crate::support::process::dreamwalk;
+use crate::support::process::dreamwalk_bench;
 
 #[test]
 fn four_k_path_bench_writes_its_figures() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let output = dreamwalk()
-        .args([
-            "bench", "--cases", "4k_path", "--runs", "1", "--warmup", "0",
-        ])
+    let output = dreamwalk_bench()
+        .args(["--cases", "4k_path", "--runs", "1", "--warmup", "0"])
         .args(["--no-reference", "--keyframes", "3", "--json"])
         .arg(&json)
         .output()
@@ -56,8 +54,8 @@ fn four_k_path_bench_writes_its_figures() {
 
 #[test]
 fn unknown_case_is_a_clear_error() {
-    let output = dreamwalk()
-        .args(["bench", "--cases", "taesd_1x1", "--no-reference"])
+    let output = dreamwalk_bench()
+        .args(["--cases", "taesd_1x1", "--no-reference"])
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -75,14 +73,8 @@ fn unknown_case_is_a_clear_error() {
 fn gpu_cases_name_the_adapter_and_judge_only_hardware() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let output = dreamwalk()
-        .args([
-            "bench",
-            "--cases",
-            "gpu_4k,gpu_taesd,gpu_walk",
-            "--runs",
-            "1",
-        ])
+    let output = dreamwalk_bench()
+        .args(["--cases", "gpu_4k,gpu_taesd,gpu_walk", "--runs", "1"])
         .args(["--warmup", "0", "--gpu-latent", "2x3", "--json"])
         .arg(&json)
         .output()

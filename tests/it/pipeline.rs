@@ -1,96 +1,20 @@
 //! The pipeline's threads end to end with a fake engine (no model): order, counts,
 //! live settings, pause, the loop cache, the display consumer and shutdown.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
-use dreamwalk::frame::RgbaImage;
-use dreamwalk::model::{
-    DecoderKind, EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress,
-};
+use dreamwalk::model::scripted::ScriptedEngine;
+use dreamwalk::model::{DecoderKind, EndpointRequest};
 use dreamwalk::pipeline::display::Display;
 use dreamwalk::pipeline::{Inbetweens, Pipeline, PipelineOptions, Popped, RingPolicy, Settings};
 use dreamwalk::upscale::UpscaleMode;
 use dreamwalk::walk::{LoopMode, WalkSettings};
 
-/// Keyframe i is a latent full of the value i (plus the seed); decoding paints the latent
+/// Keyframe i is a latent full of the value 4i (plus the seed); decoding paints the latent
 /// mean as a grey level, so frames along a walk are distinguishable and predictable.
-struct FakeEngine {
-    decode_delay: Duration,
-    decodes: AtomicU64,
-    endpoint_calls: AtomicU64,
-}
-
-impl FakeEngine {
-    fn new(decode_delay: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            decode_delay,
-            decodes: AtomicU64::new(0),
-            endpoint_calls: AtomicU64::new(0),
-        })
-    }
-}
-
-impl Engine for FakeEngine {
-    fn name(&self) -> String {
-        "fake".into()
-    }
-    fn decoders(&self) -> Vec<DecoderKind> {
-        vec![DecoderKind::Taesd]
-    }
-    fn size_multiple(&self) -> u32 {
-        8
-    }
-    fn defaults(&self) -> ModelDefaults {
-        ModelDefaults {
-            image_size: (32, 16),
-            steps: 2,
-            guidance: 1.0,
-        }
-    }
-    fn endpoints(
-        &self,
-        request: &EndpointRequest,
-        progress: &mut dyn FnMut(SamplingProgress) -> bool,
-    ) -> Result<Vec<Tensor>, EndpointError> {
-        self.endpoint_calls.fetch_add(1, Ordering::SeqCst);
-        let (w, h) = request.image_size;
-        let mut out = Vec::new();
-        for (k, _) in request.prompts.iter().enumerate() {
-            for step in 1..=request.steps {
-                let p = SamplingProgress {
-                    keyframe: k,
-                    keyframes: request.prompts.len(),
-                    step,
-                    steps: request.steps,
-                };
-                if !progress(p) {
-                    return Err(EndpointError::Cancelled);
-                }
-            }
-            let value = (k as u64 * 4 + request.seed) as f32;
-            out.push(Tensor::full(
-                value,
-                (1, 4, h as usize / 8, w as usize / 8),
-                &Device::Cpu,
-            )?);
-        }
-        Ok(out)
-    }
-    fn decode(&self, latents: &Tensor, _: DecoderKind) -> dreamwalk::model::Result<RgbaImage> {
-        std::thread::sleep(self.decode_delay);
-        self.decodes.fetch_add(1, Ordering::SeqCst);
-        let (_, _, h, w) = latents.dims4()?;
-        let mean = latents.mean_all()?.to_scalar::<f32>()?;
-        let mut image = RgbaImage::new(w as u32 * 8, h as u32 * 8);
-        let grey = (mean * 20.0).round().clamp(0.0, 255.0) as u8;
-        for p in image.pixels.chunks_exact_mut(4) {
-            p[..3].copy_from_slice(&[grey, grey, grey]);
-        }
-        Ok(image)
-    }
+fn fake_engine(decode_delay: Duration) -> Arc<ScriptedEngine> {
+    Arc::new(ScriptedEngine::grey().with_decode_delay(decode_delay))
 }
 
 fn settings(steps_between: usize, inbetweens: usize, loop_mode: LoopMode) -> Settings {
@@ -134,7 +58,7 @@ fn drain(pipeline: &Pipeline) -> Vec<Arc<dreamwalk::pipeline::Frame>> {
 
 #[test]
 fn a_once_walk_yields_every_frame_in_order() {
-    let engine = FakeEngine::new(Duration::ZERO);
+    let engine = fake_engine(Duration::ZERO);
     let pipeline = Pipeline::start(
         engine.clone(),
         settings(4, 3, LoopMode::Once),
@@ -155,7 +79,7 @@ fn a_once_walk_yields_every_frame_in_order() {
     assert!(greys.windows(2).all(|w| w[0] <= w[1]), "{greys:?}");
     assert_eq!(frames[4].source.inbetween, None);
     assert_eq!(frames[5].source.inbetween, Some((0, 3)));
-    assert_eq!(engine.decodes.load(Ordering::SeqCst), 9);
+    assert_eq!(engine.decodes(), 9);
     let stats = pipeline.stats_snapshot();
     assert_eq!(stats.frames_produced, 33);
     assert_eq!(stats.frames_decoded, 9);
@@ -163,7 +87,7 @@ fn a_once_walk_yields_every_frame_in_order() {
 
 #[test]
 fn a_pingpong_lap_replays_from_the_cache() {
-    let engine = FakeEngine::new(Duration::ZERO);
+    let engine = fake_engine(Duration::ZERO);
     let options = PipelineOptions {
         laps: 2,
         ..render_options()
@@ -172,11 +96,7 @@ fn a_pingpong_lap_replays_from_the_cache() {
     let frames = drain(&pipeline);
     // Path of 7 positions; two laps there and back: 2 * 2 * 6 + 1 frames.
     assert_eq!(frames.len(), 25);
-    assert_eq!(
-        engine.decodes.load(Ordering::SeqCst),
-        7,
-        "each position decoded once"
-    );
+    assert_eq!(engine.decodes(), 7, "each position decoded once");
     assert_eq!(pipeline.stats_snapshot().frames_from_cache, 18);
     assert_eq!(
         frames[0].image.to_cpu().unwrap().pixels,
@@ -187,7 +107,7 @@ fn a_pingpong_lap_replays_from_the_cache() {
 
 #[test]
 fn live_settings_reach_the_next_frames() {
-    let engine = FakeEngine::new(Duration::ZERO);
+    let engine = fake_engine(Duration::ZERO);
     let mut s = settings(50, 0, LoopMode::Once);
     s.upscale = UpscaleMode::None;
     let pipeline = Pipeline::start(engine, s, render_options());
@@ -209,7 +129,7 @@ fn live_settings_reach_the_next_frames() {
 
 #[test]
 fn new_prompts_sample_new_endpoints_while_the_walk_goes_on() {
-    let engine = FakeEngine::new(Duration::ZERO);
+    let engine = fake_engine(Duration::ZERO);
     let options = PipelineOptions {
         stop_at_end: false,
         ..render_options()
@@ -231,15 +151,15 @@ fn new_prompts_sample_new_endpoints_while_the_walk_goes_on() {
         switched.image.to_cpu().unwrap().pixels[0] >= 7 * 20,
         "seed 7 shifts the grey level"
     );
-    assert_eq!(engine.endpoint_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(engine.endpoint_calls(), 2);
     // A change that needs no new endpoints samples nothing.
     pipeline.update_settings(|s| s.target_fps = 12.0);
-    assert_eq!(engine.endpoint_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(engine.endpoint_calls(), 2);
 }
 
 #[test]
 fn pause_stops_frames_and_resume_goes_on() {
-    let engine = FakeEngine::new(Duration::from_millis(1));
+    let engine = fake_engine(Duration::from_millis(1));
     let options = PipelineOptions {
         stop_at_end: false,
         ring_capacity: 2,
@@ -253,18 +173,14 @@ fn pause_stops_frames_and_resume_goes_on() {
         .ring()
         .pop_by(Instant::now() + Duration::from_millis(300))
     {}
-    let decodes = engine.decodes.load(Ordering::SeqCst);
+    let decodes = engine.decodes();
     assert!(matches!(
         pipeline
             .ring()
             .pop_by(Instant::now() + Duration::from_millis(300)),
         Popped::Late
     ));
-    assert_eq!(
-        engine.decodes.load(Ordering::SeqCst),
-        decodes,
-        "no decoding while paused"
-    );
+    assert_eq!(engine.decodes(), decodes, "no decoding while paused");
     pipeline.resume();
     let next = pipeline.ring().pop().unwrap();
     assert!(next.index > first.index);
@@ -272,7 +188,7 @@ fn pause_stops_frames_and_resume_goes_on() {
 
 #[test]
 fn shutdown_joins_while_producers_are_blocked_on_a_full_ring() {
-    let engine = FakeEngine::new(Duration::ZERO);
+    let engine = fake_engine(Duration::ZERO);
     let options = PipelineOptions {
         stop_at_end: false,
         ring_capacity: 2,
@@ -297,7 +213,7 @@ fn shutdown_joins_while_producers_are_blocked_on_a_full_ring() {
 #[test]
 fn display_shows_frames_in_order_and_counts_underruns() {
     // Decoding (30 ms) is slower than the display (100 fps): underruns must be counted.
-    let engine = FakeEngine::new(Duration::from_millis(30));
+    let engine = fake_engine(Duration::from_millis(30));
     let mut s = settings(1000, 0, LoopMode::Once);
     s.target_fps = 100.0;
     s.upscale = UpscaleMode::Gpu;

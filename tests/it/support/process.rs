@@ -1,4 +1,4 @@
-//! Processes: the `dreamwalk` binary, and one test of this binary run alone in a child
+//! Processes: the `dreamwalk` and `dreamwalk-bench` binaries, and one test of this binary run alone in a child
 //! process (for a test that changes process-wide state, like an environment variable).
 
 use std::ffi::OsStr;
@@ -11,6 +11,11 @@ pub const DREAMWALK: &str = env!("CARGO_BIN_EXE_dreamwalk");
 /// A command running the `dreamwalk` binary.
 pub fn dreamwalk() -> Command {
     Command::new(DREAMWALK)
+}
+
+/// A command running the `dreamwalk-bench` binary.
+pub fn dreamwalk_bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dreamwalk-bench"))
 }
 
 /// Set in the child process `run_alone` starts.

@@ -1,0 +1,135 @@
+//! The bench's cases. Each case's name is written once, in its `#[value(name)]`: the
+//! command line, the child protocol, the JSON and the table all go through [`Case::name`].
+
+use clap::ValueEnum;
+
+/// What one bench case measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Case {
+    /// TAESD decode, 72x128 latents -> 576x1024, f32 (vs PyTorch `AutoencoderTiny.decode`).
+    #[value(name = "taesd_72x128")]
+    Taesd72x128,
+    /// TAESD decode, 64x64 latents -> 512x512.
+    #[value(name = "taesd_64x64")]
+    Taesd64x64,
+    /// AutoencoderKL (SD 1.5 config) decode, 64x64 latents -> 512x512, with peak memory.
+    #[value(name = "sdvae_64x64")]
+    Sdvae64x64,
+    /// AutoencoderKL (SD 1.5 config) decode, 72x128 latents -> 576x1024 (slow; not run
+    /// unless asked for).
+    #[value(name = "sdvae_72x128")]
+    Sdvae72x128,
+    /// The post-decode path: 3 in-betweens + bicubic 1024x576 -> 3840x2160, through the
+    /// real pipeline fed pre-made decoded frames (vs the original app's numpy + OpenCV).
+    #[value(name = "4k_path")]
+    FourKPath,
+    /// Peak RSS of `dreamwalk render` of 4K frames on the demo model, for each of
+    /// `--rss-frames` frame counts: it must not grow with the length (the longest render's
+    /// second half peaks within two 4K frames of its first half).
+    #[value(name = "render_rss")]
+    RenderRss,
+    /// TAESD on the GPU (WGSL, the viewer's decoder on a hardware adapter): `--gpu-latent`
+    /// latents (default 72x128 -> 576x1024) decoded into the upscaler's source texture,
+    /// in decodes/s (target ≥ 30). Not run unless asked for: on a software adapter it takes
+    /// minutes per decode.
+    #[value(name = "gpu_taesd")]
+    GpuTaesd,
+    /// The viewer's GPU present: upload a 1024x576 frame and bicubic it to 3840x2160 in the
+    /// WGSL shader, in frames/s (target ≥ 60). Not run unless asked for.
+    #[value(name = "gpu_4k")]
+    Gpu4k,
+    /// The viewer's whole GPU path per decoded frame: TAESD into a frame that stays on the
+    /// GPU, then its 3 in-betweens and itself drawn to 3840x2160 by the present shader
+    /// (blending as it reads), nothing read back; in shown frames/s (target ≥ 60). Not run
+    /// unless asked for.
+    #[value(name = "gpu_walk")]
+    GpuWalk,
+}
+
+/// The cases run when `--cases` is not given.
+pub const DEFAULT_CASES: [Case; 5] = [
+    Case::Taesd72x128,
+    Case::Taesd64x64,
+    Case::Sdvae64x64,
+    Case::FourKPath,
+    Case::RenderRss,
+];
+
+impl Case {
+    /// The case's name on the command line, in the JSON and in the table.
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .expect("no case is skipped by clap")
+            .get_name()
+            .to_string()
+    }
+
+    /// Latent (h, w) of a decoder case.
+    pub fn latent_hw(self) -> Option<(usize, usize)> {
+        match self {
+            Case::Taesd72x128 | Case::Sdvae72x128 => Some((72, 128)),
+            Case::Taesd64x64 | Case::Sdvae64x64 => Some((64, 64)),
+            _ => None,
+        }
+    }
+
+    /// The cases on the GPU, judged against a rate rather than a reference.
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Case::GpuTaesd | Case::Gpu4k | Case::GpuWalk)
+    }
+
+    /// The full VAE's cases (judged on peak RSS too).
+    pub fn is_sdvae(self) -> bool {
+        matches!(self, Case::Sdvae64x64 | Case::Sdvae72x128)
+    }
+
+    /// (warm-ups, timed runs) unless `--warmup` / `--runs` say otherwise.
+    pub fn default_runs(self) -> (usize, usize) {
+        match self {
+            Case::Taesd72x128 | Case::Taesd64x64 => (1, 5),
+            Case::Sdvae64x64 | Case::Sdvae72x128 => (1, 3),
+            Case::FourKPath => (1, 5),
+            Case::RenderRss => (0, 1),
+            Case::GpuTaesd => (2, 10),
+            Case::Gpu4k => (5, 60),
+            Case::GpuWalk => (2, 15),
+        }
+    }
+}
+
+impl std::fmt::Display for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// A case is written by its name.
+impl serde::Serialize for Case {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name())
+    }
+}
+
+/// A case is read from its name.
+impl<'de> serde::Deserialize<'de> for Case {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Case::from_str(&name, false)
+            .map_err(|_| serde::de::Error::custom(format!("unknown bench case `{name}`")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_go_through_serde_both_ways() {
+        for &case in Case::value_variants() {
+            let json = serde_json::to_string(&case).unwrap();
+            assert_eq!(json, format!("\"{}\"", case.name()));
+            assert_eq!(serde_json::from_str::<Case>(&json).unwrap(), case);
+        }
+        assert_eq!(Case::FourKPath.name(), "4k_path");
+    }
+}

@@ -1,0 +1,260 @@
+//! The reference scripts (`../shared/bench/`: PyTorch + diffusers decoders, the original
+//! app's numpy + OpenCV pipeline): whether Python can run them, and running them, one
+//! `python3` per case under a wrapper that reports its peak RSS.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::cases::Case;
+use crate::report::Timing;
+use crate::BenchArgs;
+
+/// The reference scripts and whether Python can run them.
+pub struct Reference {
+    dir: PathBuf,
+    python: String,
+    /// `Ok` when Python can run the script; the reason otherwise.
+    decoders: Result<(), String>,
+    pub seed: Result<(), String>,
+    pub info: serde_json::Value,
+}
+
+impl Reference {
+    pub fn find(args: &BenchArgs) -> Self {
+        let dir = args
+            .bench_dir
+            .clone()
+            .or_else(|| std::env::var_os("DREAMWALK_BENCH_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| {
+                let beside_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench");
+                if beside_repo.is_dir() {
+                    beside_repo
+                } else {
+                    PathBuf::from("../shared/bench")
+                }
+            });
+        let mut reference = Self {
+            dir,
+            python: args.python.clone(),
+            decoders: Err("--no-reference".to_string()),
+            seed: Err("--no-reference".to_string()),
+            info: serde_json::Value::Null,
+        };
+        if args.no_reference {
+            return reference;
+        }
+        reference.decoders = reference.check("time_decoders.py", "torch, diffusers");
+        reference.seed = reference.check("seed_pipeline.py", "numpy, cv2");
+        for (what, status) in [
+            ("torch + diffusers", &reference.decoders),
+            ("numpy + OpenCV", &reference.seed),
+        ] {
+            if let Err(reason) = status {
+                eprintln!("reference ({what}) skipped: {reason}");
+            }
+        }
+        reference.info = serde_json::json!({
+            "dir": reference.dir.display().to_string(),
+            "python": reference.python,
+            "decoders": reference.decoders.as_ref().err(),
+            "seed_pipeline": reference.seed.as_ref().err(),
+        });
+        reference
+    }
+
+    /// Whether `script` exists and Python imports `modules`.
+    fn check(&self, script: &str, modules: &str) -> Result<(), String> {
+        let path = self.dir.join(script);
+        if !path.is_file() {
+            return Err(format!("{} not found (set --bench-dir)", path.display()));
+        }
+        let output = Command::new(&self.python)
+            .args(["-c", &format!("import {modules}")])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run `{}`: {e}", self.python))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or("import failed").trim();
+        Err(format!("`{}` cannot import {modules}: {last}", self.python))
+    }
+
+    /// Times `case` with the reference script; `Err` says why it could not.
+    pub fn run(
+        &self,
+        args: &BenchArgs,
+        case: Case,
+        warmup: usize,
+        runs: usize,
+    ) -> Result<Timing, String> {
+        match case {
+            Case::FourKPath | Case::RenderRss | Case::GpuTaesd | Case::Gpu4k | Case::GpuWalk => {
+                Err("not a decoder case".to_string())
+            }
+            _ => {
+                self.decoders.clone()?;
+                self.run_decoders(args, case, warmup, runs)
+            }
+        }
+    }
+
+    fn run_decoders(
+        &self,
+        args: &BenchArgs,
+        case: Case,
+        warmup: usize,
+        runs: usize,
+    ) -> Result<Timing, String> {
+        let json = std::env::temp_dir().join(format!(
+            "dreamwalk-bench-{}-{}.json",
+            std::process::id(),
+            case.name()
+        ));
+        let script = self.dir.join("time_decoders.py");
+        let script_args = vec![
+            "--cases".to_string(),
+            case.name(),
+            "--threads".to_string(),
+            args.threads.to_string(),
+            // At least one warm-up: the script times its first call as one.
+            "--warmup".to_string(),
+            warmup.max(1).to_string(),
+            "--runs".to_string(),
+            runs.to_string(),
+            "--slow-runs".to_string(),
+            runs.to_string(),
+            "--json".to_string(),
+            json.display().to_string(),
+        ];
+        let label = format!("{} reference (PyTorch)", case.name());
+        let outcome = self.run_script(&label, &script, &script_args)?;
+        let text = std::fs::read_to_string(&json)
+            .map_err(|e| format!("no figures from {}: {e}", script.display()))?;
+        let _ = std::fs::remove_file(&json);
+        let parsed: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+        let all_ms: Vec<f64> = parsed["results"][0]["all_s"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_f64())
+                    .map(|s| s * 1e3)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Timing::from_runs(all_ms, outcome.peak_rss_mb).map_err(|e| e.to_string())
+    }
+
+    /// One run of the seed pipeline script (it times a single pass over its keyframes):
+    /// (ms per frame, peak RSS).
+    pub fn run_seed_once(
+        &self,
+        args: &BenchArgs,
+        label: &str,
+    ) -> Result<(f64, Option<f64>), String> {
+        let script = self.dir.join("seed_pipeline.py");
+        let script_args = [
+            "--keyframes".to_string(),
+            args.keyframes.to_string(),
+            "--threads".to_string(),
+            args.threads.to_string(),
+        ];
+        let outcome = self.run_script(label, &script, &script_args)?;
+        // "frames 157 seconds 1.234"
+        let per_frame = outcome.stdout.lines().find_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words[..] {
+                ["frames", frames, "seconds", seconds] => {
+                    let frames: f64 = frames.parse().ok()?;
+                    let seconds: f64 = seconds.parse().ok()?;
+                    (frames > 0.0).then_some(seconds * 1e3 / frames)
+                }
+                _ => None,
+            }
+        });
+        let per_frame = per_frame
+            .ok_or_else(|| format!("{} printed no `frames N seconds S` line", script.display()))?;
+        Ok((per_frame, outcome.peak_rss_mb))
+    }
+
+    /// Runs `python script args` under a wrapper that reports the process's peak RSS,
+    /// with a spinner meanwhile.
+    fn run_script(
+        &self,
+        label: &str,
+        script: &Path,
+        args: &[String],
+    ) -> Result<ScriptOutcome, String> {
+        const WRAPPER: &str = "import runpy, sys\n\
+            script = sys.argv[1]\n\
+            sys.argv = sys.argv[1:]\n\
+            try:\n    runpy.run_path(script, run_name='__main__')\n\
+            finally:\n    hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]\n    \
+            print('DREAMWALK_VMHWM_KB', hwm[0] if hwm else 0, file=sys.stderr, flush=True)\n";
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_message(label.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let child = Command::new(&self.python)
+            .args(["-c", WRAPPER])
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run `{}`: {e}", self.python));
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                bar.finish_and_clear();
+                return Err(e);
+            }
+        };
+        // Drain stderr on a thread so a chatty script never blocks on a full pipe.
+        let stderr = child.stderr.take();
+        let stderr_reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            if let Some(stderr) = stderr {
+                lines.extend(BufReader::new(stderr).lines().map_while(Result::ok));
+            }
+            lines
+        });
+        let mut stdout = String::new();
+        if let Some(mut out) = child.stdout.take() {
+            let _ = out.read_to_string(&mut stdout);
+        }
+        let status = child.wait().map_err(|e| e.to_string());
+        let stderr_lines = stderr_reader.join().unwrap_or_default();
+        bar.finish_and_clear();
+        let status = status?;
+        let peak_rss_mb = stderr_lines.iter().find_map(|l| {
+            let kb: f64 = l.strip_prefix("DREAMWALK_VMHWM_KB ")?.trim().parse().ok()?;
+            (kb > 0.0).then_some(kb / 1024.0)
+        });
+        if !status.success() {
+            let last = stderr_lines
+                .iter()
+                .rev()
+                .find(|l| !l.starts_with("DREAMWALK_VMHWM_KB") && !l.trim().is_empty())
+                .map_or("", |l| l.trim());
+            return Err(format!("{} failed ({status}): {last}", script.display()));
+        }
+        Ok(ScriptOutcome {
+            stdout,
+            peak_rss_mb,
+        })
+    }
+}
+
+struct ScriptOutcome {
+    stdout: String,
+    peak_rss_mb: Option<f64>,
+}

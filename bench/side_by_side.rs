@@ -1,0 +1,92 @@
+//! The cases timed side by side with a reference (the decoders, the 4K path): ours in a
+//! child process, then the reference, and the ratio of the fastest runs, judged against
+//! the case's target.
+
+use crate::cases::Case;
+use crate::child::run_child;
+use crate::four_k::interleaved_4k_path;
+use crate::reference::Reference;
+use crate::report::{CaseReport, Timing};
+use crate::BenchArgs;
+
+/// Ours in a child process, then the reference, for a timed case.
+pub fn bench_timed(
+    args: &BenchArgs,
+    case: Case,
+    reference: &Reference,
+) -> anyhow::Result<CaseReport> {
+    let (warmup, runs) = args.runs_for(case);
+    let (ours, theirs) = match case {
+        Case::FourKPath => interleaved_4k_path(args, reference, warmup, runs)?,
+        _ => {
+            let ours = run_child(args, case, (warmup, runs), &[])?;
+            (ours, reference.run(args, case, warmup, runs))
+        }
+    };
+    let ours_timing = Timing::from_runs(ours.times_ms.clone(), ours.peak_rss_mb)?;
+    let (reference_timing, skipped) = match theirs {
+        Ok(timing) => (Some(timing), None),
+        Err(reason) => (None, Some(reason)),
+    };
+    let (work, unit, target) = match case {
+        Case::FourKPath => (
+            format!(
+                "{} decoded + 3 in-betweens each, bicubic 1024x576 -> 3840x2160, {} workers",
+                args.keyframes, args.threads
+            ),
+            "ms/frame",
+            "≥ 1.5x fps",
+        ),
+        Case::Taesd72x128 | Case::Taesd64x64 => {
+            let (h, w) = case.latent_hw().unwrap_or_default();
+            (
+                format!("TAESD {h}x{w} -> {}x{}, f32", h * 8, w * 8),
+                "ms",
+                "≤ 0.5x time",
+            )
+        }
+        _ => {
+            let (h, w) = case.latent_hw().unwrap_or_default();
+            (
+                format!("SD 1.5 VAE {h}x{w} -> {}x{}, f32", h * 8, w * 8),
+                "ms",
+                "≤ 1.0x time, ≤ 1.0x peak RSS",
+            )
+        }
+    };
+    let mut report = CaseReport {
+        case,
+        work,
+        unit: unit.to_string(),
+        ours: Some(ours_timing.clone()),
+        reference: reference_timing.clone(),
+        reference_skipped: skipped,
+        ratio: None,
+        target: target.to_string(),
+        pass: None,
+        peak_rss_ratio: None,
+        detail: ours.detail,
+    };
+    if let Some(theirs) = &reference_timing {
+        match case {
+            Case::FourKPath => {
+                let speedup = theirs.min_ms / ours_timing.min_ms;
+                report.ratio = Some(speedup);
+                report.pass = Some(speedup >= 1.5);
+            }
+            Case::Taesd72x128 | Case::Taesd64x64 => {
+                let ratio = ours_timing.min_ms / theirs.min_ms;
+                report.ratio = Some(ratio);
+                report.pass = Some(ratio <= 0.5);
+            }
+            _ => {
+                let ratio = ours_timing.min_ms / theirs.min_ms;
+                let rss = ours_timing.peak_rss_mb.zip(theirs.peak_rss_mb);
+                report.ratio = Some(ratio);
+                report.peak_rss_ratio = rss.map(|(o, t)| o / t);
+                report.pass = Some(ratio <= 1.0 && report.peak_rss_ratio.is_none_or(|r| r <= 1.0));
+            }
+        }
+    }
+    Ok(report)
+}

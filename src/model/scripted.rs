@@ -1,0 +1,169 @@
+//! [`ScriptedEngine`]: an engine without a network, for exercising the stages after the
+//! model (the walk, in-betweens, upscale, the ring, the display, the recorder) in the tests
+//! and the bench, where a real model would only add minutes and noise.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use candle_core::{Device, Tensor};
+
+use super::{
+    DecoderKind, EndpointError, EndpointRequest, Engine, ModelDefaults, Result, SamplingProgress,
+};
+use crate::frame::RgbaImage;
+
+/// Latent pixels per image pixel side (as TAESD and the VAE: 8).
+const FACTOR: u32 = 8;
+
+/// An [`Engine`] whose outputs are known in advance.
+///
+/// * Endpoints: keyframe `k` is a latent (1, 4, h/8, w/8) full of the value `4k + seed`,
+///   one sampler step reported per step asked for (a `false` from the callback cancels).
+/// * Decoding, as built: [`ScriptedEngine::grey`] paints the latent mean (x20, clamped) as a
+///   grey level, so frames along a walk are distinguishable and predictable;
+///   [`ScriptedEngine::premade`] hands out the frames it was given in turn, whatever the
+///   latents, so a timed pipeline spends nothing on decoding.
+/// * [`ScriptedEngine::with_decode_delay`] makes every decode sleep first (a slow decoder).
+/// * [`ScriptedEngine::decodes`] and [`ScriptedEngine::endpoint_calls`] count the calls.
+pub struct ScriptedEngine {
+    frames: Frames,
+    decode_delay: Duration,
+    decodes: AtomicU64,
+    endpoint_calls: AtomicU64,
+}
+
+/// What a decode returns.
+enum Frames {
+    /// A grey image of the latent's size x 8, its level the latent mean x 20.
+    LatentMeanGrey,
+    /// These images in turn, the n-th decode getting `frames[n % len]`.
+    Premade(Vec<RgbaImage>),
+}
+
+impl ScriptedEngine {
+    /// Decodes paint the latent mean as grey; the default size is 32x16.
+    pub fn grey() -> Self {
+        Self::with_frames(Frames::LatentMeanGrey)
+    }
+
+    /// Decodes hand out `frames` in turn (the first decode the first frame), whatever the
+    /// latents; the default size is the first frame's.
+    ///
+    /// # Panics
+    /// When `frames` is empty, or its frames differ in size.
+    pub fn premade(frames: Vec<RgbaImage>) -> Self {
+        let first = frames
+            .first()
+            .expect("ScriptedEngine::premade needs a frame");
+        let size = (first.width, first.height);
+        assert!(
+            frames.iter().all(|f| (f.width, f.height) == size),
+            "ScriptedEngine::premade: frames of different sizes"
+        );
+        Self::with_frames(Frames::Premade(frames))
+    }
+
+    fn with_frames(frames: Frames) -> Self {
+        Self {
+            frames,
+            decode_delay: Duration::ZERO,
+            decodes: AtomicU64::new(0),
+            endpoint_calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Every decode sleeps `delay` before it returns (and before it is counted).
+    pub fn with_decode_delay(mut self, delay: Duration) -> Self {
+        self.decode_delay = delay;
+        self
+    }
+
+    /// Decodes finished so far.
+    pub fn decodes(&self) -> u64 {
+        self.decodes.load(Ordering::SeqCst)
+    }
+
+    /// Calls of [`Engine::endpoints`] so far (cancelled ones included).
+    pub fn endpoint_calls(&self) -> u64 {
+        self.endpoint_calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Engine for ScriptedEngine {
+    fn name(&self) -> String {
+        match self.frames {
+            Frames::LatentMeanGrey => "scripted engine (grey frames)".to_string(),
+            Frames::Premade(_) => "scripted engine (pre-made frames)".to_string(),
+        }
+    }
+
+    fn decoders(&self) -> Vec<DecoderKind> {
+        vec![DecoderKind::Taesd]
+    }
+
+    fn size_multiple(&self) -> u32 {
+        FACTOR
+    }
+
+    fn defaults(&self) -> ModelDefaults {
+        match &self.frames {
+            Frames::LatentMeanGrey => ModelDefaults {
+                image_size: (32, 16),
+                steps: 2,
+                guidance: 1.0,
+            },
+            Frames::Premade(frames) => ModelDefaults {
+                image_size: (frames[0].width, frames[0].height),
+                steps: 1,
+                guidance: 1.0,
+            },
+        }
+    }
+
+    fn endpoints(
+        &self,
+        request: &EndpointRequest,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> Result<Vec<Tensor>, EndpointError> {
+        self.endpoint_calls.fetch_add(1, Ordering::SeqCst);
+        let (w, h) = request.image_size;
+        let shape = (1, 4, (h / FACTOR) as usize, (w / FACTOR) as usize);
+        let mut out = Vec::with_capacity(request.prompts.len());
+        for k in 0..request.prompts.len() {
+            for step in 1..=request.steps {
+                let p = SamplingProgress {
+                    keyframe: k,
+                    keyframes: request.prompts.len(),
+                    step,
+                    steps: request.steps,
+                };
+                if !progress(p) {
+                    return Err(EndpointError::Cancelled);
+                }
+            }
+            let value = (k as u64 * 4 + request.seed) as f32;
+            out.push(Tensor::full(value, shape, &Device::Cpu)?);
+        }
+        Ok(out)
+    }
+
+    fn decode(&self, latents: &Tensor, _decoder: DecoderKind) -> Result<RgbaImage> {
+        if !self.decode_delay.is_zero() {
+            std::thread::sleep(self.decode_delay);
+        }
+        let n = self.decodes.fetch_add(1, Ordering::SeqCst);
+        match &self.frames {
+            Frames::LatentMeanGrey => {
+                let (_, _, h, w) = latents.dims4()?;
+                let mean = latents.mean_all()?.to_scalar::<f32>()?;
+                let mut image = RgbaImage::new(w as u32 * FACTOR, h as u32 * FACTOR);
+                let grey = (mean * 20.0).round().clamp(0.0, 255.0) as u8;
+                for p in image.pixels.chunks_exact_mut(4) {
+                    p[..3].copy_from_slice(&[grey, grey, grey]);
+                }
+                Ok(image)
+            }
+            Frames::Premade(frames) => Ok(frames[(n % frames.len() as u64) as usize].clone()),
+        }
+    }
+}
