@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use common::{gpu_context as context, max_byte_diff, small_latents as latents};
 use dreamwalk::app::Session;
-use dreamwalk::frame::{FrameImage, RgbaImage};
+use dreamwalk::frame::{FrameError, FrameImage, RgbaImage};
 use dreamwalk::gpu::{
     create_output_texture, read_texture, BicubicSource, BicubicUpscaler, DecodedFrames, GpuContext,
     GpuDecodedEngine, GpuError, GpuFrame, GpuTaesd, OUTPUT_FORMAT,
@@ -175,7 +175,7 @@ fn bad_gpu_sources_are_errors() {
     }
     assert!(matches!(
         GpuFrame::new(unorm, &ctx.device, &ctx.queue),
-        Err(GpuError::BadTarget(_))
+        Err(FrameError::BadTarget(_))
     ));
     // Pairing frames for an in-between checks the same before anything is drawn.
     let (a, small) = (
