@@ -128,4 +128,20 @@ mod tests {
         b.endpoints.seed += 1;
         assert!(!same_settings(&a, &b));
     }
+
+    /// `--source` is checked by `Settings::validate` as the model loads, and Play refuses it.
+    #[test]
+    fn a_source_size_the_model_cannot_decode_is_a_notice() {
+        let mut app = ViewerApp::headless(super::super::ViewerOptions {
+            source: Some((100, 60)),
+            ..Default::default()
+        });
+        assert!(app.wait_for_model(std::time::Duration::from_secs(60)));
+        let notice = app.notice().unwrap_or_default().to_string();
+        assert!(notice.contains("source size 100x60"), "{notice}");
+        app.run_command(&egui::Context::default(), super::super::Command::Play);
+        let notice = app.notice().unwrap_or_default().to_string();
+        assert!(notice.starts_with("source size 100x60"), "{notice}");
+        assert_eq!(app.session().unwrap().state(), PlayState::Stopped);
+    }
 }
