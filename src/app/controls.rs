@@ -90,20 +90,6 @@ impl Controls {
         }
     }
 
-    /// Why these controls cannot start a walk, in a sentence.
-    pub fn problem(&self) -> Option<String> {
-        if self.prompts.len() < 2 {
-            return Some("a walk needs two or more prompts".into());
-        }
-        if let Some(i) = self.prompts.iter().position(|p| p.trim().is_empty()) {
-            return Some(format!(
-                "prompt {} is empty: type something or remove it",
-                keyframe_name(i)
-            ));
-        }
-        None
-    }
-
     /// The pipeline settings these controls make, for a model decoding `image_size` frames.
     pub fn settings(&self, image_size: (u32, u32)) -> Settings {
         Settings {

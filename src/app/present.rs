@@ -36,7 +36,8 @@ impl Presenter {
         matches!(self, Presenter::Gpu(_))
     }
 
-    /// Who draws, for the heads-up display ("GPU bicubic on llvmpipe").
+    /// Who draws, for the heads-up display: "GPU (llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan))",
+    /// the adapter named by [`crate::gpu::adapter_label`].
     pub fn describe(&self) -> String {
         match self {
             Presenter::Gpu(p) => format!("GPU ({})", p.adapter),
@@ -56,12 +57,11 @@ pub struct GpuPresenter {
 
 impl GpuPresenter {
     pub fn new(rs: &egui_wgpu::RenderState) -> Self {
-        let info = rs.adapter.get_info();
         Self {
             upscaler: BicubicUpscaler::new(&rs.device, OUTPUT_FORMAT),
             output: None,
             last: None,
-            adapter: format!("{}, {:?}", info.name, info.backend),
+            adapter: crate::gpu::adapter_label(&rs.adapter.get_info()),
         }
     }
 

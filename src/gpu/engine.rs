@@ -64,8 +64,7 @@ pub fn with_gpu_decoder(
     if !choice.wants(adapter.device_type) || engine.taesd().is_none() {
         return (engine, None);
     }
-    let name = format!("{} ({:?})", adapter.name, adapter.backend);
-    match GpuDecodedEngine::new(engine.clone(), device, queue, name) {
+    match GpuDecodedEngine::new(engine.clone(), device, queue, super::adapter_label(adapter)) {
         Ok(decoded) => (Arc::new(decoded.with_frames(frames)), None),
         Err(e) => (
             engine,

@@ -144,16 +144,23 @@ impl GpuContext {
         })
     }
 
-    /// The adapter's name with its backend, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".
+    /// The adapter's name with its backend, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)":
+    /// see [`adapter_label`].
     pub fn adapter_name(&self) -> String {
-        let info = self.adapter.get_info();
-        format!("{} ({:?})", info.name, info.backend)
+        adapter_label(&self.adapter.get_info())
     }
 
     /// Whether the adapter runs on the CPU (lavapipe, llvmpipe, WARP).
     pub fn is_software(&self) -> bool {
         self.adapter.get_info().device_type == wgpu::DeviceType::Cpu
     }
+}
+
+/// How dreamwalk names an adapter everywhere (logs, the heads-up display, decoder
+/// descriptions): its name, then its backend in brackets, "NVIDIA GeForce RTX 4090 (Vulkan)".
+/// The backend matters as much as the name: the same GPU is slower through OpenGL.
+pub fn adapter_label(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?})", info.name, info.backend)
 }
 
 /// Lower is better: device type first, then backend (OpenGL support in wgpu is downlevel).

@@ -79,6 +79,7 @@ use parking_lot::Mutex;
 use crate::frame::RgbaImage;
 
 pub use ffmpeg::partial_path;
+pub use png_seq::{write_png, PngError};
 
 /// The x264 presets `RecordOptions::preset` accepts, fastest first.
 pub const X264_PRESETS: [&str; 10] = [

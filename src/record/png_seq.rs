@@ -63,14 +63,8 @@ impl FrameSink for PngSequenceSink {
 
     fn write_frame(&mut self, frame: &RgbaImage) -> Result<(), RecordError> {
         let path = self.frame_path(self.frames);
-        let failed = |what: String| RecordError::failed(&path, what);
-        let encoded = encode_png(frame, self.comment.as_deref())
-            .map_err(|e| failed(format!("encoding failed: {e}")))?;
-        if let Err(e) = fs::write(&path, encoded) {
-            // A partial PNG would look like a frame but not decode.
-            let _ = fs::remove_file(&path);
-            return Err(failed(format!("writing failed: {e}")));
-        }
+        write_png(&path, frame, self.comment.as_deref())
+            .map_err(|e| RecordError::failed(&path, e.to_string()))?;
         self.frames += 1;
         Ok(())
     }
@@ -85,6 +79,31 @@ impl FrameSink for PngSequenceSink {
             ),
         })
     }
+}
+
+/// Why [`write_png`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PngError {
+    /// The PNG encoder refused the image or the comment.
+    #[error("encoding failed: {0}")]
+    Encode(#[from] png::EncodingError),
+    /// The file could not be written (nothing is left behind).
+    #[error("writing failed: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// Writes `image` to `path` as an RGB8 PNG (alpha dropped), with `comment` as an iTXt
+/// `Comment` chunk: the crate's one PNG writer, for recorded frames and the viewer's
+/// screenshots. A file that could not be written whole is removed, so a PNG that exists
+/// decodes.
+pub fn write_png(path: &Path, image: &RgbaImage, comment: Option<&str>) -> Result<(), PngError> {
+    let encoded = encode_png(image, comment)?;
+    if let Err(e) = fs::write(path, encoded) {
+        // A partial PNG would look like a frame but not decode.
+        let _ = fs::remove_file(path);
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 fn encode_png(frame: &RgbaImage, comment: Option<&str>) -> Result<Vec<u8>, png::EncodingError> {

@@ -1,0 +1,128 @@
+//! What the user asks the window to do. Panels return [`Command`]s instead of acting while
+//! they draw, and [`ViewerApp::run_command`] carries them out in one place: every button's
+//! effect is found here, and nothing changes under a panel half-way through drawing it.
+
+use std::path::PathBuf;
+
+use super::session::Session;
+use super::{Notice, ViewerApp};
+use crate::record::{RecordError, RecordOptions, RecordSummary};
+
+/// An action from a button, a key or the window itself.
+#[must_use = "a command does nothing until it is run"]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Start the walk with the form's settings, or resume a paused one.
+    Play,
+    Pause,
+    /// Finish a recording and end every pipeline thread.
+    Stop,
+    /// A random seed for the keyframes.
+    NewSeed,
+    /// Record the frames shown from now on to the form's record file.
+    StartRecording,
+    StopRecording,
+    /// Load another model (`None`: the built-in demo model).
+    LoadModel(Option<String>),
+    /// Fullscreen with the panels hidden, or back.
+    SetFullscreen(bool),
+}
+
+impl ViewerApp {
+    /// Carries out `command`. `ctx` is the window's: Play asks it for a repaint after each
+    /// new frame, fullscreen is a viewport command.
+    pub fn run_command(&mut self, ctx: &egui::Context, command: Command) {
+        match command {
+            Command::Play => self.play(ctx),
+            Command::Pause => {
+                if let Some(session) = self.model.session() {
+                    session.pause();
+                }
+            }
+            Command::Stop => self.stop(),
+            Command::NewSeed => self.form.controls.seed = rand::random::<u32>() as u64,
+            Command::StartRecording => self.start_recording(),
+            Command::StopRecording => {
+                let outcome = self.model.session_mut().and_then(Session::stop_recording);
+                self.report_recording(outcome);
+            }
+            Command::LoadModel(model) => self.load_model(model),
+            Command::SetFullscreen(on) => {
+                self.fullscreen = on;
+                ctx.send_viewport_cmd(egui::ViewportCommand::Fullscreen(on));
+            }
+        }
+    }
+
+    /// Play: start the walk, or resume it, with the typed prompts.
+    fn play(&mut self, ctx: &egui::Context) {
+        self.form.commit_text();
+        let settings = self.checked_settings();
+        let Some(session) = self.model.session_mut() else {
+            return;
+        };
+        match settings {
+            Ok(settings) => {
+                let ctx = ctx.clone();
+                session.play(settings, Box::new(move |_| ctx.request_repaint()));
+                self.notice = None;
+            }
+            Err(problem) => {
+                // A paused walk still resumes, with the settings it had.
+                session.resume();
+                self.notice = Some(Notice::error(problem));
+            }
+        }
+    }
+
+    /// Stop: finish a recording, end every pipeline thread.
+    pub(super) fn stop(&mut self) {
+        let outcome = self.model.session_mut().and_then(Session::stop);
+        self.report_recording(outcome);
+    }
+
+    /// Records what the walk runs (its frame rate, its prompts in the file's comment), not
+    /// what the form may hold unapplied.
+    fn start_recording(&mut self) {
+        let path = PathBuf::from(self.form.record_path.trim());
+        let at_output_size = self.form.record_at_output_size;
+        let Some(session) = self.model.session_mut() else {
+            return;
+        };
+        // No settings: nothing plays, and the session says so.
+        let options = match session.settings() {
+            Some(settings) => RecordOptions {
+                fps: settings.target_fps.round() as u32,
+                comment: Some(crate::record::provenance(
+                    &session.engine().name(),
+                    &settings.endpoints.prompts,
+                )),
+                // The source size by default (what was decoded, however it is displayed).
+                size: Some(if at_output_size {
+                    settings.output_size
+                } else {
+                    settings.endpoints.image_size
+                }),
+                ..RecordOptions::default()
+            },
+            None => RecordOptions::default(),
+        };
+        self.notice = Some(match session.start_recording(&path, options) {
+            Ok(()) => Notice::info(format!("recording to {}", path.display())),
+            Err(e) => Notice::error(format!("cannot record: {e}")),
+        });
+    }
+
+    /// Says how a recording ended, when one did.
+    pub(super) fn report_recording(&mut self, outcome: Option<Result<RecordSummary, RecordError>>) {
+        match outcome {
+            Some(Ok(summary)) => {
+                self.notice = Some(Notice::info(format!("saved {summary}")));
+                // The next recording goes to a new file.
+                self.form.next_record_path();
+            }
+            Some(Err(e)) => self.notice = Some(Notice::error(format!("recording: {e}"))),
+            None => {}
+        }
+    }
+}

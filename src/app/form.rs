@@ -1,0 +1,53 @@
+//! What the panels edit: the [`Controls`], and the text fields whose typing is not yet
+//! meant for the walk. Panels change this freely while they draw; everything else they want
+//! done goes through a [`super::Command`].
+
+use super::controls::Controls;
+use super::record_path::default_record_path;
+
+/// The window's form state.
+pub(super) struct Form {
+    /// The values of the sliders and choices, and the committed prompts.
+    pub controls: Controls,
+    /// Prompt text as typed; committed into `controls` on Enter, on leaving the field or by
+    /// "Apply prompts", so a half-typed prompt does not start sampling.
+    pub prompt_fields: Vec<String>,
+    /// The negative prompt as typed, committed with the prompts.
+    pub negative_field: String,
+    /// The model folder field (loads another model).
+    pub model_field: String,
+    /// Where the next recording goes.
+    pub record_path: String,
+    /// Record at the output size instead of the frames' own size.
+    pub record_at_output_size: bool,
+}
+
+impl Form {
+    /// A form showing `controls`, with the model field showing `model`.
+    pub fn new(controls: Controls, model: Option<String>) -> Self {
+        Self {
+            prompt_fields: controls.prompts.clone(),
+            negative_field: controls.negative.clone(),
+            controls,
+            model_field: model.unwrap_or_default(),
+            record_path: default_record_path().display().to_string(),
+            record_at_output_size: false,
+        }
+    }
+
+    /// Whether the text fields hold typing not yet committed.
+    pub fn text_edited(&self) -> bool {
+        self.prompt_fields != self.controls.prompts || self.negative_field != self.controls.negative
+    }
+
+    /// Takes the typed prompts into the controls.
+    pub fn commit_text(&mut self) {
+        self.controls.prompts = self.prompt_fields.clone();
+        self.controls.negative = self.negative_field.clone();
+    }
+
+    /// A new default record path, so the next recording does not overwrite the last.
+    pub fn next_record_path(&mut self) {
+        self.record_path = default_record_path().display().to_string();
+    }
+}
