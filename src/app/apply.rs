@@ -47,7 +47,7 @@ impl ViewerApp {
             return;
         };
         let wanted = self.form.controls.settings(self.image_size());
-        if same_settings(&running, &wanted) {
+        if running == wanted {
             return;
         }
         match self.checked_settings() {
@@ -73,27 +73,6 @@ pub(super) fn describe(error: &SettingsError) -> String {
         SettingsError::NoStepsBetween => "steps between keyframes must be at least 1".into(),
         other => other.to_string(),
     }
-}
-
-/// Whether two settings run the same walk. Every field is named, so a field added to
-/// [`Settings`] does not compile here until it is compared too.
-fn same_settings(a: &Settings, b: &Settings) -> bool {
-    let Settings {
-        endpoints,
-        walk,
-        decoder,
-        inbetweens,
-        target_fps,
-        upscale,
-        output_size,
-    } = a;
-    *endpoints == b.endpoints
-        && *walk == b.walk
-        && *decoder == b.decoder
-        && *inbetweens == b.inbetweens
-        && *target_fps == b.target_fps
-        && *upscale == b.upscale
-        && *output_size == b.output_size
 }
 
 #[cfg(test)]

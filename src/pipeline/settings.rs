@@ -17,7 +17,7 @@ pub const MAX_IMAGE_SIDE: u32 = 16384;
 pub const MAX_SAMPLER_STEPS: usize = 1000;
 
 /// Everything a user can change, live.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// Prompts, seed, sampler steps, guidance, image size: a change samples new endpoints.
     pub endpoints: EndpointRequest,

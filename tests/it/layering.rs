@@ -15,7 +15,10 @@ fn allowed_edges() -> BTreeMap<String, BTreeSet<String>> {
         if cells.len() != 5 || !cells[1].starts_with('`') {
             continue;
         }
-        let name = cells[1].trim_matches('`').trim_end_matches('/').trim_end_matches(".rs");
+        let name = cells[1]
+            .trim_matches('`')
+            .trim_end_matches('/')
+            .trim_end_matches(".rs");
         let allowed = backticked(cells[3])
             .into_iter()
             .map(|m| m.trim_end_matches('/').to_string())
@@ -45,8 +48,7 @@ fn modules() -> BTreeMap<String, Vec<PathBuf>> {
             let mut files = Vec::new();
             rust_files(&path, &mut files);
             modules.insert(name, files);
-        } else if name != "lib" && name != "main" && path.extension().is_some_and(|e| e == "rs")
-        {
+        } else if name != "lib" && name != "main" && path.extension().is_some_and(|e| e == "rs") {
             modules.insert(name, vec![path]);
         }
     }
@@ -204,5 +206,8 @@ fn the_reference_reader_sees_every_form_of_import() {
                   let x = crate::upscale::resize(); // crate::gpu in a comment\n\
                   macro_rules! m { () => { $crate::record::x } }\n";
     let found: Vec<String> = crate_references(source).into_iter().collect();
-    assert_eq!(found, ["frame", "model", "pipeline", "record", "upscale", "walk"]);
+    assert_eq!(
+        found,
+        ["frame", "model", "pipeline", "record", "upscale", "walk"]
+    );
 }
