@@ -570,7 +570,7 @@ fn wait_for_gpu(ctx: &crate::gpu::GpuContext) -> anyhow::Result<()> {
 
 /// Decodes into the upscaler's source texture, as the viewer's GPU path does, and waits.
 fn child_gpu_taesd(args: &BenchArgs, warmup: usize, runs: usize) -> anyhow::Result<ChildResult> {
-    use crate::model::taesd::{TaesdConfig, TaesdDecoder};
+    use crate::model::{TaesdConfig, TaesdDecoder};
     let ctx = crate::gpu::GpuContext::new_headless()?;
     let decoder = TaesdDecoder::random(&TaesdConfig::default(), 0)?;
     let gpu = crate::gpu::GpuTaesd::new(&ctx, &decoder)?;
@@ -638,7 +638,7 @@ const WALK_INBETWEENS: usize = 3;
 /// draw the in-betweens from the previous frame and the frame itself to 4K, and wait.
 fn child_gpu_walk(args: &BenchArgs, warmup: usize, runs: usize) -> anyhow::Result<ChildResult> {
     use crate::frame::FrameImage;
-    use crate::model::taesd::{TaesdConfig, TaesdDecoder};
+    use crate::model::{TaesdConfig, TaesdDecoder};
     let ctx = crate::gpu::GpuContext::new_headless()?;
     let decoder = TaesdDecoder::random(&TaesdConfig::default(), 0)?;
     let gpu = crate::gpu::GpuTaesd::new(&ctx, &decoder)?;
@@ -856,7 +856,7 @@ fn time_runs(
 }
 
 fn child_taesd(case: Case, warmup: usize, runs: usize) -> anyhow::Result<ChildResult> {
-    use crate::model::taesd::{TaesdConfig, TaesdDecoder};
+    use crate::model::{TaesdConfig, TaesdDecoder};
     let (h, w) = case.latent_hw().context("not a decoder case")?;
     // Random weights like the reference's re-init: the weights do not change the work.
     let decoder = TaesdDecoder::random(&TaesdConfig::default(), 0)?;
@@ -876,7 +876,7 @@ fn child_taesd(case: Case, warmup: usize, runs: usize) -> anyhow::Result<ChildRe
 }
 
 fn child_vae(case: Case, warmup: usize, runs: usize) -> anyhow::Result<ChildResult> {
-    use crate::model::vae::{AutoencoderKlConfig, VaeDecoder};
+    use crate::model::{AutoencoderKlConfig, VaeDecoder};
     let (h, w) = case.latent_hw().context("not a decoder case")?;
     // Random weights from each layer's init hint (the diffusers default init's shapes):
     // the GroupNorms keep activations in range, and the weights do not change the work.

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, load_tensors, max_abs_diff};
-use dreamwalk::model::clip::{ClipTextEncoder, ClipTextOutput};
-use dreamwalk::model::tokenizer::{ClipTokenizer, PadToken, MAX_TOKENS};
+use dreamwalk::model::text::{
+    ClipTextEncoder, ClipTextOutput, ClipTokenizer, PadToken, MAX_TOKENS,
+};
 
 /// The text encoder's outputs are compared within 1e-4. Outputs are O(1); the fixture's
 /// float32-vs-float64 noise for this 2-layer, 32-wide model is ~1e-6 and we measure

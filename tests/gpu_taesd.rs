@@ -16,7 +16,7 @@ use dreamwalk::gpu::{
     create_output_texture, read_texture, upscale_to_image, BicubicUpscaler, GpuError, GpuTaesd,
     OUTPUT_FORMAT,
 };
-use dreamwalk::model::taesd::{TaesdConfig, TaesdDecoder};
+use dreamwalk::model::{TaesdConfig, TaesdDecoder};
 
 /// The contract on the float output. The GPU sums each 3x3 convolution directly in f32, the
 /// CPU through Winograd F(4x4, 3x3); both stay ~1e-5 from diffusers on the fixture (outputs

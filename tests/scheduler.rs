@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{Device, IndexOp, Tensor};
 use common::{fixture, load_tensors, max_abs_diff};
-use dreamwalk::model::scheduler::{
+use dreamwalk::model::schedulers::{
     denoise, BetaSchedule, PredictionType, Sampler, SamplerKind, SchedulerConfig, TimestepSpacing,
 };
 

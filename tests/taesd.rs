@@ -8,8 +8,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, load_tensors, max_abs_diff, original_names};
-use dreamwalk::model::taesd::{TaesdConfig, TaesdDecoder};
-use dreamwalk::model::ModelError;
+use dreamwalk::model::{ModelError, TaesdConfig, TaesdDecoder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;

@@ -8,8 +8,7 @@ use std::path::Path;
 
 use candle_core::{Device, IndexOp, Tensor};
 use common::{fixture, load_tensors, max_abs_diff};
-use dreamwalk::model::vae::{kernels, AutoencoderKlConfig, VaeDecoder};
-use dreamwalk::model::weights;
+use dreamwalk::model::{kernels, weights, AutoencoderKlConfig, VaeDecoder};
 
 #[test]
 fn decode_raw_matches_diffusers() {

@@ -2,7 +2,7 @@
 //! GPU, the frame staying on the GPU for the bicubic upscaler.
 //!
 //! It runs the CPU decoder's weights ([`TaesdDecoder::conv_weights`]) through the same graph
-//! (see [`crate::model::taesd`]); every layer is one dispatch of `shaders/taesd_conv.wgsl`, a
+//! (see [`crate::model::decoders::taesd`]); every layer is one dispatch of `shaders/taesd_conv.wgsl`, a
 //! direct 3x3 convolution with the nearest upsampling, bias, residual add, ReLU and the output
 //! mapping fused in. The soft clamp `tanh(x / 3) * 3` is applied on the CPU while the latents
 //! are rearranged for upload (a few thousand values).
@@ -18,7 +18,7 @@ use wgpu::util::DeviceExt;
 
 use super::{GpuContext, GpuError, GpuFrame};
 use crate::frame::RgbaImage;
-use crate::model::taesd::{ConvWeights, TaesdDecoder};
+use crate::model::decoders::{ConvWeights, TaesdDecoder};
 
 /// Default cap on one full-resolution band buffer. For 72x128 latents the 576 image rows run
 /// as 4 bands of 144 (each with 8 halo rows, ~4% more work) and all activations take ~160 MB.

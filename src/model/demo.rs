@@ -11,13 +11,13 @@ use candle_nn::{Init, VarBuilder};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::clip::{ClipTextConfig, ClipTextEncoder};
-use super::scheduler::{PredictionType, SchedulerConfig};
+use super::decoders::taesd::{TaesdConfig, TaesdDecoder};
+use super::decoders::vae::{AutoencoderKlConfig, VaeDecoder};
+use super::schedulers::{PredictionType, SchedulerConfig};
 use super::sd::StableDiffusion;
-use super::taesd::{TaesdConfig, TaesdDecoder};
-use super::tokenizer::ClipTokenizer;
+use super::text::clip::{ClipTextConfig, ClipTextEncoder};
+use super::text::tokenizer::ClipTokenizer;
 use super::unet::{UNet2DConditionModel, UNetConfig};
-use super::vae::{AutoencoderKlConfig, VaeDecoder};
 use super::ModelDefaults;
 
 /// How the demo model is named wherever its output is shown or saved.

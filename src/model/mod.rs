@@ -4,16 +4,13 @@
 //! diffusers `config.json` files. candle-transformers is used where it matches diffusers
 //! (the AutoencoderKL); where it does not, the part is written here and says why.
 
-pub mod clip;
-pub mod conv;
+pub mod decoders;
 pub mod demo;
-pub mod scheduler;
+pub mod kernels;
+pub mod schedulers;
 pub mod sd;
-pub mod taesd;
-pub mod tokenizer;
+pub mod text;
 pub mod unet;
-mod unet_blocks;
-pub mod vae;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +48,7 @@ impl ModelError {
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
+pub use decoders::{AutoencoderKlConfig, TaesdConfig, TaesdDecoder, VaeDecoder};
 pub use sd::{load_init_latents, StableDiffusion};
 
 /// Which network turns latents into pixels.
@@ -185,7 +183,7 @@ pub trait Engine: Send + Sync + 'static {
         self.decode(latents, decoder).map(Into::into)
     }
     /// The TAESD weights, for decoders elsewhere (the GPU's); `None` when there is none.
-    fn taesd(&self) -> Option<&taesd::TaesdDecoder> {
+    fn taesd(&self) -> Option<&decoders::taesd::TaesdDecoder> {
         None
     }
     /// Which decoder runs and where, for the window ("TAESD on the CPU").

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::clip::ClipTextEncoder;
-use super::scheduler::{denoise, Sampler, SamplerKind, SchedulerConfig};
-use super::taesd::TaesdDecoder;
-use super::tokenizer::ClipTokenizer;
+use super::decoders::taesd::TaesdDecoder;
+use super::decoders::vae::VaeDecoder;
+use super::schedulers::{denoise, Sampler, SamplerKind, SchedulerConfig};
+use super::text::clip::ClipTextEncoder;
+use super::text::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
-use super::vae::VaeDecoder;
 use super::{
     DecoderKind, EndpointError, EndpointRequest, Engine, ModelDefaults, ModelError, Result,
     SamplingProgress,

@@ -23,9 +23,9 @@ use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::conv::{Act, Conv3x3, ConvShape, Sink};
-use super::{weights, ModelError, Result};
 use crate::frame::RgbaImage;
+use crate::model::kernels::conv::{Act, Conv3x3, ConvShape, Sink};
+use crate::model::{weights, ModelError, Result};
 
 /// An `AutoencoderTiny` `config.json` (diffusers names and defaults).
 ///

@@ -16,7 +16,7 @@
 use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
-use super::{ModelError, Result};
+use crate::model::{ModelError, Result};
 
 /// How beta (the noise added per training step) grows from `beta_start` to `beta_end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -190,7 +190,7 @@ impl SchedulerConfig {
 
     /// Reads a `scheduler_config.json`; errors name the file.
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        super::weights::read_config(path)
+        crate::model::weights::read_config(path)
     }
 }
 

@@ -20,17 +20,15 @@
 //! given back to a pool as soon as each is dead, GroupNorm + SiLU runs in place where the
 //! input is not needed again, and the attention's scores are made a block of rows at a time.
 
-pub mod kernels;
-
 use std::path::Path;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{init::DEFAULT_KAIMING_NORMAL, Init, VarBuilder};
 use serde::Deserialize;
 
-use self::kernels::{Attention, Conv1x1, GroupNorm, Pool};
-use super::conv::{padded, Act, CompactConv3x3, ConvShape, Sink};
-use super::{weights, ModelError, Result};
+use crate::model::kernels::conv::{padded, Act, CompactConv3x3, ConvShape, Sink};
+use crate::model::kernels::vae::{Attention, Conv1x1, GroupNorm, Pool};
+use crate::model::{weights, ModelError, Result};
 
 /// diffusers' AutoencoderKL `config.json` (the `vae/` folder of an SD model); keys this
 /// decoder does not use (encoder blocks, `sample_size`, `force_upcast`, ...) are ignored.
@@ -430,7 +428,10 @@ impl VaeDecoder {
     /// (`N(0, 1/fan_in)` weights, `U(+-1/sqrt(fan_in))` biases, GroupNorm 1 and 0): for
     /// benchmarks without a model file (the work does not depend on the weights).
     pub fn random(cfg: &AutoencoderKlConfig, seed: u64) -> Result<Self> {
-        Self::new(super::demo::seeded_var_builder(seed, &Device::Cpu), cfg)
+        Self::new(
+            crate::model::demo::seeded_var_builder(seed, &Device::Cpu),
+            cfg,
+        )
     }
 
     /// Multiply-adds x 2 of one decode of `h x w` latents as direct convolutions and plain

@@ -8,8 +8,8 @@
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use super::super::conv::{padded, Act, CompactConv3x3, Sink};
-use super::super::{ModelError, Result};
+use super::conv::{padded, Act, CompactConv3x3, Sink};
+use crate::model::{ModelError, Result};
 
 /// Pixels per rayon task in the per-pixel passes (GroupNorm): large enough that a task's
 /// overhead vanishes, small enough for many tasks per thread.

@@ -17,11 +17,11 @@ use candle_nn::{Conv2d, Conv2dConfig, Embedding, GroupNorm, Linear, VarBuilder};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
-use super::unet_blocks::{
-    AttentionSettings, BlockSettings, DownBlock, MidBlock, UpBlock, UpChannels,
-};
-use super::weights::{find_weights, in_file, mmap_var_builder, read_config};
-use super::{ModelError, Result};
+mod blocks;
+
+use self::blocks::{AttentionSettings, BlockSettings, DownBlock, MidBlock, UpBlock, UpChannels};
+use crate::model::weights::{find_weights, in_file, mmap_var_builder, read_config};
+use crate::model::{ModelError, Result};
 
 /// A config value given once for all blocks or as a list with one per down block
 /// (diffusers accepts both for e.g. `attention_head_dim` and `only_cross_attention`).

@@ -1,0 +1,5 @@
+pub mod taesd;
+pub mod vae;
+
+pub use taesd::{ConvWeights, TaesdConfig, TaesdDecoder};
+pub use vae::{AutoencoderKlConfig, VaeDecoder};
