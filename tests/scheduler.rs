@@ -7,7 +7,8 @@ mod common;
 use candle_core::{Device, IndexOp, Tensor};
 use common::{fixture, load_tensors, max_abs_diff};
 use dreamwalk::model::schedulers::{
-    denoise, BetaSchedule, PredictionType, Sampler, SamplerKind, SchedulerConfig, TimestepSpacing,
+    denoise, BetaSchedule, PredictionType, Sampler, SamplerKind, Scheduler, SchedulerConfig,
+    TimestepSpacing,
 };
 
 fn vec1(t: &Tensor) -> Vec<f64> {
