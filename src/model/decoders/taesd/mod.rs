@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::frame::RgbaImage;
-use crate::model::kernels::conv::{Act, Conv3x3, ConvShape, Sink};
+use crate::model::kernels::{Act, Conv3x3, ConvShape, Sink};
 use crate::model::{weights, ModelError, Result};
 
 /// An `AutoencoderTiny` `config.json` (diffusers names and defaults).

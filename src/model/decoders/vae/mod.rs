@@ -26,8 +26,9 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{init::DEFAULT_KAIMING_NORMAL, Init, VarBuilder};
 use serde::Deserialize;
 
-use crate::model::kernels::conv::{padded, Act, CompactConv3x3, ConvShape, Sink};
-use crate::model::kernels::vae::{Attention, Conv1x1, GroupNorm, Pool};
+use crate::model::kernels::{
+    padded, Act, Attention, CompactConv3x3, Conv1x1, ConvShape, GroupNorm, Pool, Sink,
+};
 use crate::model::{weights, ModelError, Result};
 
 /// diffusers' AutoencoderKL `config.json` (the `vae/` folder of an SD model); keys this
