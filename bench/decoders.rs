@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
-use dreamwalk::model::taesd::{TaesdConfig, TaesdDecoder};
-use dreamwalk::model::vae::{AutoencoderKlConfig, VaeDecoder};
+use dreamwalk::model::{AutoencoderKlConfig, VaeDecoder};
+use dreamwalk::model::{TaesdConfig, TaesdDecoder};
 
 use crate::cases::Case;
 use crate::child::{time_runs, ChildResult};

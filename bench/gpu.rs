@@ -9,7 +9,7 @@ use anyhow::bail;
 use candle_core::{Device, Tensor};
 use dreamwalk::frame::FrameImage;
 use dreamwalk::gpu::{BicubicUpscaler, GpuContext, GpuTaesd, OUTPUT_FORMAT};
-use dreamwalk::model::taesd::{TaesdConfig, TaesdDecoder};
+use dreamwalk::model::{TaesdConfig, TaesdDecoder};
 
 use crate::cases::Case;
 use crate::child::{run_child, time_runs, ChildResult};

@@ -91,23 +91,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn settings_differ_in_any_field() {
-        let controls = super::super::Controls::new(&crate::model::ModelDefaults {
-            image_size: (64, 64),
-            steps: 2,
-            guidance: 7.5,
-        });
-        let a = controls.settings((64, 64));
-        assert!(same_settings(&a, &a.clone()));
-        let mut b = a.clone();
-        b.target_fps += 1.0;
-        assert!(!same_settings(&a, &b));
-        let mut b = a.clone();
-        b.endpoints.seed += 1;
-        assert!(!same_settings(&a, &b));
-    }
-
     /// `--source` is checked by `Settings::validate` as the model loads, and Play refuses it.
     #[test]
     fn a_source_size_the_model_cannot_decode_is_a_notice() {

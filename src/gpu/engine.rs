@@ -10,10 +10,9 @@ use parking_lot::Mutex;
 
 use super::{GpuError, GpuTaesd};
 use crate::frame::{FrameImage, RgbaImage};
-use crate::model::taesd::TaesdDecoder;
 use crate::model::{
     DecoderKind, EndpointError, EndpointRequest, Engine, ModelDefaults, ModelError,
-    SamplingProgress,
+    SamplingProgress, TaesdDecoder,
 };
 
 /// Whether the viewer decodes TAESD on the GPU.

@@ -5,85 +5,21 @@
 //! path — tokenizer, text encoder, UNet, sampler, decoders — runs for real. Everything that
 //! shows or saves its output says [`DEMO_NAME`].
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
-use rand::{Rng, SeedableRng};
+use candle_core::{Device, Tensor};
 use serde_json::json;
 
-use super::clip::{ClipTextConfig, ClipTextEncoder};
-use super::scheduler::{PredictionType, SchedulerConfig};
+use super::decoders::{AutoencoderKlConfig, TaesdConfig, TaesdDecoder, VaeDecoder};
+use super::engine::ModelDefaults;
+use super::schedulers::{PredictionType, SchedulerConfig};
 use super::sd::StableDiffusion;
-use super::taesd::{TaesdConfig, TaesdDecoder};
-use super::tokenizer::ClipTokenizer;
+use super::seeded::seeded_var_builder;
+use super::text::{ClipTextConfig, ClipTextEncoder, ClipTokenizer};
 use super::unet::{UNet2DConditionModel, UNetConfig};
-use super::vae::{AutoencoderKlConfig, VaeDecoder};
-use super::ModelDefaults;
 
 /// How the demo model is named wherever its output is shown or saved.
 pub const DEMO_NAME: &str = "demo model (random weights)";
 
 const SEED: u64 = 0x00d2_ea3f_a1c0;
-
-/// Weights drawn from a generator seeded by `seed` and the tensor's name, following the
-/// initialisation hint of each layer (PyTorch-like: N(0, 1/fan_in) for weights, the
-/// constants for norms). Deterministic on every machine.
-pub(crate) struct SeededWeights {
-    pub seed: u64,
-}
-
-fn name_hash(name: &str) -> u64 {
-    // FNV-1a: a stable hash (std's hasher may change between Rust versions).
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-impl SimpleBackend for SeededWeights {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        hint: Init,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ name_hash(name));
-        let count = shape.elem_count();
-        let dims = shape.dims();
-        let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
-        let values: Vec<f32> = match hint {
-            Init::Const(v) => vec![v as f32; count],
-            Init::Uniform { lo, up } => (0..count)
-                .map(|_| rng.random_range(lo..up) as f32)
-                .collect(),
-            Init::Randn { mean, stdev } => (0..count)
-                .map(|_| (mean + stdev * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
-                .collect(),
-            Init::Kaiming { .. } => {
-                let std = (1.0 / fan_in as f64).sqrt();
-                (0..count)
-                    .map(|_| (std * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
-                    .collect()
-            }
-        };
-        Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("seeded weights are made by shape; `{name}` was asked without one")
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        // Only what the architecture asks for exists: optional tensors are absent.
-        false
-    }
-}
-
-/// Weights for any architecture, drawn from `seed` and each tensor's name.
-pub(crate) fn seeded_var_builder(seed: u64, device: &Device) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(SeededWeights { seed }), DType::F32, device.clone())
-}
 
 fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
     serde_json::from_value(value).expect("the demo model's built-in config is valid")

@@ -7,16 +7,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::clip::ClipTextEncoder;
-use super::scheduler::{denoise, Sampler, SamplerKind, SchedulerConfig};
-use super::taesd::TaesdDecoder;
-use super::tokenizer::ClipTokenizer;
+use super::decoders::{DecoderKind, TaesdDecoder, VaeDecoder};
+use super::engine::{EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress};
+use super::schedulers::{denoise, Sampler, SamplerKind, SchedulerConfig};
+use super::text::{ClipTextEncoder, ClipTokenizer};
 use super::unet::UNet2DConditionModel;
-use super::vae::VaeDecoder;
-use super::{
-    DecoderKind, EndpointError, EndpointRequest, Engine, ModelDefaults, ModelError, Result,
-    SamplingProgress,
-};
+use super::{ModelError, Result};
 use crate::frame::RgbaImage;
 
 /// The parts of a Stable Diffusion pipeline, ready to run on the CPU.

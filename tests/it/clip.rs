@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use dreamwalk::model::clip::{ClipTextEncoder, ClipTextOutput};
-use dreamwalk::model::tokenizer::{ClipTokenizer, PadToken, MAX_TOKENS};
+use dreamwalk::model::text::{
+    ClipTextEncoder, ClipTextOutput, ClipTokenizer, PadToken, MAX_TOKENS,
+};
 
 use crate::support::fixtures::{fixture, load_tensors, max_abs_diff, model_folder};
 

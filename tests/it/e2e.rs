@@ -2,7 +2,7 @@
 //! ddim_v, euler), and `tiny-sd/` end to end against `e2e/` (library and `render`).
 
 use candle_core::{Device, Tensor};
-use dreamwalk::model::scheduler::{denoise, Sampler, SamplerKind, SchedulerConfig};
+use dreamwalk::model::schedulers::{denoise, Sampler, SamplerKind, SchedulerConfig};
 use dreamwalk::model::sd::StableDiffusion;
 use dreamwalk::model::unet::UNet2DConditionModel;
 use dreamwalk::model::{EndpointRequest, Engine};
@@ -47,7 +47,7 @@ fn run_loop(
 fn ddim_twenty_steps_with_guidance_matches() {
     let case = load_tensors("ddim/case.safetensors");
     let mut config =
-        SchedulerConfig::stable_diffusion(dreamwalk::model::scheduler::PredictionType::Epsilon);
+        SchedulerConfig::stable_diffusion(dreamwalk::model::schedulers::PredictionType::Epsilon);
     config.set_alpha_to_one = false;
     let guidance = case["guidance_scale"].to_vec1::<f32>().unwrap()[0] as f64;
     let out = run_loop(

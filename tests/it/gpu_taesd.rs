@@ -12,7 +12,7 @@ use dreamwalk::gpu::{
     create_output_texture, read_texture, upscale_to_image, BicubicUpscaler, GpuError, GpuTaesd,
     OUTPUT_FORMAT,
 };
-use dreamwalk::model::taesd::{TaesdConfig, TaesdDecoder};
+use dreamwalk::model::{TaesdConfig, TaesdDecoder};
 
 use crate::support::fixtures::{fixture, load_tensors, max_abs_diff, max_byte_diff};
 use crate::support::gpu::{original_names, randn_latents, shared_gpu_context as gpu, texture};

@@ -3,8 +3,9 @@
 //! the UNet lives.
 
 use candle_core::{Device, IndexOp, Tensor};
-use dreamwalk::model::scheduler::{
-    denoise, BetaSchedule, PredictionType, Sampler, SamplerKind, SchedulerConfig, TimestepSpacing,
+use dreamwalk::model::schedulers::{
+    denoise, BetaSchedule, PredictionType, Sampler, SamplerKind, Scheduler, SchedulerConfig,
+    TimestepSpacing,
 };
 
 use crate::support::fixtures::{fixture, load_tensors, max_abs_diff};

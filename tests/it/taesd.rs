@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use dreamwalk::model::taesd::{TaesdConfig, TaesdDecoder};
-use dreamwalk::model::ModelError;
+use dreamwalk::model::{ModelError, TaesdConfig, TaesdDecoder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;

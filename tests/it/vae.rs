@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, IndexOp, Tensor};
-use dreamwalk::model::vae::{kernels, AutoencoderKlConfig, VaeDecoder};
-use dreamwalk::model::weights;
+use dreamwalk::model::{kernels, weights, AutoencoderKlConfig, VaeDecoder};
 
 use crate::support::fixtures::{fixture, load_tensors, max_abs_diff};
 

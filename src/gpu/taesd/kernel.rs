@@ -4,7 +4,7 @@
 use wgpu::util::DeviceExt;
 
 use crate::gpu::GpuError;
-use crate::model::taesd::ConvWeights;
+use crate::model::decoders::ConvWeights;
 
 /// Output pixels per workgroup along a row (`TILE_W` in the shader).
 pub(super) const TILE_W: u32 = 32;

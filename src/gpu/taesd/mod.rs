@@ -2,7 +2,7 @@
 //! GPU, the frame staying on the GPU for the bicubic upscaler.
 //!
 //! It runs the CPU decoder's weights ([`TaesdDecoder::conv_weights`]) through the same graph
-//! (see [`crate::model::taesd`]); every layer is one dispatch of `conv.wgsl` (beside this file), a
+//! (see [`crate::model::decoders::taesd`]); every layer is one dispatch of `conv.wgsl` (beside this file), a
 //! direct 3x3 convolution with the nearest upsampling, bias, residual add, ReLU and the output
 //! mapping fused in. The soft clamp `tanh(x / 3) * 3` is applied on the CPU while the latents
 //! are rearranged for upload (a few thousand values).
@@ -21,7 +21,7 @@ mod plan;
 
 use super::{GpuContext, GpuError, GpuFrame};
 use crate::frame::RgbaImage;
-use crate::model::taesd::TaesdDecoder;
+use crate::model::TaesdDecoder;
 use kernel::{GpuConv, GpuStage, Kernel};
 use plan::{Plan, Sizes};
 

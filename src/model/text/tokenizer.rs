@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use regex::Regex;
 use unicode_normalization::UnicodeNormalization;
 
-use super::{ModelError, Result};
+use crate::model::{ModelError, Result};
 
 /// Number of ids `encode` returns: CLIP's context length in every Stable Diffusion.
 pub const MAX_TOKENS: usize = 77;

@@ -18,8 +18,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
-use super::weights::{find_weights, in_file, mmap_var_builder, read_config};
-use super::{ModelError, Result};
+use crate::model::weights::{find_weights, in_file, mmap_var_builder, read_config};
+use crate::model::{ModelError, Result};
 
 /// The prefix transformers put before every key of a `CLIPTextModel` state dict (as real
 /// SD `text_encoder/model.safetensors` files have it); newer versions save without it.

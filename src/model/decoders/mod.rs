@@ -1,0 +1,28 @@
+//! The networks that turn latents into pixels: TAESD (the tiny autoencoder, fast enough to
+//! decode every frame of a walk) and the model's own AutoencoderKL (the reference quality).
+
+pub mod taesd;
+pub mod vae;
+
+pub use taesd::{ConvWeights, TaesdConfig, TaesdDecoder};
+pub use vae::{AutoencoderKlConfig, VaeDecoder};
+
+/// Which network turns latents into pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
+pub enum DecoderKind {
+    /// The tiny autoencoder: about 100x less work than the full VAE, a little softer.
+    #[default]
+    Taesd,
+    /// The model's own AutoencoderKL: the reference quality.
+    Vae,
+}
+
+impl DecoderKind {
+    /// The decoder's name as the window and the logs show it.
+    pub fn label(self) -> &'static str {
+        match self {
+            DecoderKind::Taesd => "TAESD",
+            DecoderKind::Vae => "full VAE",
+        }
+    }
+}

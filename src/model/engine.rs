@@ -1,0 +1,133 @@
+//! What the pipeline needs from a model, as a trait, with the request and progress types
+//! that cross the boundary: the pipeline and the viewer depend on this, not on a model.
+
+use super::decoders::{DecoderKind, TaesdDecoder};
+use super::{ModelError, Result};
+
+/// Everything that decides the keyframe latents: a change to any of it means sampling
+/// the endpoints again.
+#[derive(Clone, Debug)]
+pub struct EndpointRequest {
+    /// One prompt per keyframe (two or more for a walk).
+    pub prompts: Vec<String>,
+    /// The negative prompt (the "unconditional" side of classifier-free guidance).
+    pub negative: String,
+    /// Seed of the initial noise: the same seed and prompts give the same keyframes.
+    pub seed: u64,
+    /// Each keyframe gets `seed + i` instead of the same seed (layouts stop matching).
+    pub seed_per_keyframe: bool,
+    /// Sampler steps per keyframe.
+    pub steps: usize,
+    /// Classifier-free guidance scale; 1 or less turns guidance off (one UNet pass).
+    pub guidance: f64,
+    /// Decoded image size (width, height), multiples of the decoder's upscale factor.
+    pub image_size: (u32, u32),
+    /// Start every keyframe from these latents instead of seeded noise (reproducing
+    /// another tool's run).
+    pub init_latents: Option<candle_core::Tensor>,
+}
+
+impl PartialEq for EndpointRequest {
+    fn eq(&self, other: &Self) -> bool {
+        let same_init = match (&self.init_latents, &other.init_latents) {
+            (None, None) => true,
+            // Tensors share storage when cloned from the same load: compare by identity.
+            (Some(a), Some(b)) => a.id() == b.id(),
+            _ => false,
+        };
+        self.prompts == other.prompts
+            && self.negative == other.negative
+            && self.seed == other.seed
+            && self.seed_per_keyframe == other.seed_per_keyframe
+            && self.steps == other.steps
+            && self.guidance == other.guidance
+            && self.image_size == other.image_size
+            && same_init
+    }
+}
+
+/// Settings a model is meant to run with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelDefaults {
+    /// Decoded image (width, height).
+    pub image_size: (u32, u32),
+    /// Sampler steps per keyframe.
+    pub steps: usize,
+    /// Classifier-free guidance scale (0 for few-step models such as SD-Turbo).
+    pub guidance: f64,
+}
+
+/// Sampling progress, reported after each sampler step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SamplingProgress {
+    /// 0-based keyframe being sampled, of `keyframes`.
+    pub keyframe: usize,
+    /// Keyframes in the request.
+    pub keyframes: usize,
+    /// Steps done for this keyframe, of `steps`.
+    pub step: usize,
+    /// Steps per keyframe.
+    pub steps: usize,
+}
+
+/// Why sampling stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The caller asked to stop (a newer request, or shutdown).
+    #[error("cancelled")]
+    Cancelled,
+    /// The model failed (a bad request or a bad file).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl From<candle_core::Error> for EndpointError {
+    fn from(e: candle_core::Error) -> Self {
+        EndpointError::Model(e.into())
+    }
+}
+
+/// What the pipeline needs from a model: endpoints from prompts, pixels from latents.
+///
+/// Implemented by [`StableDiffusion`](super::StableDiffusion) for real weights and the
+/// built-in demo model alike; tests may implement it with something simpler.
+pub trait Engine: Send + Sync + 'static {
+    /// A name for the window and the logs ("demo model (random weights)" for the demo).
+    fn name(&self) -> String;
+    /// The decoders this model has.
+    fn decoders(&self) -> Vec<DecoderKind>;
+    /// Image sides must be multiples of this (decoder factor x UNet down-sampling).
+    fn size_multiple(&self) -> u32;
+    /// What a walk on this model starts from.
+    fn defaults(&self) -> ModelDefaults;
+    /// Samples one latent per prompt. `progress` is called after each sampler step and
+    /// returns `false` to cancel.
+    fn endpoints(
+        &self,
+        request: &EndpointRequest,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> Result<Vec<candle_core::Tensor>, EndpointError>;
+    /// Decodes one latent (1, C, h, w) to an RGBA image.
+    fn decode(
+        &self,
+        latents: &candle_core::Tensor,
+        decoder: DecoderKind,
+    ) -> Result<crate::frame::RgbaImage>;
+    /// Decodes one latent to a pipeline frame: [`Self::decode`]'s image, unless the engine
+    /// decodes on a GPU and keeps the frame there.
+    fn decode_frame(
+        &self,
+        latents: &candle_core::Tensor,
+        decoder: DecoderKind,
+    ) -> Result<crate::frame::FrameImage> {
+        self.decode(latents, decoder).map(Into::into)
+    }
+    /// The TAESD weights, for decoders elsewhere (the GPU's); `None` when there is none.
+    fn taesd(&self) -> Option<&TaesdDecoder> {
+        None
+    }
+    /// Which decoder runs and where, for the window ("TAESD on the CPU").
+    fn decoder_description(&self, decoder: DecoderKind) -> String {
+        format!("{} on the CPU", decoder.label())
+    }
+}

@@ -1,0 +1,93 @@
+//! The activation layout every CPU decoder kernel shares: NHWC, channels padded to one
+//! SIMD register, and the pool the large buffers live in between layers.
+
+/// Channels are padded to a multiple of this: one 256-bit register of f32.
+pub(crate) const LANES: usize = 8;
+
+/// Rounds a channel count up to the padded width used inside the decoder.
+pub(crate) fn padded(channels: usize) -> usize {
+    channels.div_ceil(LANES) * LANES
+}
+
+/// A batch of activations in NHWC order, channels zero-padded to a multiple of [`LANES`].
+#[derive(Debug, Default)]
+pub(crate) struct Act {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Padded channel count (the stride between pixels).
+    pub c: usize,
+    pub data: Vec<f32>,
+}
+
+impl Act {
+    /// Reuses `buffer` for an `n x h x w x c` activation. Contents are left as they are:
+    /// every convolution writes all of its output, padded channels included.
+    pub fn reuse(mut buffer: Vec<f32>, n: usize, h: usize, w: usize, c: usize) -> Self {
+        buffer.resize(n * h * w * c, 0.0);
+        Self {
+            n,
+            h,
+            w,
+            c,
+            data: buffer,
+        }
+    }
+
+    /// Converts NCHW data with `channels` real channels, applying `f` to each value.
+    pub fn from_nchw(
+        buffer: Vec<f32>,
+        nchw: &[f32],
+        (n, channels, h, w): (usize, usize, usize, usize),
+        f: impl Fn(f32) -> f32,
+    ) -> Self {
+        let c = padded(channels);
+        let mut act = Self::reuse(buffer, n, h, w, c);
+        act.data.fill(0.0);
+        for b in 0..n {
+            for ch in 0..channels {
+                let plane = &nchw[(b * channels + ch) * h * w..][..h * w];
+                for (i, &value) in plane.iter().enumerate() {
+                    act.data[(b * h * w + i) * c + ch] = f(value);
+                }
+            }
+        }
+        act
+    }
+
+    /// Gives the buffer back for reuse.
+    pub fn into_buffer(self) -> Vec<f32> {
+        self.data
+    }
+}
+
+/// Float buffers handed from layer to layer and kept between decodes: the large
+/// activations (134 MB at 512x512 x 128 channels) would otherwise be page-faulted in anew
+/// by every layer.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    free: Vec<Vec<f32>>,
+}
+
+impl Pool {
+    /// A buffer for `len` floats (contents unspecified, length not set): the smallest free
+    /// one that holds `len`, else the largest (the caller's resize grows it in place,
+    /// so the total held stays near the peak need), else a new one.
+    pub fn take(&mut self, len: usize) -> Vec<f32> {
+        let fits = (0..self.free.len())
+            .filter(|&i| self.free[i].capacity() >= len)
+            .min_by_key(|&i| self.free[i].capacity());
+        let largest = (0..self.free.len()).max_by_key(|&i| self.free[i].capacity());
+        match fits.or(largest) {
+            Some(i) => self.free.swap_remove(i),
+            None => Vec::new(),
+        }
+    }
+
+    /// Hands a buffer back.
+    pub fn give(&mut self, buffer: Vec<f32>) {
+        if buffer.capacity() > 0 {
+            self.free.push(buffer);
+        }
+    }
+}
