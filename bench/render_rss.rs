@@ -3,15 +3,15 @@
 //! memory must not grow with the length of the walk.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use dreamwalk::gpu::GpuDecode;
 use dreamwalk::model::{DecoderKind, EndpointRequest};
-use dreamwalk::pipeline::{Inbetweens, Settings, StatsSnapshot};
+use dreamwalk::pipeline::{Inbetweens, Settings};
 use dreamwalk::record::RecordOptions;
 use dreamwalk::upscale::UpscaleMode;
-use dreamwalk::usecase::{headless_engine, ModelSource, RenderHeader, RenderJob, RenderProgress};
+use dreamwalk::usecase::{headless_engine, ModelSource, RenderJob};
 use dreamwalk::walk::{Easing, Interp, LoopMode, WalkSettings};
 
 use crate::cases::Case;
@@ -152,7 +152,7 @@ pub fn child_render_rss(args: &BenchArgs) -> anyhow::Result<ChildResult> {
             eprintln!("dreamwalk: {note}");
         }
         let job = render_job(&*engine, steps_between, &out)?;
-        let mut progress = RenderSpinner::new();
+        let mut progress = dreamwalk::cli::RenderBar::new();
         let summary = dreamwalk::usecase::render(engine, &job, &mut progress)?;
         progress.finish();
         eprintln!("{summary}");
@@ -184,46 +184,6 @@ pub fn child_render_rss(args: &BenchArgs) -> anyhow::Result<ChildResult> {
             "second_half_peak_mb": peak_of(&|t| t >= half),
         }),
     })
-}
-
-/// The render's progress on stderr, as `dreamwalk render` shows it: a spinner counting the
-/// frames written, with the pipeline's figures.
-struct RenderSpinner {
-    bar: indicatif::ProgressBar,
-}
-
-impl RenderSpinner {
-    fn new() -> Self {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {pos} frames {elapsed} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-        Self { bar }
-    }
-
-    fn finish(self) {
-        self.bar.finish_and_clear();
-    }
-}
-
-impl RenderProgress for RenderSpinner {
-    fn started(&mut self, header: &RenderHeader) {
-        self.bar.suspend(|| eprintln!("dreamwalk: {header}"));
-    }
-
-    fn waiting(&mut self, stats: &StatsSnapshot) {
-        self.bar.set_message(stats.phase.clone());
-    }
-
-    fn frame_written(&mut self, written: u64, stats: &StatsSnapshot) {
-        self.bar.set_position(written);
-        self.bar.set_message(format!(
-            "decode {:.0} ms | buffer {}/{} | {}",
-            stats.decode_ms, stats.buffer_fill, stats.buffer_capacity, stats.phase
-        ));
-    }
 }
 
 /// Frames in a y4m file (counts `FRAME` markers; the tiny test frames hold no such bytes

@@ -3,14 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let default_filter = format!("info,{}", dreamwalk::gpu::QUIET_WGPU_LOG_DIRECTIVES);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    dreamwalk::cli::init_logging();
     match dreamwalk::cli::run(dreamwalk::cli::Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -8,8 +8,21 @@ mod progress;
 mod values;
 
 pub use args::{Cli, Command, ModelArgs, RenderArgs, Size, ViewerArgs};
+pub use progress::RenderBar;
 
 use anyhow::Context;
+
+/// Logs to stderr at INFO (or as `RUST_LOG` says), with wgpu and naga kept below WARN.
+pub fn init_logging() {
+    let default_filter = format!("info,{}", crate::gpu::QUIET_WGPU_LOG_DIRECTIVES);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
 
 /// Runs what the command line asks for.
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -10,7 +10,14 @@ pub struct RenderBar {
     bar: indicatif::ProgressBar,
 }
 
+impl Default for RenderBar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RenderBar {
+    /// A spinner on stderr, ticking on its own while keyframes are sampled.
     pub fn new() -> Self {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
