@@ -7,6 +7,10 @@ use std::sync::Arc;
 
 pub use gpu::{map_read, read_texture_on, FrameError, GpuFrame, GPU_FRAME_FORMAT};
 
+/// The largest image side dreamwalk decodes or writes, in pixels: beyond it a single frame
+/// is over a gigabyte and no GPU texture can hold it.
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
 /// An 8-bit RGBA image, rows top to bottom, no padding between rows.
 ///
 /// RGBA rather than RGB because GPUs have no 3-channel 8-bit texture format and the

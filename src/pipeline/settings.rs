@@ -9,9 +9,7 @@ use crate::walk::WalkSettings;
 
 use super::Inbetweens;
 
-/// The largest image side dreamwalk decodes or writes, in pixels: beyond it a single frame
-/// is over a gigabyte and no GPU texture can hold it.
-pub const MAX_IMAGE_SIDE: u32 = 16384;
+pub use crate::frame::MAX_IMAGE_SIDE;
 
 /// The most sampler steps a keyframe may take (diffusers' schedulers train on 1000 steps).
 pub const MAX_SAMPLER_STEPS: usize = 1000;

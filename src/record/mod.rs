@@ -76,7 +76,7 @@ use crate::upscale::BicubicResizer;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::frame::RgbaImage;
+use crate::frame::{RgbaImage, MAX_IMAGE_SIDE};
 
 pub use ffmpeg::partial_path;
 pub use png_seq::{write_png, PngError};
@@ -574,8 +574,10 @@ fn validate(opts: &RecordOptions) -> Result<(), RecordError> {
         return invalid(format!("fps {} (must be 1..=1000)", opts.fps));
     }
     if let Some((width, height)) = opts.size {
-        if width == 0 || height == 0 || width > 16384 || height > 16384 {
-            return invalid(format!("size {width}x{height} (must be 1..=16384 each)"));
+        if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+            return invalid(format!(
+                "size {width}x{height} (must be 1..={MAX_IMAGE_SIDE} each)"
+            ));
         }
     }
     if opts.crf > 51 {
