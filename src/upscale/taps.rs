@@ -7,7 +7,7 @@
 //! bytes), so the weights are made the same way: the support window around each output
 //! pixel's centre, clipped to the image, zero weights trimmed from both ends, normalised to
 //! sum 1 in f64; then one precision for the whole axis (the most fraction bits that keep the
-//! largest weight below 2^15) and each weight rounded to i16. `tests/upscale.rs` compares
+//! largest weight below 2^15) and each weight rounded to i16. `tests/it/upscale.rs` compares
 //! the two byte for byte.
 
 /// Catmull-Rom (a = -0.5), written in the same Horner form as fast_image_resize so the f64
