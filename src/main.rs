@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     dreamwalk::cli::init_logging();
     match dreamwalk::cli::run(dreamwalk::cli::Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // One clear sentence per cause, no backtrace.
             eprintln!("dreamwalk: {e:#}");

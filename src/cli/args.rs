@@ -198,6 +198,10 @@ pub struct RenderArgs {
     /// Size of the recorded video when it should differ from the frames.
     #[arg(long)]
     pub record_size: Option<Size>,
+    /// Replace an existing --out (a file, or a folder's PNGs). The old output stays until
+    /// the new one is finished. Without it, an existing output is refused before sampling.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 impl RenderArgs {
@@ -244,6 +248,7 @@ impl RenderArgs {
                 fps: self.fps,
                 size: self.record_size.map(Size::pair),
                 crf: self.crf,
+                overwrite: self.overwrite,
                 ..Default::default()
             },
         })

@@ -10,7 +10,12 @@ mod values;
 pub use args::{Cli, Command, ModelArgs, RenderArgs, Size, ViewerArgs};
 pub use progress::RenderBar;
 
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use anyhow::Context;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// Logs to stderr at INFO (or as `RUST_LOG` says), with wgpu and naga kept below WARN.
 pub fn init_logging() {
@@ -24,26 +29,89 @@ pub fn init_logging() {
         .init();
 }
 
-/// Runs what the command line asks for.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs what the command line asks for; the exit code says how it ended (130 or 143 for a
+/// render stopped by SIGINT or SIGTERM).
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Some(Command::Render(args)) => render(args, &cli.model),
-        None => run_viewer(&cli.model, &cli.viewer),
+        None => run_viewer(&cli.model, &cli.viewer).map(|()| ExitCode::SUCCESS),
     }
 }
 
 /// `dreamwalk render`: loads the model, renders the walk, prints what was written.
-fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<()> {
+///
+/// A first SIGINT (Ctrl-C) or SIGTERM stops the render: the frames already on their way to
+/// the file are written, the output is finalized under its name, what was kept is printed,
+/// and the exit code is 128 + the signal. A second one exits at once; whatever is under the
+/// output's name is still whole (unfinished files stay under their temporary names).
+fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
     let (engine, note) = crate::usecase::headless_engine(&model.source(), args.gpu_decode.into())?;
     if let Some(note) = note {
         eprintln!("dreamwalk: {note}");
     }
     let job = args.job(&*engine)?;
+    let interrupts = Interrupts::watch()?;
     let mut progress = progress::RenderBar::new();
-    let summary = crate::usecase::render(engine, &job, &mut progress)?;
+    let summary = crate::usecase::render_until(engine, &job, &mut progress, &interrupts.stop)?;
     progress.finish();
     eprintln!("{summary}");
-    Ok(())
+    if summary.interrupted {
+        let signal = interrupts.signal();
+        let name = if signal == SIGTERM {
+            "SIGTERM"
+        } else {
+            "SIGINT"
+        };
+        match summary.frames_written {
+            0 => eprintln!(
+                "dreamwalk: stopped by {name} before the first frame; {} was not touched",
+                job.out.display()
+            ),
+            n => eprintln!(
+                "dreamwalk: stopped by {name}: kept {n} frames, {} is complete",
+                job.out.display()
+            ),
+        }
+        return Ok(ExitCode::from(128 + signal as u8));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM, caught: the first sets `stop` (and records which it was), a second
+/// one, once `stop` is set, ends the process at once with 128 + its number.
+struct Interrupts {
+    stop: Arc<AtomicBool>,
+    signal: Arc<AtomicUsize>,
+}
+
+impl Interrupts {
+    fn watch() -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let signal = Arc::new(AtomicUsize::new(0));
+        for number in [SIGINT, SIGTERM] {
+            // Actions run in the order registered: the shutdown looks at `stop` before this
+            // signal sets it, so only a second signal exits.
+            signal_hook::flag::register_conditional_shutdown(
+                number,
+                128 + number,
+                Arc::clone(&stop),
+            )
+            .and_then(|_| {
+                signal_hook::flag::register_usize(number, Arc::clone(&signal), number as usize)
+            })
+            .and_then(|_| signal_hook::flag::register(number, Arc::clone(&stop)))
+            .context("cannot catch SIGINT/SIGTERM")?;
+        }
+        Ok(Self { stop, signal })
+    }
+
+    /// The signal that stopped the render (SIGINT if none was recorded).
+    fn signal(&self) -> i32 {
+        match self.signal.load(Ordering::Relaxed) {
+            0 => SIGINT,
+            n => n as i32,
+        }
+    }
 }
 
 /// `dreamwalk` with no subcommand: the desktop viewer.

@@ -200,9 +200,30 @@ impl OpenH264Sink {
         let moov_len = mp4::moov(&track, 0).len() as u64;
         let payload_offset = ftyp.len() as u64 + moov_len + MDAT_HEADER_LEN;
         let moov = mp4::moov(&track, payload_offset);
-        let mut out = File::create(&self.output)?;
-        out.write_all(&ftyp)?;
-        out.write_all(&moov)?;
+        // Written beside the output and renamed when whole: an existing output is replaced
+        // only by a complete file.
+        let mut name = self.output.file_name().unwrap_or_default().to_os_string();
+        name.push(".faststart.part");
+        let staged = self.output.with_file_name(name);
+        let result = self.write_faststart_to(&staged, &ftyp, &moov);
+        match result.and_then(|()| fs::rename(&staged, &self.output)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = fs::remove_file(&staged);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_faststart_to(
+        &mut self,
+        staged: &Path,
+        ftyp: &[u8],
+        moov: &[u8],
+    ) -> Result<(), std::io::Error> {
+        let mut out = File::create(staged)?;
+        out.write_all(ftyp)?;
+        out.write_all(moov)?;
         out.write_all(&mp4::mdat_header(self.payload_len))?;
         self.file.seek(SeekFrom::Start(self.header_len))?;
         let copied = std::io::copy(&mut (&self.file).take(self.payload_len), &mut out)?;
@@ -300,7 +321,6 @@ impl FrameSink for OpenH264Sink {
             Err(e) => e,
         };
         // Most likely a full disk: the partial file needs only its index to be complete.
-        let _ = fs::remove_file(&self.output);
         let frames_before = self.sample_sizes.len();
         match self.finalize_in_place() {
             Ok(dropped) => {

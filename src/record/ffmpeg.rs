@@ -9,7 +9,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
@@ -31,6 +31,16 @@ pub fn partial_path(output: &Path) -> PathBuf {
         .map(OsStr::to_os_string)
         .unwrap_or_default();
     name.push(".part");
+    output.with_file_name(name)
+}
+
+/// Where the finished MP4 is remuxed to before it is renamed to `output`.
+fn remux_path(output: &Path) -> PathBuf {
+    let mut name = output
+        .file_name()
+        .map(OsStr::to_os_string)
+        .unwrap_or_default();
+    name.push(".remux.part");
     output.with_file_name(name)
 }
 
@@ -140,7 +150,10 @@ impl FfmpegSink {
             .args(self.encode_args(width, height))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C in the terminal goes to dreamwalk, which
+            // finishes the recording, and not to ffmpeg, which would stop mid-stream.
+            .process_group(0);
         tracing::debug!(?command, "starting ffmpeg");
         let mut child = command.spawn().map_err(|e| RecordError::Ffmpeg {
             program: self.program.clone(),
@@ -289,6 +302,9 @@ impl FfmpegSink {
                 "ffmpeg had not completed any fragment, so no file was written",
             ));
         }
+        // Remuxed beside the output and renamed when whole: an existing output is replaced
+        // only by a complete file.
+        let remuxed = remux_path(&self.output);
         let remux = Command::new(&self.program)
             .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
             .arg(&self.part)
@@ -302,11 +318,14 @@ impl FfmpegSink {
                 "-f",
                 "mp4",
             ])
-            .arg(&self.output)
+            .arg(&remuxed)
             .stdin(Stdio::null())
+            .process_group(0)
             .output();
         let remux_error = match remux {
-            Ok(out) if out.status.success() => None,
+            Ok(out) if out.status.success() => fs::rename(&remuxed, &self.output)
+                .err()
+                .map(|e| format!("renaming {} failed: {e}", remuxed.display())),
             Ok(out) => Some(format!(
                 "{}{}",
                 describe_exit(out.status),
@@ -319,7 +338,7 @@ impl FfmpegSink {
             return Ok(format!("{} frames, finalized MP4 (faststart)", kept.frames));
         };
         // A half-written output (disk full) is worth less than the fragmented file.
-        let _ = fs::remove_file(&self.output);
+        let _ = fs::remove_file(&remuxed);
         match fs::rename(&self.part, &self.output) {
             Ok(()) => Err(RecordError::failed(
                 &self.output,

@@ -36,6 +36,13 @@
 //!     index last). If even the index does not fit, the last frames are dropped until it does.
 //!   * Y4M: the file is cut back to its last complete frame.
 //!   * PNG: a PNG that could not be written whole is removed; all others are complete.
+//! * Nothing is destroyed: an output that exists (a file, or a folder or `name_*.png` files
+//!   already holding a sequence) is refused by [`Recorder::start`] with
+//!   [`RecordError::Exists`] unless [`RecordOptions::overwrite`] is set. Every file is written
+//!   under a temporary name beside it ([`partial_path`]) and renamed when whole, so an
+//!   existing output is replaced only by a finished one, and a recording that wrote no frame
+//!   leaves it as it was. With `overwrite`, a PNG sequence's older frames numbered past the
+//!   new last one are deleted when it finishes.
 //! * Dropping a [`Recorder`] without calling [`Recorder::finish`] finishes it all the same
 //!   (the queued frames are written, the file finalized, the thread joined); only the outcome
 //!   is lost.
@@ -132,6 +139,11 @@ pub struct RecordOptions {
     /// limit). It says which model made the
     /// frames, so a demo-model video is labelled as such wherever it goes.
     pub comment: Option<String>,
+    /// Replace an existing output (a file, or the numbered PNGs already in a folder). Without
+    /// it, [`Recorder::start`] refuses an output that exists ([`RecordError::Exists`]). Either
+    /// way the old output is replaced only when the new one is finished: until then the new
+    /// one is written under a temporary name.
+    pub overwrite: bool,
 }
 
 impl Default for RecordOptions {
@@ -147,6 +159,7 @@ impl Default for RecordOptions {
             force_builtin_encoder: false,
             ffmpeg: None,
             comment: None,
+            overwrite: false,
         }
     }
 }
@@ -242,6 +255,12 @@ pub enum RecordError {
         path: PathBuf,
         /// Its extension, lower case.
         extension: String,
+    },
+    /// The output exists and [`RecordOptions::overwrite`] was not given: nothing was touched.
+    #[error("{} already exists and was left as it is: choose another name, or overwrite it (--overwrite)", path.display())]
+    Exists {
+        /// The existing file or folder.
+        path: PathBuf,
     },
     /// A [`RecordOptions`] field is out of range.
     #[error("invalid recording option: {0}")]
@@ -409,6 +428,9 @@ impl Recorder {
     pub fn start(path: &Path, opts: RecordOptions) -> Result<Recorder, RecordError> {
         validate(&opts)?;
         let format = OutputFormat::from_path(path)?;
+        if !opts.overwrite {
+            refuse_existing(path, format)?;
+        }
         let sink: Box<dyn FrameSink> = match format {
             OutputFormat::Mp4 if opts.force_builtin_encoder => {
                 Box::new(builtin::OpenH264Sink::create(path, &opts)?)
@@ -566,6 +588,27 @@ impl Drop for Recorder {
             }
         }
     }
+}
+
+/// [`RecordError::Exists`] when writing `path` as `format` would replace something: an
+/// existing file, or a PNG sequence's folder (or `name_*.png` files) already holding frames.
+pub fn refuse_existing(path: &Path, format: OutputFormat) -> Result<(), RecordError> {
+    let exists = || RecordError::Exists {
+        path: path.to_path_buf(),
+    };
+    match format {
+        OutputFormat::PngSequence => {
+            if png_seq::holds_frames(path) {
+                return Err(exists());
+            }
+        }
+        _ => {
+            if path.symlink_metadata().is_ok() {
+                return Err(exists());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate(opts: &RecordOptions) -> Result<(), RecordError> {

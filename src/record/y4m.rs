@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 use super::{Encoder, FrameSink, RecordError, RecordOptions};
 use crate::frame::RgbaImage;
 
-/// Writes a `.y4m` file; see the module docs.
+/// Writes a `.y4m` file; see the module docs. The frames go to the partial file beside it
+/// ([`partial_path`](super::partial_path)), renamed to the output when finished, so an
+/// existing file of that name is replaced only by a complete one.
 pub(super) struct Y4mSink {
     path: PathBuf,
+    part: PathBuf,
     file: File,
     fps: u32,
     /// ` XCOMMENT=...` for the header, or empty.
@@ -23,14 +26,17 @@ pub(super) struct Y4mSink {
 }
 
 impl Y4mSink {
-    /// Creates the file; the header is written with the first frame, which gives the size.
+    /// Creates the partial file; the header is written with the first frame, which gives the
+    /// size.
     pub(super) fn create(path: &Path, opts: &RecordOptions) -> Result<Self, RecordError> {
-        let file = File::create(path).map_err(|source| RecordError::Unwritable {
+        let part = super::partial_path(path);
+        let file = File::create(&part).map_err(|source| RecordError::Unwritable {
             path: path.to_path_buf(),
             source,
         })?;
         Ok(Self {
             path: path.to_path_buf(),
+            part,
             file,
             fps: opts.fps,
             comment_field: opts
@@ -79,12 +85,24 @@ impl FrameSink for Y4mSink {
 
     fn finish(&mut self) -> Result<String, RecordError> {
         if self.frames == 0 {
-            let _ = fs::remove_file(&self.path);
+            let _ = fs::remove_file(&self.part);
             return Ok("no frames (no file was written)".to_string());
         }
+        // Whole frames only, even after a failed write.
+        let _ = self.file.set_len(self.complete_len);
         self.file
             .sync_all()
             .map_err(|e| RecordError::failed(&self.path, format!("flushing failed: {e}")))?;
+        fs::rename(&self.part, &self.path).map_err(|e| {
+            RecordError::failed(
+                &self.path,
+                format!(
+                    "renaming {} failed ({e}); it holds {} complete frames",
+                    self.part.display(),
+                    self.frames
+                ),
+            )
+        })?;
         Ok(format!("{} frames, complete", self.frames))
     }
 }

@@ -6,4 +6,6 @@ pub mod load;
 pub mod render;
 
 pub use load::{headless_engine, load_engine, ModelSource};
-pub use render::{render, RenderError, RenderHeader, RenderJob, RenderProgress, RenderSummary};
+pub use render::{
+    render, render_until, RenderError, RenderHeader, RenderJob, RenderProgress, RenderSummary,
+};

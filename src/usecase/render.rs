@@ -2,6 +2,7 @@
 //! PNG folder. The caller (the command line, the bench) says how to show progress.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,9 @@ impl RenderProgress for () {}
 #[derive(Clone, Debug)]
 pub struct RenderSummary {
     pub frames_written: u64,
+    /// The render was stopped early (its `stop` flag was set): the output holds the frames
+    /// written until then, finalized.
+    pub interrupted: bool,
     pub record: RecordSummary,
     /// The pipeline's figures at the end.
     pub stats: StatsSnapshot,
@@ -81,6 +85,9 @@ pub struct RenderSummary {
 impl std::fmt::Display for RenderSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let stats = &self.stats;
+        if self.interrupted {
+            f.write_str("interrupted: kept what was made; ")?;
+        }
         write!(
             f,
             "wrote {} frames: {}\n  decoded {} (+{} from cache), decode {:.1} ms, in-between {:.2} ms, upscale {:.1} ms per frame",
@@ -135,6 +142,19 @@ pub fn render(
     job: &RenderJob,
     progress: &mut dyn RenderProgress,
 ) -> Result<RenderSummary, RenderError> {
+    render_until(engine, job, progress, &AtomicBool::new(false))
+}
+
+/// [`render`], stopping early once `stop` is set (a Ctrl-C, say): no frame is taken from the
+/// pipeline after that (it is checked at least every 250 ms), the pipeline is shut down, the
+/// frames already handed to the recorder are written and the output is finalized, whole,
+/// under its name. The summary then says `interrupted`.
+pub fn render_until(
+    engine: Arc<dyn Engine>,
+    job: &RenderJob,
+    progress: &mut dyn RenderProgress,
+    stop: &AtomicBool,
+) -> Result<RenderSummary, RenderError> {
     let settings = &job.settings;
     settings.validate(&*engine)?;
     let frame_size = match settings.upscale {
@@ -174,7 +194,12 @@ pub fn render(
     };
     let pipeline = Pipeline::start(engine, settings.clone(), options);
     let mut written = 0u64;
+    let mut interrupted = false;
     loop {
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
         let deadline = Instant::now() + WAITING_REPORT_INTERVAL;
         let frame = match pipeline.ring().pop_by(deadline) {
             Popped::Frame(frame) => frame,
@@ -209,6 +234,7 @@ pub fn render(
     let record = recorder.finish().map_err(RenderError::Finish)?;
     Ok(RenderSummary {
         frames_written: written,
+        interrupted,
         record,
         stats,
     })
