@@ -23,6 +23,7 @@ mod record;
 mod render;
 mod ring;
 mod scheduler;
+mod signals;
 mod taesd;
 mod unet;
 mod upscale;
