@@ -127,6 +127,7 @@ fn render_job(
             crf: 18,
             ..Default::default()
         },
+        save_latents: None,
     })
 }
 

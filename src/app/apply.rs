@@ -35,6 +35,14 @@ impl ViewerApp {
         }
     }
 
+    /// What the settings will run with that the user may not expect (a prompt longer than
+    /// the text encoder reads), as one line for the notice; `None` when nothing.
+    pub(super) fn settings_warning(&self, settings: &Settings) -> Option<String> {
+        let session = self.model.session()?;
+        let warnings = settings.warnings(session.engine().as_ref());
+        (!warnings.is_empty()).then(|| warnings.join("; "))
+    }
+
     /// Sends changed controls to the running walk. Settings the model cannot run are not
     /// sent: the walk plays on with what it has, and the notice says why.
     pub(super) fn apply_controls(&mut self) {
@@ -52,6 +60,9 @@ impl ViewerApp {
         }
         match self.checked_settings() {
             Ok(settings) => {
+                if let Some(warning) = self.settings_warning(&settings) {
+                    self.notice = Some(Notice::info(warning));
+                }
                 if let Some(session) = self.model.session() {
                     session.apply(&settings);
                 }

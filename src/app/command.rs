@@ -58,6 +58,10 @@ impl ViewerApp {
     fn play(&mut self, ctx: &egui::Context) {
         self.form.commit_text();
         let settings = self.checked_settings();
+        let warning = settings
+            .as_ref()
+            .ok()
+            .and_then(|s| self.settings_warning(s));
         let Some(session) = self.model.session_mut() else {
             return;
         };
@@ -65,7 +69,7 @@ impl ViewerApp {
             Ok(settings) => {
                 let ctx = ctx.clone();
                 session.play(settings, Box::new(move |_| ctx.request_repaint()));
-                self.notice = None;
+                self.notice = warning.map(Notice::info);
             }
             Err(problem) => {
                 // A paused walk still resumes, with the settings it had.

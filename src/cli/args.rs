@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand};
 
 use super::values::{DecoderArg, EasingArg, GpuDecodeArg, InterpArg, LoopArg, UpscaleArg};
 use crate::app::ViewerOptions;
-use crate::model::{EndpointRequest, Engine};
-use crate::pipeline::{Inbetweens, Settings, MAX_IMAGE_SIDE};
+use crate::model::{DecoderKind, EndpointRequest, Engine};
+use crate::pipeline::{check_laps, Inbetweens, Settings, MAX_IMAGE_SIDE};
 use crate::record::RecordOptions;
 use crate::usecase::{ModelSource, RenderJob};
 use crate::walk::WalkSettings;
@@ -70,8 +70,9 @@ pub struct ViewerArgs {
     /// as lavapipe is slower than the CPU decoder), `on` on any adapter, `off` never.
     #[arg(long, value_enum, default_value_t = GpuDecodeArg::Auto)]
     pub gpu_decode: GpuDecodeArg,
-    /// Decoded (source) frame size, sides multiples of the model's size multiple, 8 for the
-    /// demo model (default: the model's, 1024x576 for the demo model).
+    /// Decoded (source) frame size, sides multiples of the model's size multiple (8 x the
+    /// UNet's down-sampling: 32 for the demo model, 64 for SD 1.5/2.1/Turbo) (default: the
+    /// model's, 1024x576 for the demo model).
     #[arg(long, value_name = "WxH")]
     pub source: Option<Size>,
 }
@@ -146,8 +147,8 @@ pub struct RenderArgs {
     /// Sampler steps per keyframe (default: the model's; 1-4 suit SD-Turbo).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Classifier-free guidance scale (1 or less: off).
-    #[arg(long)]
+    /// Classifier-free guidance scale, -100 to 100 (1 or less: off).
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f64>,
     /// Walk positions between two keyframes.
     #[arg(long, default_value_t = 24)]
@@ -161,18 +162,21 @@ pub struct RenderArgs {
     pub ease: EasingArg,
     #[arg(long = "loop", value_enum, default_value_t = LoopArg::Once)]
     pub loop_mode: LoopArg,
-    /// Laps of a ping-pong or endless loop to render.
+    /// Laps of a ping-pong or endless loop to render (1 to 1000000).
     #[arg(long, default_value_t = 1)]
     pub laps: u64,
     /// Output frame size.
     #[arg(long, default_value = "3840x2160")]
     pub size: Size,
-    /// Decoded (source) size, a multiple of 8 (default: 1024x576 for the demo model, the
-    /// model's native size otherwise).
+    /// Decoded (source) size, sides multiples of the model's size multiple (8 x the UNet's
+    /// down-sampling: 32 for the demo model, 64 for SD 1.5/2.1/Turbo) (default: 1024x576 for
+    /// the demo model, the model's native size otherwise).
     #[arg(long)]
     pub source: Option<Size>,
-    #[arg(long, value_enum, default_value_t = DecoderArg::Taesd)]
-    pub decoder: DecoderArg,
+    /// Which decoder turns latents into pixels (default: the model's fastest available,
+    /// TAESD when it has one, else its full VAE).
+    #[arg(long, value_enum)]
+    pub decoder: Option<DecoderArg>,
     /// Where TAESD decodes: `auto` on a hardware GPU when there is one (a software adapter
     /// such as lavapipe is slower than the CPU decoder), `on` on any adapter, `off` never.
     #[arg(long, value_enum, default_value_t = GpuDecodeArg::Auto)]
@@ -205,12 +209,18 @@ pub struct RenderArgs {
 }
 
 impl RenderArgs {
+    /// `--decoder`, else the model's fastest (TAESD when it has one, else its VAE).
+    pub fn decoder(&self, engine: &dyn Engine) -> DecoderKind {
+        match self.decoder {
+            Some(decoder) => decoder.into(),
+            None => DecoderKind::fastest(&engine.decoders()).unwrap_or_default(),
+        }
+    }
+
     /// The render these arguments describe on `engine` (whose defaults fill what was not
     /// given), checked before anything is opened or sampled.
     pub fn job(&self, engine: &dyn Engine) -> anyhow::Result<RenderJob> {
-        if self.laps == 0 {
-            bail!("--laps must be at least 1");
-        }
+        check_laps(self.laps)?;
         let defaults = engine.defaults();
         let init_latents = match &self.init_latents {
             None => None,
@@ -233,7 +243,7 @@ impl RenderArgs {
                 easing: self.ease.into(),
                 loop_mode: self.loop_mode.into(),
             },
-            decoder: self.decoder.into(),
+            decoder: self.decoder(engine),
             inbetweens: self.inbetween,
             target_fps: f64::from(self.fps),
             upscale: self.upscale.into(),
@@ -251,6 +261,7 @@ impl RenderArgs {
                 overwrite: self.overwrite,
                 ..Default::default()
             },
+            save_latents: self.save_latents.clone(),
         })
     }
 }

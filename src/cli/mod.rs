@@ -50,6 +50,16 @@ fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
         eprintln!("dreamwalk: {note}");
     }
     let job = args.job(&*engine)?;
+    if args.decoder.is_none() && job.settings.decoder != crate::model::DecoderKind::Taesd {
+        eprintln!(
+            "dreamwalk: this model has no TAESD decoder: decoding with its {} ({})",
+            job.settings.decoder.label(),
+            engine.decoder_description(job.settings.decoder)
+        );
+    }
+    for warning in job.settings.warnings(&*engine) {
+        eprintln!("dreamwalk: warning: {warning}");
+    }
     let interrupts = Interrupts::watch()?;
     let mut progress = progress::RenderBar::new();
     let summary = crate::usecase::render_until(engine, &job, &mut progress, &interrupts.stop)?;

@@ -191,6 +191,18 @@ impl Engine for GpuDecodedEngine {
         self.inner.defaults()
     }
 
+    fn latent_shape(&self, image_size: (u32, u32)) -> [usize; 4] {
+        self.inner.latent_shape(image_size)
+    }
+
+    fn prompt_tokens(&self, prompt: &str) -> Option<usize> {
+        self.inner.prompt_tokens(prompt)
+    }
+
+    fn decoded_size(&self, image_size: (u32, u32), decoder: DecoderKind) -> (u32, u32) {
+        self.inner.decoded_size(image_size, decoder)
+    }
+
     fn endpoints(
         &self,
         request: &EndpointRequest,

@@ -100,6 +100,9 @@ pub trait Engine: Send + Sync + 'static {
     fn size_multiple(&self) -> u32;
     /// What a walk on this model starts from.
     fn defaults(&self) -> ModelDefaults;
+    /// The shape (1, latent channels, h/f, w/f) of one keyframe's latents for an image of
+    /// `image_size` (width, height), `f` the decoder's factor: what `--init-latents` must be.
+    fn latent_shape(&self, image_size: (u32, u32)) -> [usize; 4];
     /// Samples one latent per prompt. `progress` is called after each sampler step and
     /// returns `false` to cancel.
     fn endpoints(
@@ -121,6 +124,17 @@ pub trait Engine: Send + Sync + 'static {
         decoder: DecoderKind,
     ) -> Result<crate::frame::FrameImage> {
         self.decode(latents, decoder).map(Into::into)
+    }
+    /// The size (width, height) of the frames `decoder` makes for a request of `image_size`:
+    /// the latents' size times the decoder's own factor, which may differ from the factor
+    /// the latents were sized by (a TAESD on a model whose VAE scales by 2).
+    fn decoded_size(&self, image_size: (u32, u32), _decoder: DecoderKind) -> (u32, u32) {
+        image_size
+    }
+    /// How many tokens the text encoder makes of `prompt` (start and end included) before
+    /// it cuts to [`crate::model::MAX_PROMPT_TOKENS`]; `None` when the engine has no tokenizer.
+    fn prompt_tokens(&self, _prompt: &str) -> Option<usize> {
+        None
     }
     /// The TAESD weights, for decoders elsewhere (the GPU's); `None` when there is none.
     fn taesd(&self) -> Option<&TaesdDecoder> {

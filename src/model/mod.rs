@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 pub use decoders::{AutoencoderKlConfig, DecoderKind, TaesdConfig, TaesdDecoder, VaeDecoder};
 pub use engine::{EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress};
 pub use sd::{load_init_latents, StableDiffusion};
+pub use text::MAX_TOKENS as MAX_PROMPT_TOKENS;
 pub use unet::{UNet2DConditionModel, UNetConfig};
 
 /// Everything that can go wrong while loading or running a model.

@@ -105,6 +105,10 @@ impl Engine for ScriptedEngine {
         FACTOR
     }
 
+    fn latent_shape(&self, (w, h): (u32, u32)) -> [usize; 4] {
+        [1, 4, (h / FACTOR) as usize, (w / FACTOR) as usize]
+    }
+
     fn defaults(&self) -> ModelDefaults {
         match &self.frames {
             Frames::LatentMeanGrey => ModelDefaults {

@@ -278,6 +278,16 @@ impl Engine for StableDiffusion {
         self.defaults
     }
 
+    fn latent_shape(&self, (w, h): (u32, u32)) -> [usize; 4] {
+        let f = self.decoder_factor();
+        [
+            1,
+            self.unet.in_channels(),
+            (h / f) as usize,
+            (w / f) as usize,
+        ]
+    }
+
     fn endpoints(
         &self,
         request: &EndpointRequest,
@@ -333,6 +343,22 @@ impl Engine for StableDiffusion {
             latents.push(sampled);
         }
         Ok(latents)
+    }
+
+    fn decoded_size(&self, image_size: (u32, u32), decoder: DecoderKind) -> (u32, u32) {
+        let [_, _, h, w] = self.latent_shape(image_size);
+        let factor = match decoder {
+            DecoderKind::Taesd => self.taesd.as_ref().map(|t| t.upscale_factor()),
+            DecoderKind::Vae => self.vae.as_ref().map(|v| v.upscale_factor()),
+        };
+        match factor {
+            Some(f) => ((w * f) as u32, (h * f) as u32),
+            None => image_size,
+        }
+    }
+
+    fn prompt_tokens(&self, prompt: &str) -> Option<usize> {
+        Some(self.tokenizer.token_count(prompt))
     }
 
     fn taesd(&self) -> Option<&TaesdDecoder> {

@@ -39,7 +39,9 @@ use endpoints::{endpoint_thread, Keyframes};
 use inbetween::inbetween_thread;
 pub use inbetween::Inbetweens;
 pub use ring::{Closed, Frame, FrameSource, Popped, RingBuffer, RingPolicy};
-pub use settings::{Settings, SettingsError, MAX_IMAGE_SIDE, MAX_SAMPLER_STEPS};
+pub use settings::{
+    check_laps, Settings, SettingsError, MAX_GUIDANCE, MAX_IMAGE_SIDE, MAX_LAPS, MAX_SAMPLER_STEPS,
+};
 pub use stats::{Stats, StatsSnapshot};
 use upscale::{upscale_worker, Job};
 

@@ -14,6 +14,14 @@ pub use crate::frame::MAX_IMAGE_SIDE;
 /// The most sampler steps a keyframe may take (diffusers' schedulers train on 1000 steps).
 pub const MAX_SAMPLER_STEPS: usize = 1000;
 
+/// The largest guidance scale magnitude accepted: past a few tens the images are noise, and
+/// much larger values overflow the sampler's f32 arithmetic.
+pub const MAX_GUIDANCE: f64 = 100.0;
+
+/// The most laps a headless render may ask for (a ping-pong or endless walk): enough for
+/// days of video, small enough that frame counters cannot overflow.
+pub const MAX_LAPS: u64 = 1_000_000;
+
 /// Everything a user can change, live.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -40,8 +48,25 @@ pub enum SettingsError {
     NoStepsBetween,
     #[error("sampler steps must be between 1 and {MAX_SAMPLER_STEPS}, not {0}")]
     SamplerSteps(usize),
-    #[error("guidance must be a finite number, not {0}")]
+    #[error(
+        "guidance must be a finite number between -{MAX_GUIDANCE} and {MAX_GUIDANCE}, not {0}"
+    )]
     Guidance(f64),
+    #[error("--laps must be between 1 and {MAX_LAPS}, not {0}")]
+    Laps(u64),
+    /// `--init-latents` of the wrong shape for the requested image size.
+    #[error(
+        "initial latents have shape {got:?}, but {}x{} images on this model need {expected:?} \
+         (1, latent channels, height/{factor}, width/{factor})",
+        size.0,
+        size.1
+    )]
+    InitLatents {
+        got: Vec<usize>,
+        expected: [usize; 4],
+        size: (u32, u32),
+        factor: u32,
+    },
     #[error("frame rate must be a positive number, not {0}")]
     TargetFps(f64),
     /// The decoded size (width, height) and the multiple this model needs.
@@ -74,13 +99,27 @@ impl Settings {
         if !(1..=MAX_SAMPLER_STEPS).contains(&endpoints.steps) {
             return Err(SettingsError::SamplerSteps(endpoints.steps));
         }
-        if !endpoints.guidance.is_finite() {
+        if !(endpoints.guidance.is_finite() && endpoints.guidance.abs() <= MAX_GUIDANCE) {
             return Err(SettingsError::Guidance(endpoints.guidance));
         }
         if !(self.target_fps.is_finite() && self.target_fps > 0.0) {
             return Err(SettingsError::TargetFps(self.target_fps));
         }
         check_source_size(endpoints.image_size, engine.size_multiple())?;
+        if let Some(init) = &endpoints.init_latents {
+            let expected = engine.latent_shape(endpoints.image_size);
+            if init.dims() != expected {
+                let (w, h) = endpoints.image_size;
+                return Err(SettingsError::InitLatents {
+                    got: init.dims().to_vec(),
+                    expected,
+                    size: endpoints.image_size,
+                    // The image's side over the latents' (the decoder's factor).
+                    factor: (w as usize / expected[3].max(1)).max(h as usize / expected[2].max(1))
+                        as u32,
+                });
+            }
+        }
         let (w, h) = self.output_size;
         if !(1..=MAX_IMAGE_SIDE).contains(&w) || !(1..=MAX_IMAGE_SIDE).contains(&h) {
             return Err(SettingsError::OutputSize(self.output_size));
@@ -89,6 +128,38 @@ impl Settings {
             return Err(SettingsError::NoDecoder(self.decoder));
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// What will run but not as the user may think, one sentence each: prompts longer than
+    /// the text encoder reads (CLIP reads 77 tokens, its start and end tokens included).
+    pub fn warnings(&self, engine: &dyn Engine) -> Vec<String> {
+        let limit = crate::model::MAX_PROMPT_TOKENS;
+        self.endpoints
+            .prompts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, prompt)| {
+                let tokens = engine.prompt_tokens(prompt)?;
+                (tokens > limit).then(|| {
+                    format!(
+                        "prompt {} is {tokens} tokens: the text encoder reads only the first \
+                         {limit} (start and end tokens included), the rest is ignored",
+                        i + 1
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// The rule for a headless render's laps: 1 to [`MAX_LAPS`].
+pub fn check_laps(laps: u64) -> Result<(), SettingsError> {
+    if (1..=MAX_LAPS).contains(&laps) {
+        Ok(())
+    } else {
+        Err(SettingsError::Laps(laps))
     }
 }
 

@@ -27,6 +27,8 @@ pub struct RenderJob {
     /// Frame rate, quality and size of the output; its `comment` is filled in with the
     /// model and the prompts when `None`.
     pub record: RecordOptions,
+    /// Where to save the keyframe latents the walk samples (`keyframe_0`, ...), if anywhere.
+    pub save_latents: Option<PathBuf>,
 }
 
 /// What a render is about to do, for its first line.
@@ -157,9 +159,10 @@ pub fn render_until(
 ) -> Result<RenderSummary, RenderError> {
     let settings = &job.settings;
     settings.validate(&*engine)?;
+    crate::pipeline::check_laps(job.laps)?;
     let frame_size = match settings.upscale {
         UpscaleMode::Cpu => settings.output_size,
-        _ => settings.endpoints.image_size,
+        _ => engine.decoded_size(settings.endpoints.image_size, settings.decoder),
     };
     let mut record = job.record.clone();
     if record.comment.is_none() {
@@ -191,6 +194,13 @@ pub fn render_until(
             _ => PipelineOptions::default().cache_budget_bytes,
         },
         ..Default::default()
+    };
+    let engine: Arc<dyn Engine> = match &job.save_latents {
+        Some(path) => Arc::new(super::save_latents::SavingLatents::new(
+            engine,
+            path.clone(),
+        )),
+        None => engine,
     };
     let pipeline = Pipeline::start(engine, settings.clone(), options);
     let mut written = 0u64;

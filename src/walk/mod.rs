@@ -210,13 +210,17 @@ impl Walk {
     }
 
     /// Frames in `laps` laps of the walk, ending where it started a lap (the last keyframe
-    /// for `Once`, the first for loops).
+    /// for `Once`, the first for loops). Saturates at `u64::MAX` (a walk that long never
+    /// ends in practice) instead of overflowing to a short count.
     pub fn frames_in_laps(&self, laps: u64) -> u64 {
         let len = self.path_len() as u64;
         match self.settings.loop_mode {
             LoopMode::Once => len,
-            LoopMode::PingPong => 2 * len.saturating_sub(1) * laps + 1,
-            LoopMode::Endless => len * laps + 1,
+            LoopMode::PingPong => 2u64
+                .saturating_mul(len.saturating_sub(1))
+                .saturating_mul(laps)
+                .saturating_add(1),
+            LoopMode::Endless => len.saturating_mul(laps).saturating_add(1),
         }
     }
 

@@ -20,6 +20,7 @@ mod layering;
 mod loading;
 mod pipeline;
 mod record;
+mod refusals;
 mod render;
 mod ring;
 mod scheduler;

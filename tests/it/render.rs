@@ -120,3 +120,129 @@ fn bad_input_is_a_clear_error() {
     ]);
     assert!(model.contains("/nonexistent/model"), "{model}");
 }
+
+/// A quick demo render (one sampler step, one walk step, 64x64, no upscale) with `extra`
+/// arguments; returns its stderr, asserting it succeeded.
+fn quick_render(out: &Path, extra: &[&str]) -> String {
+    let result = dreamwalk()
+        .args([
+            "render",
+            "--prompt",
+            "a red fox",
+            "--prompt",
+            "a lighthouse",
+        ])
+        .args(["--steps", "1", "--guidance", "1", "--steps-between", "1"])
+        .args(["--inbetween", "0", "--source", "64x64", "--upscale", "none"])
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run dreamwalk");
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert!(result.status.success(), "render failed: {stderr}");
+    stderr
+}
+
+#[test]
+fn save_latents_writes_the_keyframes_the_walk_used() {
+    use dreamwalk::model::{EndpointRequest, Engine, StableDiffusion};
+    let dir = tempfile::tempdir().unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    quick_render(
+        &dir.path().join("out.y4m"),
+        &["--save-latents", latents.to_str().unwrap()],
+    );
+    let saved = candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(saved.len(), 2, "{:?}", saved.keys());
+    let request = EndpointRequest {
+        prompts: vec!["a red fox".into(), "a lighthouse".into()],
+        negative: String::new(),
+        seed: 42,
+        seed_per_keyframe: false,
+        steps: 1,
+        guidance: 1.0,
+        image_size: (64, 64),
+        init_latents: None,
+    };
+    let expected = StableDiffusion::demo()
+        .endpoints(&request, &mut |_| true)
+        .unwrap();
+    for (i, want) in expected.iter().enumerate() {
+        let got = &saved[&format!("keyframe_{i}")];
+        let diff = crate::support::fixtures::max_abs_diff(got, want);
+        assert!(diff < 1e-5, "keyframe {i} differs by {diff}");
+    }
+}
+
+#[test]
+fn a_prompt_past_77_tokens_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "a red fox in the snow ".repeat(20);
+    let result = dreamwalk()
+        .args(["render", "--prompt", &long, "--prompt", "a lighthouse"])
+        .args(["--steps", "1", "--guidance", "1", "--steps-between", "1"])
+        .args(["--inbetween", "0", "--source", "64x64", "--upscale", "none"])
+        .arg("--out")
+        .arg(dir.path().join("out.y4m"))
+        .output()
+        .expect("run dreamwalk");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "render failed: {stderr}");
+    assert!(stderr.contains("warning: prompt 1 is"), "{stderr}");
+    assert!(stderr.contains("only the first 77"), "{stderr}");
+    assert!(!stderr.contains("prompt 2 is"), "{stderr}");
+}
+
+/// `render --model tiny-sd` with an empty Hugging Face cache (so no TAESD is found), plus
+/// `extra`; returns (stderr, the frames' sizes).
+fn tiny_sd_render(extra: &[&str]) -> (String, Vec<(u32, u32)>) {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let result = dreamwalk()
+        .env("HF_HOME", cache.path())
+        .env_remove("HF_HUB_CACHE")
+        .arg("render")
+        .arg("--model")
+        .arg(crate::support::fixtures::fixture("tiny-sd"))
+        .args(["--prompt", "a red fox", "--prompt", "a lighthouse"])
+        .args(["--steps", "1", "--guidance", "1", "--steps-between", "1"])
+        .args(["--inbetween", "0", "--source", "64x64", "--upscale", "none"])
+        .args(["--gpu-decode", "off"])
+        .args(extra)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .expect("run dreamwalk");
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert!(result.status.success(), "render failed: {stderr}");
+    let sizes = png_files(dir.path())
+        .iter()
+        .map(|p| {
+            let png = read_png(p);
+            (png.width, png.height)
+        })
+        .collect();
+    (stderr, sizes)
+}
+
+#[test]
+fn a_model_without_taesd_renders_with_its_vae_and_says_so() {
+    let (stderr, sizes) = tiny_sd_render(&[]);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.contains("no TAESD"), "{stderr}");
+    assert!(first.contains("VAE"), "{stderr}");
+    assert!(!sizes.is_empty());
+    assert!(sizes.iter().all(|&s| s == (64, 64)), "{sizes:?}");
+}
+
+#[test]
+fn the_header_states_the_size_the_decoder_makes() {
+    let taesd = crate::support::fixtures::fixture("taesd");
+    let (stderr, sizes) = tiny_sd_render(&["--taesd", taesd.to_str().unwrap()]);
+    let (w, h) = sizes[0];
+    assert!(
+        stderr.contains(&format!("{w}x{h} frames")),
+        "the header says the written size {w}x{h}: {stderr}"
+    );
+}

@@ -25,4 +25,11 @@ impl DecoderKind {
             DecoderKind::Vae => "full VAE",
         }
     }
+
+    /// The fastest of the `available` decoders: TAESD when there is one, else the VAE.
+    pub fn fastest(available: &[DecoderKind]) -> Option<DecoderKind> {
+        [DecoderKind::Taesd, DecoderKind::Vae]
+            .into_iter()
+            .find(|kind| available.contains(kind))
+    }
 }

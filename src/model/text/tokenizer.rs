@@ -239,14 +239,29 @@ impl ClipTokenizer {
     pub fn encode(&self, text: &str) -> Vec<u32> {
         // Room is left for the final eos; what comes after would be cut anyway.
         const LIMIT: usize = MAX_TOKENS - 1;
+        let mut ids = self.ids_up_to(text, LIMIT);
+        ids.truncate(LIMIT);
+        ids.push(self.eos_id);
+        ids.resize(MAX_TOKENS, self.pad_id);
+        ids
+    }
+
+    /// How many tokens the prompt is, start and end tokens included, before truncation to
+    /// [`MAX_TOKENS`]: more than that and CLIP reads only the first [`MAX_TOKENS`].
+    pub fn token_count(&self, text: &str) -> usize {
+        self.ids_up_to(text, usize::MAX).len() + 1
+    }
+
+    /// `[bos] + ids` of `text`, stopping once `limit` ids are reached.
+    fn ids_up_to(&self, text: &str, limit: usize) -> Vec<u32> {
         let mut ids = Vec::with_capacity(MAX_TOKENS);
         ids.push(self.bos_id);
         let mut rest = text;
-        while !rest.is_empty() && ids.len() < LIMIT {
+        while !rest.is_empty() && ids.len() < limit {
             let (plain, special) = self.next_special(rest);
             let normalized = normalize(&rest[..plain]);
             for piece in self.pieces.find_iter(&normalized) {
-                if ids.len() >= LIMIT {
+                if ids.len() >= limit {
                     break;
                 }
                 self.push_word_ids(piece.as_str(), &mut ids);
@@ -259,9 +274,6 @@ impl ClipTokenizer {
                 None => rest = "",
             }
         }
-        ids.truncate(LIMIT);
-        ids.push(self.eos_id);
-        ids.resize(MAX_TOKENS, self.pad_id);
         ids
     }
 
@@ -459,6 +471,20 @@ fn read_pad_token(path: &Path) -> Result<Option<PadToken>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_count_counts_past_the_cut() {
+        let tokenizer = ClipTokenizer::bytes_only();
+        let short = tokenizer.token_count("a fox");
+        assert!(short <= MAX_TOKENS, "{short}");
+        let long = "a red fox in the snow ".repeat(20);
+        let count = tokenizer.token_count(&long);
+        assert!(count > MAX_TOKENS, "{count}");
+        // What encode keeps is the first MAX_TOKENS - 1 ids, then the end token.
+        let ids = tokenizer.encode(&long);
+        assert_eq!(ids.len(), MAX_TOKENS);
+        assert_eq!(ids[MAX_TOKENS - 1], tokenizer.eos_id());
+    }
 
     #[test]
     fn byte_table_matches_order() {

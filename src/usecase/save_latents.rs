@@ -1,0 +1,98 @@
+//! `--save-latents`: an [`Engine`] wrapper that writes the keyframe latents the walk gets
+//! from the engine (`keyframe_0`, `keyframe_1`, ...) to a safetensors file as they are
+//! sampled, so the walk's own latents are saved and nothing is sampled twice.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use crate::frame::{FrameImage, RgbaImage};
+use crate::model::{
+    DecoderKind, EndpointError, EndpointRequest, Engine, ModelDefaults, ModelError,
+    SamplingProgress, TaesdDecoder,
+};
+
+/// `inner`, saving every set of endpoints it samples to `path`.
+pub struct SavingLatents {
+    inner: Arc<dyn Engine>,
+    path: PathBuf,
+}
+
+impl SavingLatents {
+    pub fn new(inner: Arc<dyn Engine>, path: PathBuf) -> Self {
+        Self { inner, path }
+    }
+}
+
+/// Writes `latents` as `keyframe_0`, `keyframe_1`, ... to a safetensors file at `path`.
+pub fn save_keyframes(latents: &[Tensor], path: &std::path::Path) -> Result<(), ModelError> {
+    let tensors: HashMap<String, Tensor> = latents
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("keyframe_{i}"), t.clone()))
+        .collect();
+    candle_core::safetensors::save(&tensors, path)
+        .map_err(|e| ModelError::bad_file(path, format!("cannot save the latents: {e}")))
+}
+
+impl Engine for SavingLatents {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    fn decoders(&self) -> Vec<DecoderKind> {
+        self.inner.decoders()
+    }
+
+    fn size_multiple(&self) -> u32 {
+        self.inner.size_multiple()
+    }
+
+    fn defaults(&self) -> ModelDefaults {
+        self.inner.defaults()
+    }
+
+    fn latent_shape(&self, image_size: (u32, u32)) -> [usize; 4] {
+        self.inner.latent_shape(image_size)
+    }
+
+    fn endpoints(
+        &self,
+        request: &EndpointRequest,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> Result<Vec<Tensor>, EndpointError> {
+        let latents = self.inner.endpoints(request, progress)?;
+        save_keyframes(&latents, &self.path)?;
+        Ok(latents)
+    }
+
+    fn decode(&self, latents: &Tensor, decoder: DecoderKind) -> Result<RgbaImage, ModelError> {
+        self.inner.decode(latents, decoder)
+    }
+
+    fn decode_frame(
+        &self,
+        latents: &Tensor,
+        decoder: DecoderKind,
+    ) -> Result<FrameImage, ModelError> {
+        self.inner.decode_frame(latents, decoder)
+    }
+
+    fn prompt_tokens(&self, prompt: &str) -> Option<usize> {
+        self.inner.prompt_tokens(prompt)
+    }
+
+    fn decoded_size(&self, image_size: (u32, u32), decoder: DecoderKind) -> (u32, u32) {
+        self.inner.decoded_size(image_size, decoder)
+    }
+
+    fn taesd(&self) -> Option<&TaesdDecoder> {
+        self.inner.taesd()
+    }
+
+    fn decoder_description(&self, decoder: DecoderKind) -> String {
+        self.inner.decoder_description(decoder)
+    }
+}
