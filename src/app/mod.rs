@@ -19,7 +19,9 @@ pub mod controls;
 mod controls_panel;
 mod form;
 mod hud;
+mod interrupt;
 mod loading;
+mod notice;
 mod picture;
 pub mod present;
 mod prompts_panel;
@@ -34,6 +36,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::gpu::GpuDecode;
+use notice::Notice;
 use crate::usecase::ModelSource;
 
 pub use command::Command;
@@ -49,6 +52,8 @@ pub struct ViewerOptions {
     pub model: ModelSource,
     /// Start playing as soon as the model is loaded.
     pub autoplay: bool,
+    /// Record from the start to this file (with `autoplay`).
+    pub record: Option<PathBuf>,
     /// Save a PNG of the window this long after the first frame, then close
     /// (for the screenshot test). A JSON beside it gives the picture's rectangle.
     pub screenshot: Option<(PathBuf, Duration)>,
@@ -79,39 +84,18 @@ pub struct ViewerApp {
     fullscreen: bool,
     /// Play once the first model is loaded.
     autoplay: bool,
+    /// Record to this file once autoplay has started the walk.
+    autorecord: Option<PathBuf>,
     /// The picture, its presenter and its heads-up display.
     picture: picture::Picture,
     /// A screenshot to take, then close (the screenshot test).
     screenshot: Option<screenshot::Screenshot>,
 }
 
-/// A line for the status area: what happened last.
-#[derive(Clone, Debug)]
-struct Notice {
-    text: String,
-    is_error: bool,
-}
-
-impl Notice {
-    fn info(text: impl Into<String>) -> Self {
-        Self {
-            text: text.into(),
-            is_error: false,
-        }
-    }
-
-    fn error(text: impl Into<String>) -> Self {
-        Self {
-            text: text.into(),
-            is_error: true,
-        }
-    }
-}
-
 /// The window icon (see `assets/README.md`).
 const ICON_PNG: &[u8] = include_bytes!("../../assets/icon.png");
 
-/// Opens the window and runs until it is closed.
+/// Opens the window and runs until it is closed (its close button, SIGINT or SIGTERM).
 pub fn run(options: ViewerOptions) -> anyhow::Result<()> {
     let mut viewport = egui::ViewportBuilder::default()
         .with_title("dreamwalk")
@@ -127,18 +111,38 @@ pub fn run(options: ViewerOptions) -> anyhow::Result<()> {
         renderer: eframe::Renderer::Wgpu,
         ..Default::default()
     };
-    eframe::run_native(
+    // Where `--screenshot` leaves why it saved nothing: the exit status says so.
+    let failure = std::sync::Arc::new(parking_lot::Mutex::new(None::<String>));
+    let slot = std::sync::Arc::clone(&failure);
+    let watcher = std::sync::Arc::new(parking_lot::Mutex::new(None));
+    let watcher_slot = std::sync::Arc::clone(&watcher);
+    let ran = eframe::run_native(
         "dreamwalk",
         native,
-        Box::new(move |cc| Ok(Box::new(ViewerApp::new(cc, options)))),
-    )
+        Box::new(move |cc| {
+            match interrupt::CloseOnSignal::watch(cc.egui_ctx.clone()) {
+                Ok(watching) => *watcher_slot.lock() = Some(watching),
+                Err(e) => tracing::warn!("Ctrl-C will not close the window cleanly: {e}"),
+            }
+            let mut app = ViewerApp::new(cc, options);
+            app.report_screenshot_failure_to(slot);
+            Ok(Box::new(app))
+        }),
+    );
+    // The window is gone: stop watching for signals.
+    drop(watcher.lock().take());
+    ran
     .map_err(|e| {
         anyhow::anyhow!(
             "cannot open the window: {e}. Without a display, use `dreamwalk render` \
              (headless); without a GPU, install Mesa's software one (Debian: \
              mesa-vulkan-drivers libvulkan1)"
         )
-    })
+    })?;
+    match failure.lock().take() {
+        Some(reason) => anyhow::bail!(reason),
+        None => Ok(()),
+    }
 }
 
 impl eframe::App for ViewerApp {

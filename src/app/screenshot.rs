@@ -18,6 +18,9 @@ pub(super) struct Screenshot {
     requested: bool,
     /// Set by eframe's screenshot callback once the files are written (or failed).
     done: Arc<Mutex<Option<Result<(), String>>>>,
+    /// Why no screenshot was saved (the model failed to load, or saving failed), for the
+    /// process's exit status once the window has closed.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Screenshot {
@@ -28,19 +31,47 @@ impl Screenshot {
             first_frame: None,
             requested: false,
             done: Default::default(),
+            failure: Default::default(),
         }
+    }
+
+    /// Leaves the reason in `slot` when no screenshot could be saved.
+    pub fn report_failure_to(&mut self, slot: Arc<Mutex<Option<String>>>) {
+        self.failure = slot;
+    }
+
+    /// Gives up: leaves `reason` for the exit status and closes the window.
+    fn fail(&mut self, ctx: &egui::Context, reason: String) {
+        self.requested = true;
+        *self.failure.lock() = Some(reason);
+        ctx.send_viewport_cmd(egui::ViewportCommand::Close);
     }
 
     /// Once per window frame: starts the clock at the first frame drawn (`picture` is
     /// where it was drawn, in points), asks for the screenshot when due, and closes the
-    /// window once it is saved.
-    pub fn step(&mut self, ctx: &egui::Context, picture: Option<egui::Rect>, hud: &[String]) {
-        if let Some(outcome) = self.done.lock().take() {
-            match outcome {
-                Ok(()) => eprintln!("dreamwalk: saved {}", self.path.display()),
-                Err(e) => eprintln!("dreamwalk: screenshot failed: {e}"),
+    /// window once it is saved. A model that failed to load (`model_error`) closes the
+    /// window at once: there will be no frame to take.
+    pub fn step(
+        &mut self,
+        ctx: &egui::Context,
+        picture: Option<egui::Rect>,
+        hud: &[String],
+        model_error: Option<&str>,
+    ) {
+        let outcome = self.done.lock().take();
+        match outcome {
+            Some(Ok(())) => {
+                eprintln!("dreamwalk: saved {}", self.path.display());
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                return;
             }
-            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            Some(Err(e)) => return self.fail(ctx, format!("screenshot failed: {e}")),
+            None => {}
+        }
+        if let Some(error) = model_error {
+            if !self.requested {
+                self.fail(ctx, format!("no screenshot: {error}"));
+            }
             return;
         }
         if picture.is_some() {

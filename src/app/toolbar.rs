@@ -76,12 +76,7 @@ pub(super) fn toolbar(
         }
     });
     if let Some(notice) = notice {
-        let color = if notice.is_error {
-            egui::Color32::LIGHT_RED
-        } else {
-            ui.visuals().weak_text_color()
-        };
-        ui.colored_label(color, &notice.text);
+        notice.show(ui);
     }
     commands
 }

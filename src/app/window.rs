@@ -2,7 +2,10 @@
 //! panels (whose [`Command`]s run once they are drawn), the picture, then the controls to
 //! the walk and the screenshot.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use super::command::Command;
 use super::controls::Controls;
@@ -51,6 +54,7 @@ impl ViewerApp {
             notice: None,
             fullscreen: false,
             autoplay: options.autoplay,
+            autorecord: options.record,
             picture: Picture::default(),
             screenshot: options
                 .screenshot
@@ -71,6 +75,14 @@ impl ViewerApp {
     /// The values of the window's widgets.
     pub fn controls(&self) -> &Controls {
         &self.form.controls
+    }
+
+    /// With `--screenshot`: leaves the reason in `slot` when no screenshot could be saved
+    /// (the model failed to load, or writing failed), for the exit status.
+    pub fn report_screenshot_failure_to(&mut self, slot: Arc<Mutex<Option<String>>>) {
+        if let Some(screenshot) = &mut self.screenshot {
+            screenshot.report_failure_to(slot);
+        }
     }
 
     /// The last message shown in the status area.
@@ -121,7 +133,11 @@ impl ViewerApp {
             .show(ui, |ui| self.picture.show(ui, render_state, &self.model));
         self.apply_controls();
         if let Some(screenshot) = &mut self.screenshot {
-            screenshot.step(&ctx, self.picture.rect, &self.picture.hud);
+            let model_error = match &self.model {
+                ModelState::Failed(error) => Some(error.as_str()),
+                _ => None,
+            };
+            screenshot.step(&ctx, self.picture.rect, &self.picture.hud, model_error);
         }
     }
 
@@ -159,6 +175,10 @@ impl ViewerApp {
             if self.poll_loading() {
                 if self.autoplay {
                     self.run_command(ctx, Command::Play);
+                    if let Some(path) = self.autorecord.take() {
+                        self.form.record_path = path.display().to_string();
+                        self.run_command(ctx, Command::StartRecording);
+                    }
                 }
             } else {
                 ctx.request_repaint_after(Duration::from_millis(100));

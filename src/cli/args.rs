@@ -66,6 +66,10 @@ pub struct ViewerArgs {
     pub screenshot: Option<PathBuf>,
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub screenshot_after: f64,
+    /// Record what plays to this file (.mp4, .y4m, .png or a folder) from the start.
+    /// Implies --play. Closing the window (or Ctrl-C) finishes the file.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// Where TAESD decodes: `auto` uses the GPU on a hardware adapter (a software one such
     /// as lavapipe is slower than the CPU decoder), `on` on any adapter, `off` never.
     #[arg(long, value_enum, default_value_t = GpuDecodeArg::Auto)]
@@ -85,7 +89,8 @@ impl ViewerArgs {
         }
         Ok(ViewerOptions {
             model: model.source(),
-            autoplay: self.play || self.screenshot.is_some(),
+            autoplay: self.play || self.screenshot.is_some() || self.record.is_some(),
+            record: self.record.clone(),
             screenshot: self
                 .screenshot
                 .clone()

@@ -1,13 +1,27 @@
-//! Progress on the terminal for long command-line work.
+//! Progress on the terminal for long command-line work: a spinner when stderr is a terminal,
+//! plain lines every few seconds when it is not (a log file, CI).
 
-use std::time::Duration;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
 use crate::pipeline::StatsSnapshot;
 use crate::usecase::{RenderHeader, RenderProgress};
 
-/// An indicatif spinner counting the frames a render writes, with the pipeline's figures.
+/// How often the plain display writes a line.
+const PLAIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Counts the frames a render writes, with the pipeline's figures: an indicatif spinner on a
+/// terminal, else a plain line every [`PLAIN_INTERVAL`].
 pub struct RenderBar {
-    bar: indicatif::ProgressBar,
+    display: Display,
+}
+
+enum Display {
+    Spinner(indicatif::ProgressBar),
+    Lines {
+        started: Instant,
+        last_line: Option<Instant>,
+    },
 }
 
 impl Default for RenderBar {
@@ -17,37 +31,91 @@ impl Default for RenderBar {
 }
 
 impl RenderBar {
-    /// A spinner on stderr, ticking on its own while keyframes are sampled.
+    /// A spinner on stderr when it is a terminal (ticking on its own while keyframes are
+    /// sampled), plain lines otherwise.
     pub fn new() -> Self {
+        if std::io::stderr().is_terminal() {
+            Self::spinner()
+        } else {
+            Self::lines()
+        }
+    }
+
+    fn spinner() -> Self {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
             indicatif::ProgressStyle::with_template("{spinner} {pos} frames {elapsed} {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
-        Self { bar }
+        Self {
+            display: Display::Spinner(bar),
+        }
     }
 
-    /// Clears the bar (the summary line follows).
+    /// Plain lines on stderr, whatever it is.
+    pub fn lines() -> Self {
+        Self {
+            display: Display::Lines {
+                started: Instant::now(),
+                last_line: None,
+            },
+        }
+    }
+
+    /// Clears the spinner (the summary line follows).
     pub fn finish(self) {
-        self.bar.finish_and_clear();
+        if let Display::Spinner(bar) = self.display {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// A plain line when one is due.
+    fn line(&mut self, text: impl FnOnce() -> String) {
+        if let Display::Lines { started, last_line } = &mut self.display {
+            let now = Instant::now();
+            let due = last_line.is_none_or(|last| now - last >= PLAIN_INTERVAL);
+            // The first line waits one interval too: short renders print only their summary.
+            if due && now - *started >= PLAIN_INTERVAL {
+                *last_line = Some(now);
+                eprintln!(
+                    "dreamwalk: {:>6.1} s | {}",
+                    (now - *started).as_secs_f64(),
+                    text()
+                );
+            }
+        }
     }
 }
 
 impl RenderProgress for RenderBar {
     fn started(&mut self, header: &RenderHeader) {
-        self.bar.suspend(|| eprintln!("dreamwalk: {header}"));
+        match &self.display {
+            Display::Spinner(bar) => bar.suspend(|| eprintln!("dreamwalk: {header}")),
+            Display::Lines { .. } => eprintln!("dreamwalk: {header}"),
+        }
     }
 
     fn waiting(&mut self, stats: &StatsSnapshot) {
-        self.bar.set_message(stats.phase.clone());
+        match &self.display {
+            Display::Spinner(bar) => bar.set_message(stats.phase.clone()),
+            Display::Lines { .. } => self.line(|| stats.phase.clone()),
+        }
     }
 
     fn frame_written(&mut self, written: u64, stats: &StatsSnapshot) {
-        self.bar.set_position(written);
-        self.bar.set_message(format!(
-            "decode {:.0} ms | buffer {}/{} | {}",
-            stats.decode_ms, stats.buffer_fill, stats.buffer_capacity, stats.phase
-        ));
+        let figures = || {
+            format!(
+                "decode {:.0} ms | buffer {}/{} | {}",
+                stats.decode_ms, stats.buffer_fill, stats.buffer_capacity, stats.phase
+            )
+        };
+        match &self.display {
+            Display::Spinner(bar) => {
+                bar.set_position(written);
+                bar.set_message(figures());
+            }
+            Display::Lines { .. } => self.line(|| format!("{written} frames | {}", figures())),
+        }
     }
 }

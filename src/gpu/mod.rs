@@ -44,13 +44,12 @@ pub enum GpuError {
     )]
     NoAdapter(String),
     /// The adapter refused to create a device.
-    #[error("could not create a device on adapter {adapter}: {source}")]
+    #[error("could not create a device on adapter {adapter}: {error}")]
     RequestDevice {
         /// Adapter name.
         adapter: String,
-        /// The wgpu error.
-        #[source]
-        source: wgpu::RequestDeviceError,
+        /// The wgpu error (in the message, not a `source()`, so that it is printed once).
+        error: wgpu::RequestDeviceError,
     },
     /// An image size the upscaler cannot handle (zero, or beyond the device's texture limit).
     #[error("{what} size {width}x{height} not supported: {why}")]
@@ -109,9 +108,15 @@ impl GpuContext {
     /// OpenGL; `WGPU_BACKEND` narrows the backends) and creates a device with the adapter's
     /// full limits, so output sizes up to its texture limit work.
     pub fn new_headless() -> Result<Self, GpuError> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let (instance, adapters) = match wgpu::Backends::from_env() {
+            Some(backends) => adapters_on(backends),
+            // OpenGL only when no native API has an adapter: probing it opens display
+            // connections (Wayland, X11) whose libraries print to stderr when there is none.
+            None => match adapters_on(wgpu::Backends::PRIMARY) {
+                (_, adapters) if adapters.is_empty() => adapters_on(wgpu::Backends::SECONDARY),
+                found => found,
+            },
+        };
         let adapter = adapters
             .into_iter()
             .min_by_key(|a| adapter_rank(&a.get_info()))
@@ -132,9 +137,9 @@ impl GpuContext {
             required_limits: adapter.limits(),
             ..Default::default()
         }))
-        .map_err(|source| GpuError::RequestDevice {
+        .map_err(|error| GpuError::RequestDevice {
             adapter: info.name.clone(),
-            source,
+            error,
         })?;
         Ok(Self {
             instance,
@@ -161,6 +166,15 @@ impl GpuContext {
 /// The backend matters as much as the name: the same GPU is slower through OpenGL.
 pub fn adapter_label(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?})", info.name, info.backend)
+}
+
+/// An instance on `backends` and the adapters it finds.
+fn adapters_on(backends: wgpu::Backends) -> (wgpu::Instance, Vec<wgpu::Adapter>) {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    descriptor.backends = backends;
+    let instance = wgpu::Instance::new(descriptor);
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    (instance, adapters)
 }
 
 /// Lower is better: device type first, then backend (OpenGL support in wgpu is downlevel).

@@ -54,9 +54,9 @@ impl OpenH264Sink {
     /// Creates the partial file with its `ftyp` and `mdat` header.
     pub(super) fn create(output: &Path, opts: &RecordOptions) -> Result<Self, RecordError> {
         let part = partial_path(output);
-        let unwritable = |source| RecordError::Unwritable {
+        let unwritable = |error| RecordError::Unwritable {
             path: output.to_path_buf(),
-            source,
+            error,
         };
         let mut file = OpenOptions::new()
             .read(true)

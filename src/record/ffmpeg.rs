@@ -117,9 +117,9 @@ impl FfmpegSink {
         opts: &RecordOptions,
     ) -> Result<Self, RecordError> {
         let part = partial_path(output);
-        File::create(&part).map_err(|source| RecordError::Unwritable {
+        File::create(&part).map_err(|error| RecordError::Unwritable {
             path: output.to_path_buf(),
-            source,
+            error,
         })?;
         let mut sink = Self {
             output: output.to_path_buf(),

@@ -257,7 +257,11 @@ pub enum RecordError {
         extension: String,
     },
     /// The output exists and [`RecordOptions::overwrite`] was not given: nothing was touched.
-    #[error("{} already exists and was left as it is: choose another name, or overwrite it (--overwrite)", path.display())]
+    #[error(
+        "{} already exists and was left as it is: choose another name (or, with `render`, \
+         replace it: --overwrite)",
+        path.display()
+    )]
     Exists {
         /// The existing file or folder.
         path: PathBuf,
@@ -266,12 +270,12 @@ pub enum RecordError {
     #[error("invalid recording option: {0}")]
     InvalidOption(String),
     /// The output cannot be created.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {}: {error}", path.display())]
     Unwritable {
         /// The output path.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a `source()`, so that it is printed once).
+        error: std::io::Error,
     },
     /// The named ffmpeg program cannot be used.
     #[error("ffmpeg {program} ({origin}): {reason}")]
@@ -710,7 +714,11 @@ impl EncoderThread {
             fps: self.opts.fps,
             elapsed: self.started.elapsed(),
         };
-        tracing::info!("recorded {summary}");
+        if frames == 0 {
+            tracing::debug!(path = %self.path.display(), "nothing was recorded");
+        } else {
+            tracing::info!("recorded {summary}");
+        }
         Ok(summary)
     }
 }

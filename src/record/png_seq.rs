@@ -25,9 +25,9 @@ impl PngSequenceSink {
     /// Creates the folder if needed and checks that files can be written in it.
     pub(super) fn create(path: &Path, opts: &RecordOptions) -> Result<Self, RecordError> {
         let (dir, prefix) = layout(path);
-        let unwritable = |source| RecordError::Unwritable {
+        let unwritable = |error| RecordError::Unwritable {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let probe_dir = probe_dir(&dir);
         fs::create_dir_all(probe_dir).map_err(unwritable)?;

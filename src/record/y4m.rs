@@ -30,9 +30,9 @@ impl Y4mSink {
     /// size.
     pub(super) fn create(path: &Path, opts: &RecordOptions) -> Result<Self, RecordError> {
         let part = super::partial_path(path);
-        let file = File::create(&part).map_err(|source| RecordError::Unwritable {
+        let file = File::create(&part).map_err(|error| RecordError::Unwritable {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Ok(Self {
             path: path.to_path_buf(),

@@ -109,30 +109,27 @@ impl std::fmt::Display for RenderSummary {
 pub enum RenderError {
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    #[error("cannot write to {}", path.display())]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: RecordError,
-    },
+    /// The output could not be opened (the error names it).
+    #[error(transparent)]
+    Open(RecordError),
     #[error("reading frame {index} back from the GPU")]
     Readback {
         index: u64,
         #[source]
         source: FrameError,
     },
-    #[error("writing frame {index} to {}", path.display())]
-    Write {
-        index: u64,
-        path: PathBuf,
-        #[source]
-        source: RecordError,
-    },
+    /// A frame could not be recorded (the error names the output and what was kept).
+    #[error("frame {index}: {error}")]
+    Write { index: u64, error: RecordError },
+    /// `--save-latents` names a place the latents cannot go.
+    #[error("{0}")]
+    SaveLatents(String),
     /// The pipeline's own error (sampling or decoding failed).
     #[error("{0}")]
     Pipeline(String),
-    #[error("finishing the output file")]
-    Finish(#[source] RecordError),
+    /// The output could not be finished (the error names it and what was kept).
+    #[error(transparent)]
+    Finish(RecordError),
 }
 
 /// How often a render waiting for its first frames reports.
@@ -160,6 +157,10 @@ pub fn render_until(
     let settings = &job.settings;
     settings.validate(&*engine)?;
     crate::pipeline::check_laps(job.laps)?;
+    if let Some(path) = &job.save_latents {
+        super::save_latents::check_destination(path, job.record.overwrite)
+            .map_err(RenderError::SaveLatents)?;
+    }
     let frame_size = match settings.upscale {
         UpscaleMode::Cpu => settings.output_size,
         _ => engine.decoded_size(settings.endpoints.image_size, settings.decoder),
@@ -172,10 +173,7 @@ pub fn render_until(
         ));
     }
     // Open the output first: a bad path should fail before minutes of sampling.
-    let recorder = Recorder::start(&job.out, record).map_err(|source| RenderError::Open {
-        path: job.out.clone(),
-        source,
-    })?;
+    let recorder = Recorder::start(&job.out, record).map_err(RenderError::Open)?;
     progress.started(&RenderHeader {
         model: engine.name(),
         decoder: engine.decoder_description(settings.decoder),
@@ -228,10 +226,9 @@ pub fn render_until(
             })?;
         recorder
             .push(frame.index, image)
-            .map_err(|source| RenderError::Write {
+            .map_err(|error| RenderError::Write {
                 index: frame.index,
-                path: job.out.clone(),
-                source,
+                error,
             })?;
         written += 1;
         progress.frame_written(written, &pipeline.stats_snapshot());

@@ -3,7 +3,7 @@
 //! sampled, so the walk's own latents are saved and nothing is sampled twice.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Tensor;
@@ -26,15 +26,52 @@ impl SavingLatents {
     }
 }
 
-/// Writes `latents` as `keyframe_0`, `keyframe_1`, ... to a safetensors file at `path`.
-pub fn save_keyframes(latents: &[Tensor], path: &std::path::Path) -> Result<(), ModelError> {
+/// Writes `latents` as `keyframe_0`, `keyframe_1`, ... to a safetensors file at `path`:
+/// under a temporary name beside it first, renamed when whole.
+pub fn save_keyframes(latents: &[Tensor], path: &Path) -> Result<(), ModelError> {
     let tensors: HashMap<String, Tensor> = latents
         .iter()
         .enumerate()
         .map(|(i, t)| (format!("keyframe_{i}"), t.clone()))
         .collect();
-    candle_core::safetensors::save(&tensors, path)
-        .map_err(|e| ModelError::bad_file(path, format!("cannot save the latents: {e}")))
+    let part = crate::record::partial_path(path);
+    let saved = candle_core::safetensors::save(&tensors, &part)
+        .map_err(|e| e.to_string())
+        .and_then(|()| std::fs::rename(&part, path).map_err(|e| e.to_string()));
+    saved.map_err(|e| {
+        let _ = std::fs::remove_file(&part);
+        ModelError::bad_file(path, format!("cannot save the latents: {e}"))
+    })
+}
+
+/// Checks, before any work, that the latents can be saved at `path`: its folder exists, and
+/// nothing is there unless `overwrite`.
+pub fn check_destination(path: &Path, overwrite: bool) -> Result<(), String> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(format!(
+            "cannot save the latents to {}: folder {} does not exist",
+            path.display(),
+            folder.display()
+        ));
+    }
+    if path.is_dir() {
+        return Err(format!(
+            "cannot save the latents to {}: it is a folder",
+            path.display()
+        ));
+    }
+    if !overwrite && path.symlink_metadata().is_ok() {
+        return Err(format!(
+            "{} already exists and was left as it is: choose another name for the latents \
+             (or replace it: --overwrite)",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 impl Engine for SavingLatents {

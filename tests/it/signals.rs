@@ -361,3 +361,30 @@ fn a_second_sigint_aborts_at_once_and_leaves_no_partial_file_under_the_output_na
         assert!(part(&out).exists(), "{log}");
     }
 }
+
+#[test]
+fn progress_is_plain_lines_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("walk.y4m");
+    let log = dir.path().join("render.log");
+    // stderr is a file here: no spinner, a line every few seconds.
+    let mut child = start_long_render(&out, &log);
+    let log_text = || fs::read_to_string(&log).unwrap_or_default();
+    wait_until(&mut child, &log, "two progress lines", || {
+        log_text()
+            .lines()
+            .filter(|l| l.contains(" frames | decode "))
+            .count()
+            >= 2
+    });
+    signal_group(&child, "TERM");
+    let (status, log) = wait_end(child, &log);
+    assert_eq!(status.code(), Some(143), "{log}");
+    assert!(!log.contains('\r'), "no terminal redraws in a log: {log:?}");
+    let counts: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split(" | ").nth(1)?.strip_suffix(" frames")?.parse().ok())
+        .collect();
+    assert!(counts.len() >= 2, "{log}");
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+}

@@ -133,3 +133,99 @@ fn frames_decoded_on_the_window_gpu_reach_the_screen() {
         "{hud:?}"
     );
 }
+
+/// A model that fails to load: the viewer with `--screenshot` says why on stderr and exits
+/// non-zero, long before the test's own timeout, instead of waiting for a frame forever.
+#[test]
+fn a_model_that_fails_to_load_ends_a_screenshot_run_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("broken-model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::write(model.join("model_index.json"), b"{ not json").unwrap();
+    let png_path = dir.path().join("never.png");
+    let started = std::time::Instant::now();
+    let output = Command::new("timeout")
+        .args(["120", "xvfb-run", "-a", "-s", "-screen 0 1600x1000x24"])
+        .arg(DREAMWALK)
+        .arg("--screenshot")
+        .arg(&png_path)
+        .arg("--model")
+        .arg(&model)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("this test needs `timeout` and `xvfb-run` (Debian packages coreutils, xvfb)");
+    let log = String::from_utf8_lossy(&output.stderr);
+    // `timeout` exits 124 when it had to stop the viewer.
+    assert_ne!(output.status.code(), Some(124), "the viewer waited: {log}");
+    assert!(!output.status.success(), "{log}");
+    assert!(
+        log.contains("no screenshot") && log.contains("model_index.json"),
+        "the error names the file: {log}"
+    );
+    assert!(!png_path.exists());
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+}
+
+/// SIGTERM closes the window as its close button does: the recording started with
+/// `--record` is finished (whole frames, under its name, no partial file) and the process
+/// ends cleanly.
+#[test]
+fn sigterm_closes_the_viewer_and_finishes_its_recording() {
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("walk.y4m");
+    let part = dreamwalk::record::partial_path(&out);
+    let log_path = dir.path().join("viewer.log");
+    let mut child = Command::new("xvfb-run")
+        .args(["-a", "-s", "-screen 0 1280x800x24"])
+        .arg(DREAMWALK)
+        .args(["--source", "128x64", "--record"])
+        .arg(&out)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("this test needs `xvfb-run` (Debian packages xvfb, xauth)");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    // Recording: a few whole frames (3 bytes a pixel) are in the partial file.
+    let frame_len = 6 + 3 * 128 * 64;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while std::fs::metadata(&part).map_or(0, |m| m.len()) < 4 * frame_len {
+        assert!(child.try_wait().unwrap().is_none(), "ended early:\n{}", log());
+        assert!(Instant::now() < deadline, "nothing recorded:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // To the viewer alone (not xvfb-run, which waits for it and then stops Xvfb).
+    let viewer = Command::new("pgrep")
+        .args(["-g", &child.id().to_string(), "-x", "dreamwalk"])
+        .output()
+        .expect("pgrep (Debian procps)");
+    let pid = String::from_utf8_lossy(&viewer.stdout).trim().to_string();
+    assert!(!pid.is_empty(), "no viewer process:\n{}", log());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still open:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}:\n{}", log());
+    assert!(log().contains("closing the window"), "{}", log());
+    assert!(!part.exists(), "the partial file is left:\n{}", log());
+    let bytes = std::fs::read(&out).expect("the recording is under its name");
+    let header_len = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let frames = (bytes.len() - header_len) as u64 / frame_len;
+    assert!(frames >= 4, "{frames} frames");
+    assert_eq!(
+        (bytes.len() - header_len) as u64,
+        frames * frame_len,
+        "whole frames only"
+    );
+}
