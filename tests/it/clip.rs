@@ -337,3 +337,76 @@ fn text_encoder_rejects_ids_it_cannot_embed() {
     let floats = Tensor::zeros((1, 77), DType::F32, &Device::Cpu).unwrap();
     assert!(encoder.forward(&floats).is_err());
 }
+
+/// A folder as transformers 5 saves it: `tokenizer.json` alone (plus `extra` files).
+fn tokenizer_json_folder(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("clip/tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    for (name, text) in extra {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn tokenizer_json_only_folders_give_the_same_ids_sd1_and_sd2() {
+    let dir = tokenizer_json_folder(&[]);
+    let tokenizer = ClipTokenizer::from_folder(dir.path()).unwrap();
+    assert_eq!(tokenizer.vocab_size(), 49408);
+    assert_eq!(tokenizer.pad_id(), 49407);
+    assert_ids(&tokenizer, &expected_ids("input_ids_sd1"));
+
+    let dir = tokenizer_json_folder(&[("tokenizer_config.json", r#"{"pad_token": "!"}"#)]);
+    let tokenizer = ClipTokenizer::from_folder(dir.path()).unwrap();
+    assert_eq!(tokenizer.pad_id(), 0);
+    assert_ids(&tokenizer, &expected_ids("input_ids_sd2"));
+}
+
+#[test]
+fn tokenizer_json_merges_as_strings_read_the_same() {
+    // Older `tokenizers` versions write each merge as one "left right" string.
+    let text = std::fs::read_to_string(fixture("clip/tokenizer.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let merges = json["model"]["merges"].as_array_mut().unwrap();
+    for merge in merges.iter_mut() {
+        if let Some(pair) = merge.as_array() {
+            *merge = serde_json::Value::String(format!(
+                "{} {}",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
+    let tokenizer = ClipTokenizer::from_tokenizer_json(&path, PadToken::EndOfText).unwrap();
+    assert_ids(&tokenizer, &expected_ids("input_ids_sd1"));
+}
+
+#[test]
+fn tokenizer_json_errors_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    for (text, expected) in [
+        ("{ not json", "invalid JSON"),
+        (r#"{"model": {"type": "WordPiece"}}"#, "model.type"),
+        (r#"{"model": {"type": "BPE", "vocab": {}}}"#, "model.merges"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err = ClipTokenizer::from_tokenizer_json(&path, PadToken::EndOfText).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("tokenizer.json") && message.contains(expected),
+            "{message}"
+        );
+    }
+    // A folder with none of the files names what it looked for.
+    let empty = tempfile::tempdir().unwrap();
+    let err = ClipTokenizer::from_folder(empty.path()).unwrap_err();
+    assert!(err.to_string().contains("vocab.json"), "{err}");
+}

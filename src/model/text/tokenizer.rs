@@ -3,7 +3,8 @@
 //!
 //! Written here over `vocab.json` + `merges.txt` because that is what diffusers model
 //! folders ship (SD 1.5, SD 2.1 and SD-Turbo have no `tokenizer.json`), and the BPE itself
-//! is a few dozen lines.
+//! is a few dozen lines. Folders saved by transformers 5 hold only `tokenizer.json`: its BPE
+//! tables are read into the same tokenizer.
 //!
 //! The steps, each matching the reference:
 //! 1. the special tokens (`<|startoftext|>`, `<|endoftext|>` and the pad token) are cut out
@@ -119,10 +120,122 @@ impl ClipTokenizer {
         let vocab: HashMap<String, u32> = serde_json::from_str(&vocab_text).map_err(|e| {
             ModelError::bad_file(vocab_json, format!("not a token -> id JSON map: {e}"))
         })?;
+        let merges_text = read_text(merges_txt)?;
+        let mut merges = Vec::new();
+        for (line_index, line) in merges_text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || (line_index == 0 && line.starts_with("#version")) {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (Some(left), Some(right), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(ModelError::bad_file(
+                    merges_txt,
+                    format!("line {}: expected two symbols, got `{line}`", line_index + 1),
+                ));
+            };
+            merges.push((left.to_string(), right.to_string(), line_index + 1));
+        }
+        Self::from_tables(vocab, &merges, pad, vocab_json, |line, message| {
+            ModelError::bad_file(merges_txt, format!("line {line}: {message}"))
+        })
+    }
+
+    /// Loads the tokenizer from a `tokenizer.json` as the `tokenizers` library saves it (what
+    /// transformers 5 writes instead of `vocab.json` + `merges.txt`): its BPE model's
+    /// vocabulary and merges (as `"left right"` strings or `["left", "right"]` pairs), and
+    /// its added tokens (`<|startoftext|>`, `<|endoftext|>`).
+    pub fn from_tokenizer_json(path: &Path, pad: PadToken) -> Result<Self> {
+        let text = read_text(path)?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::bad_file(path, format!("invalid JSON: {e}")))?;
+        let config_error = |key: &str, message: String| ModelError::Config {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let model = json
+            .get("model")
+            .ok_or_else(|| config_error("model", "missing".into()))?;
+        match model.get("type").and_then(|t| t.as_str()) {
+            Some("BPE") | None => {}
+            Some(other) => {
+                return Err(config_error(
+                    "model.type",
+                    format!("a CLIP tokenizer is BPE, not {other}"),
+                ))
+            }
+        }
+        let mut vocab: HashMap<String, u32> = model
+            .get("vocab")
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| config_error("model.vocab", format!("not a token -> id map: {e}")))?
+            .ok_or_else(|| config_error("model.vocab", "missing".into()))?;
+        // Special tokens may live only among the added tokens.
+        for added in json
+            .get("added_tokens")
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(content), Some(id)) = (
+                added.get("content").and_then(|c| c.as_str()),
+                added.get("id").and_then(|i| i.as_u64()),
+            ) {
+                vocab.entry(content.to_string()).or_insert(id as u32);
+            }
+        }
+        let listed = model
+            .get("merges")
+            .and_then(|m| m.as_array())
+            .ok_or_else(|| config_error("model.merges", "missing, or not a list".into()))?;
+        let mut merges = Vec::with_capacity(listed.len());
+        for (index, merge) in listed.iter().enumerate() {
+            let pair = match merge {
+                serde_json::Value::String(text) => {
+                    let mut parts = text.split(' ');
+                    match (parts.next(), parts.next(), parts.next()) {
+                        (Some(left), Some(right), None) => Some((left, right)),
+                        _ => None,
+                    }
+                }
+                serde_json::Value::Array(items) => match &items[..] {
+                    [serde_json::Value::String(left), serde_json::Value::String(right)] => {
+                        Some((left.as_str(), right.as_str()))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some((left, right)) = pair else {
+                return Err(config_error(
+                    "model.merges",
+                    format!("merge {index}: expected two symbols, got {merge}"),
+                ));
+            };
+            merges.push((left.to_string(), right.to_string(), index));
+        }
+        Self::from_tables(vocab, &merges, pad, path, |index, message| {
+            config_error("model.merges", format!("merge {index}: {message}"))
+        })
+    }
+
+    /// The tokenizer of a vocabulary (read from `vocab_file`, named in errors) and its merges
+    /// `(left, right, where)` in priority order; `bad_merge(where, message)` is the error of a
+    /// merge that does not fit the vocabulary.
+    fn from_tables(
+        vocab: HashMap<String, u32>,
+        merges_list: &[(String, String, usize)],
+        pad: PadToken,
+        vocab_file: &Path,
+        bad_merge: impl Fn(usize, String) -> ModelError,
+    ) -> Result<Self> {
         let id_of = |token: &str| {
             vocab.get(token).copied().ok_or_else(|| {
                 ModelError::bad_file(
-                    vocab_json,
+                    vocab_file,
                     format!("token `{token}` is not in the vocabulary"),
                 )
             })
@@ -141,32 +254,24 @@ impl ClipTokenizer {
         // Ids index the embedding table, so the table must cover the largest one.
         let vocab_size = vocab.values().max().map_or(0, |&max| max as usize + 1);
 
-        let merges_text = read_text(merges_txt)?;
         let mut merges = HashMap::new();
-        let mut rank = 0u32;
-        for (line_index, line) in merges_text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || (line_index == 0 && line.starts_with("#version")) {
-                continue;
-            }
-            let bad_line = |message: String| {
-                ModelError::bad_file(merges_txt, format!("line {}: {message}", line_index + 1))
-            };
-            let mut parts = line.split_whitespace();
-            let (Some(left), Some(right), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(bad_line(format!("expected two symbols, got `{line}`")));
-            };
+        for (rank, (left, right, place)) in merges_list.iter().enumerate() {
             let lookup = |token: &str| {
                 vocab.get(token).copied().ok_or_else(|| {
-                    bad_line(format!("`{token}` is not in {}", vocab_json.display()))
+                    bad_merge(
+                        *place,
+                        format!("`{token}` is not in {}", vocab_file.display()),
+                    )
                 })
             };
             let pair = (lookup(left)?, lookup(right)?);
             let merged_id = lookup(&format!("{left}{right}"))?;
             // A repeated pair keeps its first (highest-priority) rank, as the reference's
             // rank dictionary would if built first-wins; real files have no repeats.
-            merges.entry(pair).or_insert(Merge { rank, merged_id });
-            rank += 1;
+            merges.entry(pair).or_insert(Merge {
+                rank: rank as u32,
+                merged_id,
+            });
         }
 
         Ok(Self {
@@ -183,7 +288,8 @@ impl ClipTokenizer {
         })
     }
 
-    /// Loads a diffusers `tokenizer/` folder: `vocab.json` + `merges.txt`, with the pad
+    /// Loads a diffusers `tokenizer/` folder: `vocab.json` + `merges.txt` (or, when neither
+    /// is there, `tokenizer.json`), with the pad
     /// token from `special_tokens_map.json` or `tokenizer_config.json` (`<|endoftext|>`
     /// when neither names one).
     ///
@@ -203,7 +309,14 @@ impl ClipTokenizer {
             }
         }
         let pad = pad.unwrap_or(PadToken::EndOfText);
-        Self::from_files(&dir.join("vocab.json"), &dir.join("merges.txt"), pad)
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let tokenizer_json = dir.join("tokenizer.json");
+        // The two-file form when it is there (real SD repositories), else what
+        // transformers 5 saves alone.
+        if !vocab.is_file() && !merges.is_file() && tokenizer_json.is_file() {
+            return Self::from_tokenizer_json(&tokenizer_json, pad);
+        }
+        Self::from_files(&vocab, &merges, pad)
     }
 
     /// A tokenizer made without files, for the built-in demo model: the 256 byte symbols,
