@@ -154,7 +154,10 @@ impl ViewerApp {
         if let Some(session) = self.model.session_mut() {
             session.stop();
         }
-        self.model = self.loader.start(ModelSource { model, taesd: None });
+        self.model = self.loader.start(ModelSource {
+            model,
+            ..Default::default()
+        });
     }
 
     /// The form takes the model's defaults, the status line says what loaded, and the

@@ -6,9 +6,11 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
-use super::values::{DecoderArg, EasingArg, GpuDecodeArg, InterpArg, LoopArg, UpscaleArg};
+use super::values::{
+    DecoderArg, EasingArg, GpuDecodeArg, InterpArg, LoopArg, PredictionArg, UpscaleArg,
+};
 use crate::app::ViewerOptions;
-use crate::model::{DecoderKind, EndpointRequest, Engine};
+use crate::model::{DecoderKind, EndpointRequest, Engine, SingleFileOptions};
 use crate::pipeline::{check_laps, Inbetweens, Settings, MAX_IMAGE_SIDE};
 use crate::record::RecordOptions;
 use crate::usecase::{ModelSource, RenderJob};
@@ -35,13 +37,23 @@ pub enum Command {
 /// Which weights to run.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ModelArgs {
-    /// A diffusers model folder, or a Hugging Face id found in the local cache
-    /// (e.g. stabilityai/sd-turbo). Without it, the built-in demo model runs.
+    /// A diffusers model folder, a Hugging Face id found in the local cache (e.g.
+    /// stabilityai/sd-turbo), or a single-file checkpoint (.safetensors in the original
+    /// layout, as A1111 and Civitai share them). Without it, the built-in demo model runs.
     #[arg(long, global = true)]
     pub model: Option<String>,
     /// A TAESD decoder: a folder (diffusers AutoencoderTiny) or a .safetensors file.
     #[arg(long, global = true)]
     pub taesd: Option<PathBuf>,
+    /// For a single-file checkpoint (--model FILE.safetensors): a diffusers model folder
+    /// whose configs and tokenizer describe it (default: the SD 1.x / 2.x configs its keys
+    /// show, with a tokenizer from the Hugging Face cache).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub config: Option<PathBuf>,
+    /// For a single-file checkpoint: what its UNet predicts (default: the config's, else
+    /// epsilon; SD 2.x 768 px models predict v).
+    #[arg(long, global = true, value_enum)]
+    pub prediction: Option<PredictionArg>,
 }
 
 impl ModelArgs {
@@ -50,6 +62,10 @@ impl ModelArgs {
         ModelSource {
             model: self.model.clone(),
             taesd: self.taesd.clone(),
+            single_file: SingleFileOptions {
+                config: self.config.clone(),
+                prediction: self.prediction.map(Into::into),
+            },
         }
     }
 }

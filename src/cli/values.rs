@@ -2,6 +2,7 @@
 //! no `clap::ValueEnum`. Each maps into its library enum with `From`.
 
 use crate::gpu::GpuDecode;
+use crate::model::schedulers::PredictionType;
 use crate::model::DecoderKind;
 use crate::upscale::UpscaleMode;
 use crate::walk::{Easing, Interp, LoopMode};
@@ -90,5 +91,16 @@ value_enum! {
         On,
         /// Always on the CPU.
         Off,
+    }
+}
+
+value_enum! {
+    /// What a single-file checkpoint's UNet predicts.
+    PredictionArg => PredictionType {
+        /// The added noise: SD 1.x, SD 2.x base (512 px), SD-Turbo.
+        Epsilon,
+        /// The velocity: SD 2.x 768 px models.
+        #[value(name = "v")]
+        VPrediction,
     }
 }

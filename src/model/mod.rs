@@ -16,15 +16,20 @@ pub mod schedulers;
 pub mod scripted;
 pub mod sd;
 mod seeded;
+pub mod single_file;
 pub mod text;
 pub mod unet;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
 
-pub use decoders::{AutoencoderKlConfig, DecoderKind, TaesdConfig, TaesdDecoder, VaeDecoder};
+pub use decoders::{
+    AutoencoderKlConfig, DecoderKind, TaesdConfig, TaesdDecoder, TaesdEncoder, VaeDecoder,
+    VaeEncoder,
+};
 pub use engine::{EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress};
 pub use sd::{load_init_latents, StableDiffusion};
+pub use single_file::SingleFileOptions;
 pub use text::MAX_TOKENS as MAX_PROMPT_TOKENS;
 pub use unet::{UNet2DConditionModel, UNetConfig};
 

@@ -28,6 +28,17 @@ pub struct StableDiffusion {
     pub(super) defaults: ModelDefaults,
 }
 
+/// A model's loaded parts, for [`StableDiffusion::assemble`].
+pub(super) struct Parts<'a> {
+    pub name: String,
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextEncoder,
+    pub unet: UNet2DConditionModel,
+    pub scheduler: SchedulerConfig,
+    pub vae: VaeDecoder,
+    pub taesd: Option<&'a Path>,
+}
+
 /// Pipelines whose folders this loader understands (SD 1.x, 2.x, SD-Turbo all save as
 /// `StableDiffusionPipeline`).
 const SUPPORTED_PIPELINES: [&str; 2] =
@@ -61,6 +72,35 @@ impl StableDiffusion {
         let scheduler =
             SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
         let vae = VaeDecoder::load(&dir.join("vae"), &device)?;
+        let name = Path::new(model)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|_| Path::new(model).exists())
+            .unwrap_or_else(|| model.to_string());
+        Self::assemble(Parts {
+            name,
+            tokenizer,
+            text_encoder,
+            unet,
+            scheduler,
+            vae,
+            taesd,
+        })
+    }
+
+    /// The model from its loaded parts; `parts.taesd` adds a TAESD decoder, else
+    /// `madebyollin/taesd` is used when cached. Defaults follow the model: its native size,
+    /// SD-Turbo's one Euler step without guidance, or DDIM 25 steps at 7.5.
+    pub(super) fn assemble(parts: Parts<'_>) -> Result<Self> {
+        let Parts {
+            name,
+            tokenizer,
+            text_encoder,
+            unet,
+            scheduler,
+            vae,
+            taesd,
+        } = parts;
         let taesd = match taesd {
             Some(path) => Some(TaesdDecoder::load(path)?),
             None => find_cached("madebyollin/taesd", "config.json")
@@ -76,14 +116,9 @@ impl StableDiffusion {
             steps: if few_step { 1 } else { 25 },
             guidance: if few_step { 0.0 } else { 7.5 },
         };
-        let name = Path::new(model)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .filter(|_| Path::new(model).exists())
-            .unwrap_or_else(|| model.to_string());
         Ok(Self {
             name,
-            device,
+            device: Device::Cpu,
             tokenizer,
             text_encoder,
             unet,
@@ -249,7 +284,7 @@ fn resolve_model(model: &str) -> Result<PathBuf> {
 }
 
 /// A file of a cached Hugging Face repo (no network: the cache's snapshot of `main`).
-fn find_cached(repo: &str, file: &str) -> Option<PathBuf> {
+pub(super) fn find_cached(repo: &str, file: &str) -> Option<PathBuf> {
     hf_hub::Cache::from_env().model(repo.to_string()).get(file)
 }
 

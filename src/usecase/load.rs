@@ -1,11 +1,11 @@
 //! Weights as users have them (a diffusers folder, a Hugging Face id in the local cache, a
-//! TAESD file) or the built-in demo model, turned into the [`Engine`] every stage runs on.
+//! single-file checkpoint, a TAESD file) or the built-in demo model, turned into the [`Engine`] every stage runs on.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::gpu::GpuDecode;
-use crate::model::{Engine, ModelError, StableDiffusion};
+use crate::model::{single_file, Engine, ModelError, SingleFileOptions, StableDiffusion};
 
 /// Which weights to run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct ModelSource {
     /// A TAESD decoder (a diffusers AutoencoderTiny folder or a `.safetensors` file) to use
     /// instead of the model's own.
     pub taesd: Option<PathBuf>,
+    /// How to read `model` when it is a single-file checkpoint.
+    pub single_file: SingleFileOptions,
 }
 
 /// Loads the weights `source` names, or the built-in demo model.
@@ -27,6 +29,13 @@ pub fn load_engine(source: &ModelSource) -> Result<Arc<dyn Engine>, ModelError> 
                 demo.set_taesd(taesd)?;
             }
             demo
+        }
+        Some(model) if single_file::is_single_file(Path::new(model)) => {
+            StableDiffusion::load_single_file(
+                Path::new(model),
+                &source.single_file,
+                source.taesd.as_deref(),
+            )?
         }
         Some(model) => StableDiffusion::load(model, source.taesd.as_deref())?,
     };

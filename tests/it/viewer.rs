@@ -278,7 +278,7 @@ fn a_bad_model_folder_is_a_message_not_a_crash() {
     let mut app = ViewerApp::headless(ViewerOptions {
         model: dreamwalk::usecase::ModelSource {
             model: Some(dir.path().display().to_string()),
-            taesd: None,
+            ..Default::default()
         },
         ..Default::default()
     });

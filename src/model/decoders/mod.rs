@@ -1,11 +1,12 @@
 //! The networks that turn latents into pixels: TAESD (the tiny autoencoder, fast enough to
-//! decode every frame of a walk) and the model's own AutoencoderKL (the reference quality).
+//! decode every frame of a walk) and the model's own AutoencoderKL (the reference quality);
+//! and their encoders, which turn a person's images into keyframe latents.
 
 pub mod taesd;
 pub mod vae;
 
-pub use taesd::{ConvWeights, TaesdConfig, TaesdDecoder};
-pub use vae::{AutoencoderKlConfig, VaeDecoder};
+pub use taesd::{ConvWeights, TaesdConfig, TaesdDecoder, TaesdEncoder};
+pub use vae::{AutoencoderKlConfig, VaeDecoder, VaeEncoder};
 
 /// Which network turns latents into pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]

@@ -55,6 +55,41 @@ impl Act {
         act
     }
 
+    /// The first `channels` channels as NCHW values.
+    pub fn to_nchw(&self, channels: usize) -> Vec<f32> {
+        let pixels = self.h * self.w;
+        let mut nchw = vec![0f32; self.n * channels * pixels];
+        for (b, image) in nchw.chunks_mut(channels * pixels).enumerate() {
+            for (ch, plane) in image.chunks_mut(pixels).enumerate() {
+                for (i, value) in plane.iter_mut().enumerate() {
+                    *value = self.data[(b * pixels + i) * self.c + ch];
+                }
+            }
+        }
+        nchw
+    }
+
+    /// Every second row and column, from row and column `offset` (0 or 1), into `buffer`: a
+    /// stride-2 3x3 convolution is the stride-1 one (padding 1) sampled this way, at offset
+    /// 0 for padding 1 on every side (`ceil(h / 2)` rows), at offset 1 for diffusers' VAE
+    /// downsampler, which pads only the right and bottom (`floor(h / 2)` rows).
+    pub fn subsample(&self, offset: usize, buffer: Vec<f32>) -> Act {
+        let (h, w, c) = (self.h, self.w, self.c);
+        let oh = h.saturating_sub(offset).div_ceil(2);
+        let ow = w.saturating_sub(offset).div_ceil(2);
+        let mut out = Act::reuse(buffer, self.n, oh, ow, c);
+        for b in 0..self.n {
+            for y in 0..oh {
+                for x in 0..ow {
+                    let from = ((b * h + offset + 2 * y) * w + offset + 2 * x) * c;
+                    let to = ((b * oh + y) * ow + x) * c;
+                    out.data[to..to + c].copy_from_slice(&self.data[from..from + c]);
+                }
+            }
+        }
+        out
+    }
+
     /// Gives the buffer back for reuse.
     pub fn into_buffer(self) -> Vec<f32> {
         self.data

@@ -23,17 +23,8 @@ fn to_act(x: &Tensor) -> Result<Act> {
 }
 
 fn from_act(act: &Act, channels: usize) -> Result<Tensor> {
-    let pixels = act.h * act.w;
-    let mut nchw = vec![0f32; act.n * channels * pixels];
-    for (b, image) in nchw.chunks_mut(channels * pixels).enumerate() {
-        for (ch, plane) in image.chunks_mut(pixels).enumerate() {
-            for (i, value) in plane.iter_mut().enumerate() {
-                *value = act.data[(b * pixels + i) * act.c + ch];
-            }
-        }
-    }
     Ok(Tensor::from_vec(
-        nchw,
+        act.to_nchw(channels),
         (act.n, channels, act.h, act.w),
         &Device::Cpu,
     )?)

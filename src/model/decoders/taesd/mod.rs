@@ -18,6 +18,7 @@
 //! ```
 
 mod config;
+mod encoder;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use crate::model::kernels::{Act, Conv3x3, ConvShape, Sink};
 use crate::model::{weights, ModelError, Result};
 
 pub use self::config::TaesdConfig;
+pub use self::encoder::TaesdEncoder;
 
 /// One decoder stage: residual blocks, then a convolution (on the upsampled input for all
 /// stages but the last, whose convolution makes the image).

@@ -20,6 +20,9 @@ pub struct AutoencoderKlConfig {
     pub latent_channels: usize,
     /// Groups of every GroupNorm.
     pub norm_num_groups: usize,
+    /// Image channels the encoder takes.
+    #[serde(default = "default_out_channels")]
+    pub in_channels: usize,
     /// Image channels.
     #[serde(default = "default_out_channels")]
     pub out_channels: usize,
@@ -32,7 +35,7 @@ pub struct AutoencoderKlConfig {
     /// Whether the mid block has its self-attention; must be true here.
     #[serde(default = "default_true")]
     pub mid_block_add_attention: bool,
-    /// Whether the encoder output goes through a 1x1 `quant_conv` (encoder side, unused here).
+    /// Whether the encoder output goes through a 1x1 `quant_conv`.
     #[serde(default = "default_true")]
     pub use_quant_conv: bool,
     /// Whether latents go through a 1x1 `post_quant_conv` before the decoder.
@@ -68,6 +71,7 @@ impl AutoencoderKlConfig {
             layers_per_block: 2,
             latent_channels: 4,
             norm_num_groups: 32,
+            in_channels: 3,
             out_channels: 3,
             act_fn: default_act_fn(),
             up_block_types: None,

@@ -1,7 +1,7 @@
 //! The AutoencoderKL decoder (the full Stable Diffusion VAE): latents to an image in [-1, 1].
 //!
-//! The graph is diffusers' `Decoder` (we build only the decoder: the viewer never encodes,
-//! and the SD encoder would cost ~34M parameters and their loading time):
+//! The graph is diffusers' `Decoder` (the encoder, for images used as keyframes, is in
+//! [`encoder`] and loaded only when an image is encoded):
 //!
 //! ```text
 //! post_quant_conv (1x1) -> conv_in (3x3)
@@ -21,6 +21,7 @@
 //! needed again, and the attention's scores are made a block of rows at a time.
 
 mod config;
+mod encoder;
 
 use std::path::Path;
 
@@ -33,6 +34,7 @@ use crate::model::kernels::{
 use crate::model::{weights, ModelError, Result};
 
 pub use self::config::AutoencoderKlConfig;
+pub use self::encoder::VaeEncoder;
 
 /// One resnet of the decoder (no time embedding).
 #[derive(Debug)]
@@ -178,6 +180,30 @@ impl Resnet {
     }
 }
 
+/// The mid block both halves share: resnet, attention (one head, all channels), resnet.
+fn mid_block(
+    vb: VarBuilder,
+    groups: usize,
+    c: usize,
+) -> candle_core::Result<([Resnet; 2], Attention)> {
+    let resnet = |i: usize| Resnet::new(vb.pp("resnets").pp(i), c, c, groups);
+    let resnets = [resnet(0)?, resnet(1)?];
+    let attn = vb.pp("attentions").pp("0");
+    // diffusers renamed the attention's layers; both namings exist in checkpoints.
+    let names = match attn.contains_tensor("to_q.weight") {
+        true => ["to_q", "to_k", "to_v", "to_out.0"],
+        false => ["query", "key", "value", "proj_attn"],
+    };
+    let attention = Attention::new(
+        group_norm(attn.pp("group_norm"), groups, c)?,
+        linear(attn.pp(names[0]), c)?,
+        linear(attn.pp(names[1]), c)?,
+        linear(attn.pp(names[2]), c)?,
+        linear(attn.pp(names[3]), c)?,
+    );
+    Ok((resnets, attention))
+}
+
 fn plain(out: &mut Act) -> Sink<'_> {
     Sink::Act {
         out,
@@ -211,22 +237,7 @@ impl VaeDecoder {
         };
         let vb = vb.pp("decoder");
         let conv_in = conv3x3(vb.pp("conv_in"), cfg.latent_channels, deepest)?;
-        let mid = vb.pp("mid_block");
-        let resnet = |i: usize| Resnet::new(mid.pp("resnets").pp(i), deepest, deepest, groups);
-        let mid_resnets = [resnet(0)?, resnet(1)?];
-        let attn = mid.pp("attentions").pp("0");
-        // diffusers renamed the attention's layers; both namings exist in checkpoints.
-        let names = match attn.contains_tensor("to_q.weight") {
-            true => ["to_q", "to_k", "to_v", "to_out.0"],
-            false => ["query", "key", "value", "proj_attn"],
-        };
-        let mid_attention = Attention::new(
-            group_norm(attn.pp("group_norm"), groups, deepest)?,
-            linear(attn.pp(names[0]), deepest)?,
-            linear(attn.pp(names[1]), deepest)?,
-            linear(attn.pp(names[2]), deepest)?,
-            linear(attn.pp(names[3]), deepest)?,
-        );
+        let (mid_resnets, mid_attention) = mid_block(vb.pp("mid_block"), groups, deepest)?;
         let mut up_blocks = Vec::with_capacity(channels.len());
         let mut in_channels = deepest;
         for (index, &out_channels) in channels.iter().rev().enumerate() {
