@@ -102,6 +102,7 @@ impl BenchArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    dreamwalk::gpu::quiet_vulkan_layers();
     dreamwalk::cli::init_logging();
     match run(&BenchArgs::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,

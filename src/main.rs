@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    dreamwalk::gpu::quiet_vulkan_layers();
     dreamwalk::cli::init_logging();
     match dreamwalk::cli::run(dreamwalk::cli::Cli::parse()) {
         Ok(code) => code,

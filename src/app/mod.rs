@@ -36,8 +36,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::gpu::GpuDecode;
-use notice::Notice;
 use crate::usecase::ModelSource;
+use notice::Notice;
 
 pub use command::Command;
 pub use controls::{keyframe_name, Controls, OutputSize};
@@ -131,15 +131,15 @@ pub fn run(options: ViewerOptions) -> anyhow::Result<()> {
     );
     // The window is gone: stop watching for signals.
     drop(watcher.lock().take());
-    ran
-    .map_err(|e| {
+    ran.map_err(|e| {
         anyhow::anyhow!(
             "cannot open the window: {e}. Without a display, use `dreamwalk render` \
              (headless); without a GPU, install Mesa's software one (Debian: \
              mesa-vulkan-drivers libvulkan1)"
         )
     })?;
-    match failure.lock().take() {
+    let reason = failure.lock().take();
+    match reason {
         Some(reason) => anyhow::bail!(reason),
         None => Ok(()),
     }

@@ -4,6 +4,7 @@
 
 use super::hud;
 use super::loading::ModelState;
+use super::notice::Notice;
 use super::present::{Presenter, Shown};
 use super::session::Session;
 use crate::upscale::UpscaleMode;
@@ -92,18 +93,18 @@ fn placeholder(
     stats: Option<&crate::pipeline::StatsSnapshot>,
 ) {
     ui.centered_and_justified(|ui| match model {
+        // One line here; the whole story is behind the notice's "details" toggle.
         ModelState::Failed(text) => {
-            ui.colored_label(egui::Color32::LIGHT_RED, text);
+            ui.colored_label(egui::Color32::LIGHT_RED, Notice::error(text).headline());
         }
         ModelState::Loading { what, .. } => {
             ui.label(format!("loading {what}…"));
         }
         ModelState::Ready(_) => match stats {
             Some(s) if s.last_error.is_some() => {
-                ui.colored_label(
-                    egui::Color32::LIGHT_RED,
-                    s.last_error.clone().unwrap_or_default(),
-                );
+                let error = Notice::error(s.last_error.clone().unwrap_or_default());
+                ui.colored_label(egui::Color32::LIGHT_RED, error.headline())
+                    .on_hover_text(error.text);
             }
             Some(s) => {
                 ui.label(format!("{}…", s.phase));

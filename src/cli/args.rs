@@ -10,6 +10,7 @@ use super::values::{
     DecoderArg, EasingArg, GpuDecodeArg, InterpArg, LoopArg, PredictionArg, UpscaleArg,
 };
 use crate::app::ViewerOptions;
+use crate::model::lora::{parse_lora_arg, LoraSpec};
 use crate::model::{DecoderKind, EndpointRequest, Engine, SingleFileOptions};
 use crate::pipeline::{check_laps, Inbetweens, Settings, MAX_IMAGE_SIDE};
 use crate::record::RecordOptions;
@@ -54,6 +55,10 @@ pub struct ModelArgs {
     /// epsilon; SD 2.x 768 px models predict v).
     #[arg(long, global = true, value_enum)]
     pub prediction: Option<PredictionArg>,
+    /// A LoRA merged into the model's weights, at a strength (default 1; kohya/A1111 or
+    /// diffusers/PEFT files). Repeat for several.
+    #[arg(long = "lora", global = true, value_name = "FILE[:STRENGTH]", value_parser = parse_lora_arg)]
+    pub loras: Vec<LoraSpec>,
 }
 
 impl ModelArgs {
@@ -66,6 +71,7 @@ impl ModelArgs {
                 config: self.config.clone(),
                 prediction: self.prediction.map(Into::into),
             },
+            loras: self.loras.clone(),
         }
     }
 }

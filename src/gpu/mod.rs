@@ -34,6 +34,21 @@ use crate::frame::{read_texture_on, FrameError, RgbaImage};
 /// per frame and per resource at INFO and DEBUG). Append to the binary's filter.
 pub const QUIET_WGPU_LOG_DIRECTIVES: &str = "wgpu=warn,wgpu_core=warn,wgpu_hal=warn,naga=warn";
 
+/// Keeps the system's Vulkan layers from writing to stderr where there is no desktop
+/// session. Mesa's device-select layer (loaded into every Vulkan instance) connects to
+/// Wayland to find the default GPU, and without `XDG_RUNTIME_DIR` (CI, ssh, containers)
+/// libwayland prints `error: XDG_RUNTIME_DIR is invalid or not set in the environment.`
+/// for each instance. dreamwalk ranks adapters itself, so the layer is switched off
+/// (`NODEVICE_SELECT=1`, its documented switch) for this process in that case, unless the
+/// user set it. Call it first thing in `main`, before any thread starts.
+pub fn quiet_vulkan_layers() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 /// What can go wrong on the GPU side.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {

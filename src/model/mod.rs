@@ -12,6 +12,7 @@ pub mod decoders;
 pub mod demo;
 pub mod engine;
 pub mod kernels;
+pub mod lora;
 pub mod schedulers;
 pub mod scripted;
 pub mod sd;

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::decoders::{DecoderKind, TaesdDecoder, VaeDecoder};
 use super::engine::{EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress};
+use super::lora::{Component, LoraSet};
 use super::schedulers::{denoise, Sampler, SamplerKind, SchedulerConfig};
 use super::text::{ClipTextEncoder, ClipTokenizer};
 use super::unet::UNet2DConditionModel;
@@ -48,6 +49,11 @@ impl StableDiffusion {
     /// Loads a diffusers folder, or a Hugging Face id (`org/name`) from the local cache.
     /// `taesd` adds a TAESD decoder; without it, `madebyollin/taesd` is used when cached.
     pub fn load(model: &str, taesd: Option<&Path>) -> Result<Self> {
+        Self::load_with_loras(model, taesd, &LoraSet::default())
+    }
+
+    /// [`Self::load`] with `loras` merged into the UNet and text-encoder weights.
+    pub fn load_with_loras(model: &str, taesd: Option<&Path>, loras: &LoraSet) -> Result<Self> {
         let dir = resolve_model(model)?;
         let index_path = dir.join("model_index.json");
         let index: serde_json::Value = super::weights::read_config(&index_path)?;
@@ -67,8 +73,14 @@ impl StableDiffusion {
         }
         let device = Device::Cpu;
         let tokenizer = ClipTokenizer::from_folder(&dir.join("tokenizer"))?;
-        let text_encoder = ClipTextEncoder::load(&dir.join("text_encoder"), &device)?;
-        let unet = UNet2DConditionModel::load(&dir.join("unet"), &device)?;
+        let text_encoder =
+            ClipTextEncoder::load_patched(&dir.join("text_encoder"), &device, |vb| {
+                loras.patch(vb, Component::TextEncoder)
+            })?;
+        let unet = UNet2DConditionModel::load_patched(&dir.join("unet"), &device, |vb| {
+            loras.patch(vb, Component::Unet)
+        })?;
+        loras.check_matched()?;
         let scheduler =
             SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
         let vae = VaeDecoder::load(&dir.join("vae"), &device)?;
@@ -78,7 +90,7 @@ impl StableDiffusion {
             .filter(|_| Path::new(model).exists())
             .unwrap_or_else(|| model.to_string());
         Self::assemble(Parts {
-            name,
+            name: with_loras(name, loras),
             tokenizer,
             text_encoder,
             unet,
@@ -257,6 +269,15 @@ pub fn image_from_decoded(decoded: &Tensor) -> Result<RgbaImage> {
         }
     }
     Ok(image)
+}
+
+/// The model's name with its LoRAs: "sd-turbo + LoRA style.safetensors x0.6".
+pub(super) fn with_loras(name: String, loras: &LoraSet) -> String {
+    if loras.is_empty() {
+        name
+    } else {
+        format!("{name} + LoRA {}", super::lora::describe(loras.files()))
+    }
 }
 
 /// A model folder from a path, or a Hugging Face id looked up in the local cache.

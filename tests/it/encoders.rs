@@ -20,7 +20,10 @@ fn taesd_encoder() -> TaesdEncoder {
 fn taesd_encoder_matches_diffusers() {
     let encoder = taesd_encoder();
     assert_eq!(encoder.downscale_factor(), 8);
-    for case in ["taesd/encode_case.safetensors", "taesd/encode_case_b2.safetensors"] {
+    for case in [
+        "taesd/encode_case.safetensors",
+        "taesd/encode_case_b2.safetensors",
+    ] {
         let tensors = load_tensors(case);
         let latents = encoder.encode(&tensors["encode_input"]).unwrap();
         assert_eq!(latents.dims(), tensors["latents"].dims(), "{case}");

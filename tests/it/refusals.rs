@@ -98,7 +98,15 @@ fn init_latents_of_the_wrong_shape_are_refused() {
 
 #[test]
 fn source_size_message_matches_the_help() {
-    let stderr = refused(&["--source", "63x64"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.y4m");
+    let mut args = demo_args(&out);
+    let source = args.iter().position(|a| a == "--source").unwrap();
+    args[source + 1] = "63x64".into();
+    let result = dreamwalk().args(&args).output().expect("run dreamwalk");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{stderr}");
+    assert!(!out.exists());
     assert!(stderr.contains("multiples of 32"), "{stderr}");
     let help = dreamwalk().args(["render", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
@@ -118,4 +126,48 @@ fn negative_guidance_parses() {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "--guidance -5 refused: {stderr}");
     assert!(out.exists());
+}
+
+#[test]
+fn a_render_without_a_desktop_session_prints_no_gpu_probe_noise() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.y4m");
+    // `--gpu-decode auto` probes the GPU adapters, which loads the system's Vulkan layers.
+    let result = dreamwalk()
+        .args(demo_args(&out))
+        .args(["--steps", "1", "--steps-between", "1", "--inbetween", "0"])
+        .args(["--gpu-decode", "auto"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run dreamwalk");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    assert!(stderr.lines().all(|l| !l.starts_with("error")), "{stderr}");
+}
+
+#[test]
+fn an_unwritable_output_says_why_once_and_no_recording_summary_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    // A path under a regular file: the OS refuses it (ENOTDIR).
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let out = blocker.join("out.y4m");
+    let result = dreamwalk()
+        .args(demo_args(&out))
+        .output()
+        .expect("run dreamwalk");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success());
+    assert!(stderr.contains("out.y4m"), "{stderr}");
+    let reason = "Not a directory";
+    assert_eq!(
+        stderr.matches(reason).count(),
+        1,
+        "the OS error once: {stderr}"
+    );
+    assert!(!stderr.contains("recorded"), "{stderr}");
+    assert!(!stderr.contains("0x0"), "{stderr}");
 }

@@ -126,7 +126,10 @@ fn real_checkpoint_extras_are_ignored_and_f16_loads() {
         // schedule, EMA copies.
         tensors.insert(
             "cond_stage_model.transformer.text_model.embeddings.position_ids".into(),
-            Tensor::arange(0i64, 77, &Device::Cpu).unwrap().unsqueeze(0).unwrap(),
+            Tensor::arange(0i64, 77, &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
         );
         tensors.insert(
             "alphas_cumprod".into(),
@@ -149,7 +152,9 @@ fn real_checkpoint_extras_are_ignored_and_f16_loads() {
     )
     .expect("f16 with extras loads");
     let latents = model.endpoints(&request(), &mut |_| true).unwrap();
-    let reference = single_file_model().endpoints(&request(), &mut |_| true).unwrap();
+    let reference = single_file_model()
+        .endpoints(&request(), &mut |_| true)
+        .unwrap();
     // f16 weights: close to the f32 results, not equal.
     let diff = max_abs_diff(&latents[0], &reference[0]);
     assert!(diff > 0.0 && diff < 0.1, "f16 vs f32: {diff}");
@@ -175,7 +180,10 @@ fn damaged_or_foreign_checkpoints_are_refused_by_name() {
         );
     });
     let err = load_error(&path, true);
-    assert!(err.contains("edited.safetensors") && err.contains("SDXL"), "{err}");
+    assert!(
+        err.contains("edited.safetensors") && err.contains("SDXL"),
+        "{err}"
+    );
     // Not safetensors at all.
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"not a checkpoint").unwrap();
@@ -185,7 +193,10 @@ fn damaged_or_foreign_checkpoints_are_refused_by_name() {
     let pickle = dir.path().join("model.ckpt");
     std::fs::write(&pickle, b"PK").unwrap();
     let err = load_error(&pickle, true);
-    assert!(err.contains("model.ckpt") && err.contains("safetensors"), "{err}");
+    assert!(
+        err.contains("model.ckpt") && err.contains("safetensors"),
+        "{err}"
+    );
     // Without --config, the tiny model's 32-wide context is no known family.
     let err = load_error(&fixture("tiny-sd-single/model.safetensors"), false);
     assert!(err.contains("--config"), "{err}");

@@ -291,3 +291,59 @@ fn a_bad_model_folder_is_a_message_not_a_crash() {
     harness.run_steps(2);
     assert!(harness.query_by_label_contains("no model loaded").is_some());
 }
+
+#[test]
+fn a_long_load_error_is_one_line_with_its_details_behind_a_toggle() {
+    // A UNet whose weights do not fit its config: candle's shape error is long.
+    let dir = tempfile::tempdir().unwrap();
+    // Deep enough that the message cannot fit one line.
+    let model = dir
+        .path()
+        .join("a-folder-with-a-long-name-".repeat(4))
+        .join("model");
+    copy_dir(&crate::support::fixtures::fixture("tiny-sd"), &model);
+    let config = model.join("unet").join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["cross_attention_dim"] = serde_json::json!(48);
+    std::fs::write(&config, json.to_string()).unwrap();
+    let mut app = ViewerApp::headless(ViewerOptions {
+        model: dreamwalk::usecase::ModelSource {
+            model: Some(model.display().to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    assert!(!app.wait_for_model(Duration::from_secs(60)));
+    let notice = app.notice().unwrap_or_default().to_string();
+    assert!(notice.contains("cannot load the model"), "{notice}");
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_ui_state(|ui, app: &mut ViewerApp| app.show(ui, None), app);
+    harness.run_steps(2);
+    // One line shows; the shapes at the message's end are behind the closed toggle.
+    // In the notice and in the picture's place.
+    assert_eq!(
+        harness
+            .query_all_by_label_contains("cannot load the model")
+            .count(),
+        2
+    );
+    assert!(harness.query_by_label_contains("got: [32, 32]").is_none());
+    harness.get_by_label("details").click();
+    harness.run_steps(2);
+    assert!(harness.query_by_label_contains("got: [32, 32]").is_some());
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

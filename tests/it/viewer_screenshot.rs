@@ -192,7 +192,11 @@ fn sigterm_closes_the_viewer_and_finishes_its_recording() {
     let frame_len = 6 + 3 * 128 * 64;
     let deadline = Instant::now() + Duration::from_secs(180);
     while std::fs::metadata(&part).map_or(0, |m| m.len()) < 4 * frame_len {
-        assert!(child.try_wait().unwrap().is_none(), "ended early:\n{}", log());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended early:\n{}",
+            log()
+        );
         assert!(Instant::now() < deadline, "nothing recorded:\n{}", log());
         std::thread::sleep(Duration::from_millis(100));
     }

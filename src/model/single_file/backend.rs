@@ -13,11 +13,14 @@ use candle_nn::VarBuilder;
 
 use super::keys::Source;
 
+/// Where a diffusers name is in the checkpoint, if anywhere.
+pub(super) type Rename = Box<dyn Fn(&str) -> Option<Source> + Send + Sync>;
+
 /// One component's view of the checkpoint.
 pub(super) struct Renamed {
     pub file: Arc<MmapedSafetensors>,
     pub path: PathBuf,
-    pub rename: Box<dyn Fn(&str) -> Option<Source> + Send + Sync>,
+    pub rename: Rename,
 }
 
 impl Renamed {

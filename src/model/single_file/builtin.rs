@@ -94,7 +94,10 @@ fn tokenizer_folders(sd2: bool) -> &'static [(&'static str, &'static str)] {
 
 /// The repositories [`cached_tokenizer`] looks in.
 pub fn tokenizer_repos(sd2: bool) -> Vec<&'static str> {
-    tokenizer_folders(sd2).iter().map(|(repo, _)| *repo).collect()
+    tokenizer_folders(sd2)
+        .iter()
+        .map(|(repo, _)| *repo)
+        .collect()
 }
 
 /// The first of the family's tokenizers found in the Hugging Face cache.

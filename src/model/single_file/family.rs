@@ -25,7 +25,12 @@ pub fn classify(path: &Path, tensors: &[(String, Vec<usize>)]) -> Result<Layout>
     let refuse = |what: String| Err(ModelError::bad_file(path, what));
     let has_prefix = |prefix: &str| tensors.iter().any(|(k, _)| k.starts_with(prefix));
     let contains = |part: &str| tensors.iter().any(|(k, _)| k.contains(part));
-    let shape = |key: &str| tensors.iter().find(|(k, _)| k == key).map(|(_, s)| s.as_slice());
+    let shape = |key: &str| {
+        tensors
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, s)| s.as_slice())
+    };
     if tensors.is_empty() {
         return refuse("the file holds no tensors".into());
     }
@@ -84,9 +89,7 @@ pub fn classify(path: &Path, tensors: &[(String, Vec<usize>)]) -> Result<Layout>
                 other.get(1).copied().unwrap_or(0)
             ))
         }
-        None => {
-            return refuse("missing `model.diffusion_model.input_blocks.0.0.weight`".into())
-        }
+        None => return refuse("missing `model.diffusion_model.input_blocks.0.0.weight`".into()),
     }
     let text = if has_prefix("cond_stage_model.transformer.") {
         TextLayout::Transformers
@@ -139,7 +142,10 @@ mod tests {
         assert!(refusal(&[("model.diffusion_model.joint_blocks.0.x", &[1])]).contains("3"));
         assert!(refusal(&[("double_blocks.0.img_attn.qkv.weight", &[1])]).contains("Flux"));
         assert!(refusal(&[("lora_unet_down_blocks_0.lora_down.weight", &[1])]).contains("LoRA"));
-        let inpainting = refusal(&[("model.diffusion_model.input_blocks.0.0.weight", &[320, 9, 3, 3])]);
+        let inpainting = refusal(&[(
+            "model.diffusion_model.input_blocks.0.0.weight",
+            &[320, 9, 3, 3],
+        )]);
         assert!(inpainting.contains("inpainting"), "{inpainting}");
         assert!(refusal(&[("foo.bar", &[1])]).contains("unknown key layout"));
         assert!(refusal(&[]).contains("no tensors"));
@@ -148,14 +154,26 @@ mod tests {
     #[test]
     fn sd1_and_sd2_are_told_apart() {
         let common: [(&str, &[usize]); 2] = [
-            ("model.diffusion_model.input_blocks.0.0.weight", &[320, 4, 3, 3]),
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[320, 4, 3, 3],
+            ),
             ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
         ];
         let mut sd1 = common.to_vec();
         sd1.extend([
-            ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", &[49408usize, 768][..]),
-            ("model.diffusion_model.input_blocks.1.1.proj_in.weight", &[320, 320, 1, 1][..]),
-            ("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", &[320, 768][..]),
+            (
+                "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+                &[49408usize, 768][..],
+            ),
+            (
+                "model.diffusion_model.input_blocks.1.1.proj_in.weight",
+                &[320, 320, 1, 1][..],
+            ),
+            (
+                "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                &[320, 768][..],
+            ),
         ]);
         let layout = classify(Path::new("a.safetensors"), &keys(&sd1)).unwrap();
         assert_eq!(layout.text, TextLayout::Transformers);
@@ -163,9 +181,18 @@ mod tests {
 
         let mut sd2 = common.to_vec();
         sd2.extend([
-            ("cond_stage_model.model.token_embedding.weight", &[49408usize, 1024][..]),
-            ("model.diffusion_model.input_blocks.1.1.proj_in.weight", &[320, 320][..]),
-            ("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", &[320, 1024][..]),
+            (
+                "cond_stage_model.model.token_embedding.weight",
+                &[49408usize, 1024][..],
+            ),
+            (
+                "model.diffusion_model.input_blocks.1.1.proj_in.weight",
+                &[320, 320][..],
+            ),
+            (
+                "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                &[320, 1024][..],
+            ),
         ]);
         let layout = classify(Path::new("a.safetensors"), &keys(&sd2)).unwrap();
         assert_eq!(layout.text, TextLayout::OpenClip);

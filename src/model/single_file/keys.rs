@@ -67,9 +67,10 @@ pub fn unet_key(name: &str, cfg: &UNetConfig) -> Option<String> {
                 "resnets" => unet_resnet(format!("input_blocks.{}.0", start + index), rest)?,
                 "attentions" => join(&format!("input_blocks.{}.1", start + index), rest),
                 "downsamplers" if index == 0 => match rest {
-                    ["conv", tail @ ..] => {
-                        join(&format!("input_blocks.{}.0.op", start + resnets(level)?), tail)
-                    }
+                    ["conv", tail @ ..] => join(
+                        &format!("input_blocks.{}.0.op", start + resnets(level)?),
+                        tail,
+                    ),
                     _ => return None,
                 },
                 _ => return None,
@@ -259,7 +260,10 @@ mod tests {
     fn sd15_unet_keys_follow_the_original_numbering() {
         let cfg = sd15_unet();
         let key = |name: &str| unet_key(name, &cfg).unwrap();
-        assert_eq!(key("conv_in.weight"), "model.diffusion_model.input_blocks.0.0.weight");
+        assert_eq!(
+            key("conv_in.weight"),
+            "model.diffusion_model.input_blocks.0.0.weight"
+        );
         assert_eq!(
             key("down_blocks.1.resnets.1.conv2.weight"),
             "model.diffusion_model.input_blocks.5.0.out_layers.3.weight"
@@ -344,9 +348,12 @@ mod tests {
             "cond_stage_model.model.ln_final.weight"
         );
         assert_eq!(
-            clip_source("text_model.encoder.layers.0.mlp.fc1.weight", TextLayout::Transformers)
-                .unwrap()
-                .key,
+            clip_source(
+                "text_model.encoder.layers.0.mlp.fc1.weight",
+                TextLayout::Transformers
+            )
+            .unwrap()
+            .key,
             "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
         );
     }

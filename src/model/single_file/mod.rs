@@ -22,10 +22,11 @@ use std::sync::Arc;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::Device;
 
-use self::backend::Renamed;
+use self::backend::{Rename, Renamed};
 use self::family::Layout;
 use self::keys::{clip_source, unet_key, vae_key, Source, TextLayout};
 use super::decoders::{AutoencoderKlConfig, VaeDecoder};
+use super::lora::{Component, LoraSet};
 use super::schedulers::{PredictionType, SchedulerConfig};
 use super::sd::{Parts, StableDiffusion};
 use super::text::{ClipTextConfig, ClipTextEncoder, ClipTokenizer};
@@ -65,6 +66,16 @@ impl StableDiffusion {
         path: &Path,
         options: &SingleFileOptions,
         taesd: Option<&Path>,
+    ) -> Result<Self> {
+        Self::load_single_file_with_loras(path, options, taesd, &LoraSet::default())
+    }
+
+    /// [`Self::load_single_file`] with `loras` merged into the UNet and text-encoder weights.
+    pub fn load_single_file_with_loras(
+        path: &Path,
+        options: &SingleFileOptions,
+        taesd: Option<&Path>,
+        loras: &LoraSet,
     ) -> Result<Self> {
         if path
             .extension()
@@ -106,7 +117,7 @@ impl StableDiffusion {
         }
         let file = Arc::new(file);
         let device = Device::Cpu;
-        let component = |rename: Box<dyn Fn(&str) -> Option<Source> + Send + Sync>| {
+        let component = |rename: Rename| {
             Renamed {
                 file: Arc::clone(&file),
                 path: path.to_path_buf(),
@@ -117,9 +128,12 @@ impl StableDiffusion {
 
         let unet_config = configs.unet.clone();
         let unet = UNet2DConditionModel::new(
-            component(Box::new(move |name| {
-                unet_key(name, &unet_config).map(|key| Source { key, third: None })
-            })),
+            loras.patch(
+                component(Box::new(move |name| {
+                    unet_key(name, &unet_config).map(|key| Source { key, third: None })
+                })),
+                Component::Unet,
+            ),
             &configs.unet,
         )
         .map_err(|e| named(path, e))?;
@@ -133,16 +147,20 @@ impl StableDiffusion {
         .map_err(|e| named(path, e))?;
         let text = layout.text;
         let text_encoder = ClipTextEncoder::new(
-            component(Box::new(move |name| clip_source(name, text))),
+            loras.patch(
+                component(Box::new(move |name| clip_source(name, text))),
+                Component::TextEncoder,
+            ),
             &configs.text,
         )
         .map_err(|e| named(path, e))?;
+        loras.check_matched()?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
         Self::assemble(Parts {
-            name,
+            name: super::sd::with_loras(name, loras),
             tokenizer: configs.tokenizer,
             text_encoder,
             unet,

@@ -138,6 +138,15 @@ impl ClipTextEncoder {
     /// file of `model.safetensors` / `model.fp16.safetensors`; keys with or without the
     /// `text_model.` prefix.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_patched(dir, device, |vb| vb)
+    }
+
+    /// [`Self::load`] with the weights read through `patch` (LoRA deltas added).
+    pub fn load_patched(
+        dir: &Path,
+        device: &Device,
+        patch: impl FnOnce(VarBuilder<'static>) -> VarBuilder<'static>,
+    ) -> Result<Self> {
         let config_path = dir.join("config.json");
         let cfg: ClipTextConfig = read_config(&config_path)?;
         cfg.check().map_err(|(key, message)| ModelError::Config {
@@ -146,7 +155,7 @@ impl ClipTextEncoder {
             message,
         })?;
         let weights = find_weights(dir)?;
-        let vb = mmap_var_builder(std::slice::from_ref(&weights), device)?;
+        let vb = patch(mmap_var_builder(std::slice::from_ref(&weights), device)?);
         let prefixed = format!("{KEY_PREFIX}.embeddings.token_embedding.weight");
         let vb = if vb.contains_tensor(&prefixed) {
             vb.pp(KEY_PREFIX)

@@ -131,7 +131,10 @@ impl ClipTokenizer {
             let (Some(left), Some(right), None) = (parts.next(), parts.next(), parts.next()) else {
                 return Err(ModelError::bad_file(
                     merges_txt,
-                    format!("line {}: expected two symbols, got `{line}`", line_index + 1),
+                    format!(
+                        "line {}: expected two symbols, got `{line}`",
+                        line_index + 1
+                    ),
                 ));
             };
             merges.push((left.to_string(), right.to_string(), line_index + 1));

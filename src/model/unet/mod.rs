@@ -88,6 +88,15 @@ impl UNet2DConditionModel {
     /// Loads a diffusers `unet/` folder: `config.json` and
     /// `diffusion_pytorch_model[.fp16].safetensors` (fp16 converted to f32).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_patched(dir, device, |vb| vb)
+    }
+
+    /// [`Self::load`] with the weights read through `patch` (LoRA deltas added).
+    pub fn load_patched(
+        dir: &Path,
+        device: &Device,
+        patch: impl FnOnce(VarBuilder<'static>) -> VarBuilder<'static>,
+    ) -> Result<Self> {
         let config_path = dir.join("config.json");
         let cfg: UNetConfig = read_config(&config_path)?;
         if let Some(i) = cfg.first_issue() {
@@ -98,7 +107,7 @@ impl UNet2DConditionModel {
             });
         }
         let weights = find_weights(dir)?;
-        let vb = mmap_var_builder(std::slice::from_ref(&weights), device)?;
+        let vb = patch(mmap_var_builder(std::slice::from_ref(&weights), device)?);
         Self::build(vb, cfg).map_err(in_file(&weights))
     }
 

@@ -233,7 +233,11 @@ fn diffusers_names(
     }
     let renamed: HashMap<String, Tensor> = tensors
         .into_iter()
-        .filter(|(name, _)| name.split('.').next().is_some_and(|n| n.parse::<usize>().is_ok()))
+        .filter(|(name, _)| {
+            name.split('.')
+                .next()
+                .is_some_and(|n| n.parse::<usize>().is_ok())
+        })
         .map(|(name, tensor)| (format!("encoder.layers.{name}"), tensor))
         .collect();
     if renamed.is_empty() {

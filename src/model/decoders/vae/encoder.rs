@@ -16,9 +16,11 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{conv1x1, conv3x3, group_norm, mid_block, plain, Resnet, Workspace};
 use super::AutoencoderKlConfig;
-use crate::model::kernels::{padded, Act, Attention, CompactConv3x3, Conv1x1, ConvShape, GroupNorm};
+use super::{conv1x1, conv3x3, group_norm, mid_block, plain, Resnet, Workspace};
+use crate::model::kernels::{
+    padded, Act, Attention, CompactConv3x3, Conv1x1, ConvShape, GroupNorm,
+};
 use crate::model::{weights, ModelError, Result};
 
 /// A `DownEncoderBlock2D`: resnets, then (all but the last block) the downsampler.
@@ -218,9 +220,16 @@ impl VaeEncoder {
         ws.pool.give(x.into_buffer());
         if let Some(conv) = &self.quant_conv {
             let cp = conv.out_channels_padded();
-            let mut y = Act::reuse(ws.pool.take(moments.h * moments.w * cp), 1, moments.h, moments.w, cp);
+            let mut y = Act::reuse(
+                ws.pool.take(moments.h * moments.w * cp),
+                1,
+                moments.h,
+                moments.w,
+                cp,
+            );
             conv.forward(&moments, &mut y);
-            ws.pool.give(std::mem::replace(&mut moments, y).into_buffer());
+            ws.pool
+                .give(std::mem::replace(&mut moments, y).into_buffer());
         }
         let size = (moments.h, moments.w);
         (moments.to_nchw(2 * self.config.latent_channels), size)
