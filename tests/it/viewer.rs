@@ -347,3 +347,22 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn a_prompt_past_77_tokens_is_a_warning_in_the_window() {
+    let mut harness = harness();
+    // The demo model's tokenizer makes one token of each byte: 120 of them.
+    set_text(&mut harness, "Prompt A", &"ab ".repeat(40));
+    set_text(&mut harness, "Prompt B", "a city at night");
+    click(&mut harness, "Play");
+    let notice = harness.state().notice().unwrap_or_default().to_string();
+    assert!(
+        notice.contains("prompt 1") && notice.contains("77"),
+        "{notice}"
+    );
+    assert_eq!(
+        harness.state().session().unwrap().state(),
+        PlayState::Playing,
+        "a warning, not a refusal"
+    );
+}
