@@ -19,6 +19,7 @@ mod gpu_taesd;
 mod inbetween;
 mod layering;
 mod loading;
+mod lora;
 mod pipeline;
 mod record;
 mod refusals;
