@@ -5,21 +5,8 @@ use std::path::{Path, PathBuf};
 
 use dreamwalk::model::{Engine, StableDiffusion};
 
-use crate::support::fixtures::{fixture, max_abs_diff};
+use crate::support::fixtures::{copy_dir, fixture, max_abs_diff};
 use crate::support::process::{run_alone, running_alone};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 fn load_error(model: &str) -> String {
     match StableDiffusion::load(model, None) {

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use dreamwalk::model::lora::{LoraSet, LoraSpec};
 use dreamwalk::model::{EndpointRequest, Engine, StableDiffusion};
 
-use crate::support::fixtures::{fixture, max_abs_diff};
+use crate::support::fixtures::{copy_dir, fixture, max_abs_diff};
 use crate::support::process::dreamwalk;
 
 /// The layers the test LoRA patches: (component, module path, weight file of the folder).
@@ -162,19 +162,6 @@ fn merged_by_hand(dir: &Path, lora: &[(&str, &str, Tensor, Tensor)], strength: f
         candle_core::safetensors::save(&weights, model.join(relative)).unwrap();
     }
     model
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn request() -> EndpointRequest {

@@ -301,7 +301,7 @@ fn a_long_load_error_is_one_line_with_its_details_behind_a_toggle() {
         .path()
         .join("a-folder-with-a-long-name-".repeat(4))
         .join("model");
-    copy_dir(&crate::support::fixtures::fixture("tiny-sd"), &model);
+    crate::support::fixtures::copy_dir(&crate::support::fixtures::fixture("tiny-sd"), &model);
     let config = model.join("unet").join("config.json");
     let text = std::fs::read_to_string(&config).unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -333,19 +333,6 @@ fn a_long_load_error_is_one_line_with_its_details_behind_a_toggle() {
     harness.get_by_label("details").click();
     harness.run_steps(2);
     assert!(harness.query_by_label_contains("got: [32, 32]").is_some());
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! what it holds, and the comparisons the tests make against it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
@@ -23,6 +23,20 @@ pub fn fixture(relative: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Copies the folder `from` (a fixture model) to `to`, to be changed there.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
 
 /// All tensors of a fixture safetensors file, on the CPU.

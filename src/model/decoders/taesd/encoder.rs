@@ -13,11 +13,11 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::TaesdConfig;
+use super::{read_weights, TaesdConfig};
 use crate::model::kernels::{Act, Conv3x3, ConvShape, Sink};
 use crate::model::{weights, ModelError, Result};
 
@@ -47,21 +47,7 @@ impl TaesdEncoder {
     /// names (`encoder.layers.N.*`) or the original madebyollin/taesd encoder layout (`N.*`,
     /// the same N).
     pub fn load(path: &Path) -> Result<Self> {
-        let (file, config_path) = if path.is_dir() {
-            let file = encoder_file(path)?;
-            let config = path.join("config.json");
-            (file, config.is_file().then_some(config))
-        } else if path.is_file() {
-            (path.to_path_buf(), None)
-        } else {
-            return Err(ModelError::Missing {
-                path: path.to_path_buf(),
-            });
-        };
-        let tensors = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| {
-            ModelError::bad_file(&file, format!("not a valid safetensors file: {e}"))
-        })?;
-        let tensors = diffusers_names(tensors).map_err(|e| ModelError::bad_file(&file, e))?;
+        let (file, tensors, config_path) = read_weights(path, &ENCODER_FILES, diffusers_names)?;
         let config = match &config_path {
             Some(config_path) => weights::read_config(config_path)?,
             None => inferred_config(&tensors),
@@ -203,24 +189,6 @@ impl TaesdEncoder {
 
 fn act<'a>(out: &'a mut Act, skip: Option<&'a Act>, relu: bool) -> Sink<'a> {
     Sink::Act { out, skip, relu }
-}
-
-/// The weights file of a folder: diffusers' names first, then the encoder-only names.
-fn encoder_file(dir: &Path) -> Result<PathBuf> {
-    weights::find_weights(dir).or_else(|_| {
-        ENCODER_FILES
-            .iter()
-            .map(|name| dir.join(name))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                let message = format!(
-                    "no TAESD weights (looked for diffusion_pytorch_model.safetensors, \
-                     model.safetensors, {})",
-                    ENCODER_FILES.join(", ")
-                );
-                ModelError::bad_file(dir, message)
-            })
-    })
 }
 
 /// Renames the original madebyollin/taesd encoder keys (`N.*`) to diffusers'

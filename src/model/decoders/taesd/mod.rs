@@ -83,21 +83,7 @@ impl TaesdDecoder {
     /// used, with the latent and stage widths taken from the first convolution's weight
     /// (so 16-channel decoders such as TAEF1/TAESD3 load too).
     pub fn load(path: &Path) -> Result<Self> {
-        let (file, config_path) = if path.is_dir() {
-            let file = decoder_file(path)?;
-            let config = path.join("config.json");
-            (file, config.is_file().then_some(config))
-        } else if path.is_file() {
-            (path.to_path_buf(), None)
-        } else {
-            return Err(ModelError::Missing {
-                path: path.to_path_buf(),
-            });
-        };
-        let tensors = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| {
-            ModelError::bad_file(&file, format!("not a valid safetensors file: {e}"))
-        })?;
-        let tensors = diffusers_names(tensors).map_err(|e| ModelError::bad_file(&file, e))?;
+        let (file, tensors, config_path) = read_weights(path, &DECODER_FILES, diffusers_names)?;
         let config = match &config_path {
             Some(config_path) => {
                 let config: TaesdConfig = weights::read_config(config_path)?;
@@ -372,10 +358,39 @@ impl TaesdDecoder {
     }
 }
 
-/// The weights file of a folder: diffusers' names first, then the decoder-only names.
-fn decoder_file(dir: &Path) -> Result<PathBuf> {
+/// Maps a file's keys to diffusers' names, or says why it cannot.
+pub(super) type RenameKeys =
+    fn(HashMap<String, Tensor>) -> std::result::Result<HashMap<String, Tensor>, String>;
+
+/// The weights of a TAESD folder or file: the file (diffusers' names first, then `extra`
+/// names in a folder), its tensors renamed by `rename` (errors name the file), and the
+/// folder's `config.json` when there is one.
+pub(super) fn read_weights(
+    path: &Path,
+    extra: &[&str],
+    rename: RenameKeys,
+) -> Result<(PathBuf, HashMap<String, Tensor>, Option<PathBuf>)> {
+    let (file, config_path) = if path.is_dir() {
+        let file = weights_file(path, extra)?;
+        let config = path.join("config.json");
+        (file, config.is_file().then_some(config))
+    } else if path.is_file() {
+        (path.to_path_buf(), None)
+    } else {
+        return Err(ModelError::Missing {
+            path: path.to_path_buf(),
+        });
+    };
+    let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
+        .map_err(|e| ModelError::bad_file(&file, format!("not a valid safetensors file: {e}")))?;
+    let tensors = rename(tensors).map_err(|e| ModelError::bad_file(&file, e))?;
+    Ok((file, tensors, config_path))
+}
+
+/// The weights file of a folder: diffusers' names first, then `extra`.
+fn weights_file(dir: &Path, extra: &[&str]) -> Result<PathBuf> {
     weights::find_weights(dir).or_else(|_| {
-        DECODER_FILES
+        extra
             .iter()
             .map(|name| dir.join(name))
             .find(|p| p.is_file())
@@ -383,7 +398,7 @@ fn decoder_file(dir: &Path) -> Result<PathBuf> {
                 let message = format!(
                     "no TAESD weights (looked for diffusion_pytorch_model.safetensors, \
                      model.safetensors, {})",
-                    DECODER_FILES.join(", ")
+                    extra.join(", ")
                 );
                 ModelError::bad_file(dir, message)
             })

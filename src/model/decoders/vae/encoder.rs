@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::AutoencoderKlConfig;
-use super::{conv1x1, conv3x3, group_norm, mid_block, plain, Resnet, Workspace};
+use super::{conv1x1, conv3x3, group_norm, mid_block, open_folder, plain, Resnet, Workspace};
 use crate::model::kernels::{
     padded, Act, Attention, CompactConv3x3, Conv1x1, ConvShape, GroupNorm,
 };
@@ -107,17 +107,7 @@ impl VaeEncoder {
     /// Loads the encoder of a diffusers `vae/` folder: `config.json` and its safetensors
     /// weights. Errors name the file at fault.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let cfg: AutoencoderKlConfig = weights::read_config(&config_path)?;
-        if let Some((key, message)) = cfg.unsupported() {
-            return Err(ModelError::Config {
-                path: config_path,
-                key: key.to_string(),
-                message,
-            });
-        }
-        let weights_path = weights::find_weights(dir)?;
-        let vb = weights::mmap_var_builder(std::slice::from_ref(&weights_path), device)?;
+        let (cfg, vb, weights_path) = open_folder(dir, device)?;
         Self::build(vb, &cfg).map_err(weights::in_file(&weights_path))
     }
 

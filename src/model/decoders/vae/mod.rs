@@ -180,6 +180,26 @@ impl Resnet {
     }
 }
 
+/// A diffusers `vae/` folder's config (checked) and a builder over its weights file (also
+/// returned, for errors).
+fn open_folder(
+    dir: &Path,
+    device: &Device,
+) -> Result<(AutoencoderKlConfig, VarBuilder<'static>, std::path::PathBuf)> {
+    let config_path = dir.join("config.json");
+    let cfg: AutoencoderKlConfig = weights::read_config(&config_path)?;
+    if let Some((key, message)) = cfg.unsupported() {
+        return Err(ModelError::Config {
+            path: config_path,
+            key: key.to_string(),
+            message,
+        });
+    }
+    let weights_path = weights::find_weights(dir)?;
+    let vb = weights::mmap_var_builder(std::slice::from_ref(&weights_path), device)?;
+    Ok((cfg, vb, weights_path))
+}
+
 /// The mid block both halves share: resnet, attention (one head, all channels), resnet.
 fn mid_block(
     vb: VarBuilder,
@@ -274,17 +294,7 @@ impl VaeDecoder {
     /// Loads a diffusers `vae/` folder: `config.json` and its safetensors weights (fp32 or
     /// fp16). Errors name the file at fault.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let cfg: AutoencoderKlConfig = weights::read_config(&config_path)?;
-        if let Some((key, message)) = cfg.unsupported() {
-            return Err(ModelError::Config {
-                path: config_path,
-                key: key.to_string(),
-                message,
-            });
-        }
-        let weights_path = weights::find_weights(dir)?;
-        let vb = weights::mmap_var_builder(std::slice::from_ref(&weights_path), device)?;
+        let (cfg, vb, weights_path) = open_folder(dir, device)?;
         Self::build(vb, &cfg).map_err(weights::in_file(&weights_path))
     }
 
