@@ -73,10 +73,12 @@ impl Display {
                     |event| match event {
                         DisplayEvent::Shown(frame) => {
                             *current2.frame.lock() = Some(frame.clone());
+                            // Counted before the taps run, so whoever a tap tells about
+                            // this frame finds it in the stats too.
+                            stats.update(|s| s.frames_shown += 1);
                             for tap in taps2.lock().iter_mut() {
                                 tap(&frame);
                             }
-                            stats.update(|s| s.frames_shown += 1);
                         }
                         DisplayEvent::Underrun => {
                             if stats.snapshot().playing {
