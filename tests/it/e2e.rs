@@ -104,12 +104,12 @@ fn settings() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-#[test]
-fn tiny_sd_endpoints_match_the_diffusers_pipeline() {
+/// The `e2e/` pipeline call: both prompts, the negative prompt, size, steps, guidance and
+/// the given initial latents of `e2e/settings.json` and `e2e/case.safetensors`.
+pub fn e2e_request() -> EndpointRequest {
     let s = settings();
     let case = load_tensors("e2e/case.safetensors");
-    let model = StableDiffusion::load(fixture("tiny-sd").to_str().unwrap(), None).unwrap();
-    let request = EndpointRequest {
+    EndpointRequest {
         prompts: vec![
             s["prompt_a"].as_str().unwrap().into(),
             s["prompt_b"].as_str().unwrap().into(),
@@ -124,7 +124,14 @@ fn tiny_sd_endpoints_match_the_diffusers_pipeline() {
             s["height"].as_u64().unwrap() as u32,
         ),
         init_latents: Some(case["init_latents"].clone()),
-    };
+    }
+}
+
+#[test]
+fn tiny_sd_endpoints_match_the_diffusers_pipeline() {
+    let case = load_tensors("e2e/case.safetensors");
+    let model = StableDiffusion::load(fixture("tiny-sd").to_str().unwrap(), None).unwrap();
+    let request = e2e_request();
     let latents = model.endpoints(&request, &mut |_| true).unwrap();
     for (ours, name) in latents.iter().zip(["final_latents_a", "final_latents_b"]) {
         let diff = max_abs_diff(ours, &case[name]);

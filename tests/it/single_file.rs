@@ -5,33 +5,12 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use dreamwalk::model::{EndpointRequest, Engine, SingleFileOptions, StableDiffusion};
+use dreamwalk::model::{Engine, SingleFileOptions, StableDiffusion};
+
+use crate::e2e::e2e_request;
 
 use crate::support::fixtures::{fixture, load_tensors, max_abs_diff};
 use crate::support::process::dreamwalk;
-
-fn request() -> EndpointRequest {
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("e2e/settings.json")).unwrap())
-            .unwrap();
-    let case = load_tensors("e2e/case.safetensors");
-    EndpointRequest {
-        prompts: vec![
-            s["prompt_a"].as_str().unwrap().into(),
-            s["prompt_b"].as_str().unwrap().into(),
-        ],
-        negative: s["negative"].as_str().unwrap().into(),
-        seed: 0,
-        seed_per_keyframe: false,
-        steps: s["steps"].as_u64().unwrap() as usize,
-        guidance: s["guidance"].as_f64().unwrap(),
-        image_size: (
-            s["width"].as_u64().unwrap() as u32,
-            s["height"].as_u64().unwrap() as u32,
-        ),
-        init_latents: Some(case["init_latents"].clone()),
-    }
-}
 
 fn single_file_model() -> StableDiffusion {
     StableDiffusion::load_single_file(
@@ -50,7 +29,7 @@ fn single_file_gives_the_e2e_results_of_the_folder() {
     let case = load_tensors("e2e/case.safetensors");
     let single = single_file_model();
     let folder = StableDiffusion::load(fixture("tiny-sd").to_str().unwrap(), None).unwrap();
-    let request = request();
+    let request = e2e_request();
     let ours = single.endpoints(&request, &mut |_| true).unwrap();
     let reference = folder.endpoints(&request, &mut |_| true).unwrap();
     for ((single, folder), name) in ours
@@ -151,9 +130,9 @@ fn real_checkpoint_extras_are_ignored_and_f16_loads() {
         None,
     )
     .expect("f16 with extras loads");
-    let latents = model.endpoints(&request(), &mut |_| true).unwrap();
+    let latents = model.endpoints(&e2e_request(), &mut |_| true).unwrap();
     let reference = single_file_model()
-        .endpoints(&request(), &mut |_| true)
+        .endpoints(&e2e_request(), &mut |_| true)
         .unwrap();
     // f16 weights: close to the f32 results, not equal.
     let diff = max_abs_diff(&latents[0], &reference[0]);

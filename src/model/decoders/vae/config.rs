@@ -88,6 +88,16 @@ impl AutoencoderKlConfig {
         1 << self.block_out_channels.len().saturating_sub(1)
     }
 
+    /// [`Self::unsupported`] as an error, for configs made in code.
+    pub(super) fn check(&self) -> crate::model::Result<()> {
+        match self.unsupported() {
+            Some((key, message)) => Err(crate::model::ModelError::Invalid(format!(
+                "AutoencoderKL config `{key}`: {message}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The first setting this decoder cannot express, as (config key, reason).
     pub(super) fn unsupported(&self) -> Option<(&'static str, String)> {
         if let Some(class) = &self.class_name {

@@ -47,11 +47,7 @@ impl VaeEncoder {
     /// Builds the encoder from weights with diffusers' names (`encoder.*`, `quant_conv.*`) at
     /// the root of `vb`. Decoder weights, if present, are never read.
     pub fn new(vb: VarBuilder, cfg: &AutoencoderKlConfig) -> Result<Self> {
-        if let Some((key, message)) = cfg.unsupported() {
-            return Err(ModelError::Invalid(format!(
-                "AutoencoderKL config `{key}`: {message}"
-            )));
-        }
+        cfg.check()?;
         Ok(Self::build(vb, cfg)?)
     }
 

@@ -236,11 +236,7 @@ impl VaeDecoder {
     /// Builds the decoder from weights with diffusers' names (`decoder.*`, `post_quant_conv.*`)
     /// at the root of `vb`. Encoder weights, if present, are never read.
     pub fn new(vb: VarBuilder, cfg: &AutoencoderKlConfig) -> Result<Self> {
-        if let Some((key, message)) = cfg.unsupported() {
-            return Err(ModelError::Invalid(format!(
-                "AutoencoderKL config `{key}`: {message}"
-            )));
-        }
+        cfg.check()?;
         Ok(Self::build(vb, cfg)?)
     }
 
