@@ -44,6 +44,38 @@ pub enum Case {
     /// unless asked for.
     #[value(name = "gpu_walk")]
     GpuWalk,
+    /// One SD-Turbo / SD 2.1 UNet call (865M parameters, linear projections, 1024-wide
+    /// context), batch 1, 64x64 latents (512x512), seeded random weights at the real size
+    /// (vs `time_unet.py`). Not run unless asked for.
+    #[value(name = "unet_turbo_64x64")]
+    UnetTurbo64x64,
+    /// The same at 72x128 latents (576x1024, the original app's size).
+    #[value(name = "unet_turbo_72x128")]
+    UnetTurbo72x128,
+    /// One SD 1.5 UNet call with guidance (batch 2: both halves in one call), 64x64.
+    #[value(name = "unet_sd15_64x64_cfg")]
+    UnetSd1564x64Cfg,
+    /// The same at 72x128 latents.
+    #[value(name = "unet_sd15_72x128_cfg")]
+    UnetSd1572x128Cfg,
+    /// The SD 2.x text encoder (OpenCLIP ViT-H text, 23 layers, 1024 wide), 77 tokens.
+    #[value(name = "clip_sd2")]
+    ClipSd2,
+    /// The SD 1.5 text encoder (CLIP ViT-L/14 text, 12 layers, 768 wide), 77 tokens.
+    #[value(name = "clip_sd15")]
+    ClipSd15,
+}
+
+/// What a keyframe case runs: the UNet or the text encoder of a family, at a batch and
+/// latent size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyframeWork {
+    pub unet: bool,
+    /// SD 2.x / Turbo (true) or SD 1.5.
+    pub sd2: bool,
+    pub batch: usize,
+    /// Latent (h, w) of a UNet case.
+    pub latent_hw: (usize, usize),
 }
 
 /// The cases run when `--cases` is not given.
@@ -73,6 +105,31 @@ impl Case {
         }
     }
 
+    /// What a keyframe case (UNet, text encoder) runs.
+    pub fn keyframe_work(self) -> Option<KeyframeWork> {
+        let unet = |sd2, batch, latent_hw| KeyframeWork {
+            unet: true,
+            sd2,
+            batch,
+            latent_hw,
+        };
+        let clip = |sd2| KeyframeWork {
+            unet: false,
+            sd2,
+            batch: 1,
+            latent_hw: (0, 0),
+        };
+        Some(match self {
+            Case::UnetTurbo64x64 => unet(true, 1, (64, 64)),
+            Case::UnetTurbo72x128 => unet(true, 1, (72, 128)),
+            Case::UnetSd1564x64Cfg => unet(false, 2, (64, 64)),
+            Case::UnetSd1572x128Cfg => unet(false, 2, (72, 128)),
+            Case::ClipSd2 => clip(true),
+            Case::ClipSd15 => clip(false),
+            _ => return None,
+        })
+    }
+
     /// The cases on the GPU, judged against a rate rather than a reference.
     pub fn is_gpu(self) -> bool {
         matches!(self, Case::GpuTaesd | Case::Gpu4k | Case::GpuWalk)
@@ -93,6 +150,9 @@ impl Case {
             Case::GpuTaesd => (2, 10),
             Case::Gpu4k => (5, 60),
             Case::GpuWalk => (2, 15),
+            Case::UnetTurbo64x64 | Case::UnetTurbo72x128 => (1, 3),
+            Case::UnetSd1564x64Cfg | Case::UnetSd1572x128Cfg => (1, 3),
+            Case::ClipSd2 | Case::ClipSd15 => (1, 5),
         }
     }
 }

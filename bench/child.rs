@@ -76,6 +76,12 @@ pub fn child(args: &BenchArgs) -> anyhow::Result<()> {
         Case::GpuTaesd => crate::gpu::child_gpu_taesd(args, warmup, runs)?,
         Case::Gpu4k => crate::gpu::child_gpu_4k(warmup, runs)?,
         Case::GpuWalk => crate::gpu::child_gpu_walk(args, warmup, runs)?,
+        Case::UnetTurbo64x64
+        | Case::UnetTurbo72x128
+        | Case::UnetSd1564x64Cfg
+        | Case::UnetSd1572x128Cfg
+        | Case::ClipSd2
+        | Case::ClipSd15 => crate::keyframe::child_keyframe(case, warmup, runs)?,
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())

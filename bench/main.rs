@@ -17,6 +17,7 @@ mod cases;
 mod child;
 mod decoders;
 mod four_k;
+mod keyframe;
 mod gpu;
 mod probe;
 mod reference;

@@ -17,6 +17,8 @@ pub struct Reference {
     python: String,
     /// `Ok` when Python can run the script; the reason otherwise.
     decoders: Result<(), String>,
+    /// The same for `time_unet.py`.
+    unet: Result<(), String>,
     pub seed: Result<(), String>,
     pub info: serde_json::Value,
 }
@@ -39,6 +41,7 @@ impl Reference {
             dir,
             python: args.python.clone(),
             decoders: Err("--no-reference".to_string()),
+            unet: Err("--no-reference".to_string()),
             seed: Err("--no-reference".to_string()),
             info: serde_json::Value::Null,
         };
@@ -46,9 +49,11 @@ impl Reference {
             return reference;
         }
         reference.decoders = reference.check("time_decoders.py", "torch, diffusers");
+        reference.unet = reference.check("time_unet.py", "torch, diffusers, transformers");
         reference.seed = reference.check("seed_pipeline.py", "numpy, cv2");
         for (what, status) in [
             ("torch + diffusers", &reference.decoders),
+            ("torch + diffusers + transformers", &reference.unet),
             ("numpy + OpenCV", &reference.seed),
         ] {
             if let Err(reason) = status {
@@ -59,6 +64,7 @@ impl Reference {
             "dir": reference.dir.display().to_string(),
             "python": reference.python,
             "decoders": reference.decoders.as_ref().err(),
+            "unet": reference.unet.as_ref().err(),
             "seed_pipeline": reference.seed.as_ref().err(),
         });
         reference
@@ -95,27 +101,37 @@ impl Reference {
             Case::FourKPath | Case::RenderRss | Case::GpuTaesd | Case::Gpu4k | Case::GpuWalk => {
                 Err("not a decoder case".to_string())
             }
+            _ if case.keyframe_work().is_some() => {
+                self.unet.clone()?;
+                self.run_timing_script("time_unet.py", args, case, (warmup, runs), &[])
+            }
             _ => {
                 self.decoders.clone()?;
-                self.run_decoders(args, case, warmup, runs)
+                let runs_s = runs.to_string();
+                let slow = ["--slow-runs", runs_s.as_str()];
+                self.run_timing_script("time_decoders.py", args, case, (warmup, runs), &slow)
             }
         }
     }
 
-    fn run_decoders(
+    /// Runs a script that times `--cases CASE` and writes `--json` (`time_decoders.py`,
+    /// `time_unet.py`); the peak RSS is the one the script reports for the case's own
+    /// process when it does, else its whole run's.
+    fn run_timing_script(
         &self,
+        script: &str,
         args: &BenchArgs,
         case: Case,
-        warmup: usize,
-        runs: usize,
+        (warmup, runs): (usize, usize),
+        extra: &[&str],
     ) -> Result<Timing, String> {
         let json = std::env::temp_dir().join(format!(
             "dreamwalk-bench-{}-{}.json",
             std::process::id(),
             case.name()
         ));
-        let script = self.dir.join("time_decoders.py");
-        let script_args = vec![
+        let script = self.dir.join(script);
+        let mut script_args = vec![
             "--cases".to_string(),
             case.name(),
             "--threads".to_string(),
@@ -125,11 +141,10 @@ impl Reference {
             warmup.max(1).to_string(),
             "--runs".to_string(),
             runs.to_string(),
-            "--slow-runs".to_string(),
-            runs.to_string(),
             "--json".to_string(),
             json.display().to_string(),
         ];
+        script_args.extend(extra.iter().map(|a| a.to_string()));
         let label = format!("{} reference (PyTorch)", case.name());
         let outcome = self.run_script(&label, &script, &script_args)?;
         let text = std::fs::read_to_string(&json)
@@ -146,7 +161,13 @@ impl Reference {
                     .collect()
             })
             .unwrap_or_default();
-        Timing::from_runs(all_ms, outcome.peak_rss_mb).map_err(|e| e.to_string())
+        if let Some(error) = parsed["results"][0]["error"].as_str() {
+            return Err(format!("{}: {error}", script.display()));
+        }
+        let peak_rss_mb = parsed["results"][0]["peak_rss_mib"]
+            .as_f64()
+            .or(outcome.peak_rss_mb);
+        Timing::from_runs(all_ms, peak_rss_mb).map_err(|e| e.to_string())
     }
 
     /// One run of the seed pipeline script (it times a single pass over its keyframes):

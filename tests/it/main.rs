@@ -30,6 +30,7 @@ mod signals;
 mod single_file;
 mod taesd;
 mod unet;
+mod unet_kernels;
 mod upscale;
 mod vae;
 mod viewer;

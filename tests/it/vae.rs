@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{Device, IndexOp, Tensor};
 use dreamwalk::model::{kernels, weights, AutoencoderKlConfig, VaeDecoder};
 
-use crate::support::fixtures::{fixture, load_tensors, max_abs_diff};
+use crate::support::fixtures::{fixture, load_tensors, max_abs_diff, random};
 
 #[test]
 fn decode_raw_matches_diffusers() {
@@ -174,17 +174,6 @@ fn decoder_only_weights_suffice() {
         .collect();
     let dir = temp_vae(&config_text(), Some(&tensors), None);
     assert!(VaeDecoder::load(dir.path(), &Device::Cpu).is_ok());
-}
-
-/// A reproducible normal tensor of `shape` times `scale` plus `offset`.
-fn random(shape: &[usize], seed: u64, scale: f64, offset: f64) -> Tensor {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let count: usize = shape.iter().product();
-    let values: Vec<f32> = (0..count)
-        .map(|_| (offset + scale * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
 }
 
 fn to_f64(t: &Tensor) -> Vec<f64> {

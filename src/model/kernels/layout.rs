@@ -90,6 +90,23 @@ impl Act {
         out
     }
 
+    /// Nearest-neighbour up-sampling by an integer `factor` (every pixel repeated
+    /// `factor x factor` times), into a new activation.
+    pub fn upsample_nearest(&self, factor: usize) -> Act {
+        let (h, w, c) = (self.h * factor, self.w * factor, self.c);
+        let mut out = Act::reuse(Vec::new(), self.n, h, w, c);
+        for b in 0..self.n {
+            for y in 0..h {
+                for x in 0..w {
+                    let from = ((b * self.h + y / factor) * self.w + x / factor) * c;
+                    let to = ((b * h + y) * w + x) * c;
+                    out.data[to..to + c].copy_from_slice(&self.data[from..from + c]);
+                }
+            }
+        }
+        out
+    }
+
     /// Gives the buffer back for reuse.
     pub fn into_buffer(self) -> Vec<f32> {
         self.data

@@ -4,7 +4,8 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::attention::attend;
-use super::conv::{CompactConv3x3, Sink};
+use super::conv::{CompactConv3x3, Padding, Sink};
+use super::flash::{multi_head_attention, AttentionShape};
 use super::layout::{padded, Act};
 use super::linear::Conv1x1;
 use super::norm::GroupNorm;
@@ -144,4 +145,81 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, block_rows: usize) -> Resul
         block_rows,
     );
     Ok(Tensor::from_vec(qv, (tokens, c), &Device::Cpu)?)
+}
+
+/// Multi-head attention with the online softmax the UNet runs: `q` (B, Tq, H * D), `k` and
+/// `v` (B, Tk, H * D), `heads` = H; `softmax(q k^T / sqrt(D)) v` per head, rows back in
+/// `q`'s shape. For tests.
+pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (batch, q_tokens, inner) = q.dims3()?;
+    let (kb, k_tokens, k_inner) = k.dims3()?;
+    if heads == 0 || !inner.is_multiple_of(heads) || (kb, k_inner) != (batch, inner) {
+        return Err(invalid(format!(
+            "attention_heads: q {:?}, k {:?}, {heads} heads",
+            q.dims(),
+            k.dims()
+        )));
+    }
+    if v.dims() != k.dims() {
+        return Err(invalid("attention_heads: v must have k's shape".into()));
+    }
+    let shape = AttentionShape {
+        batch,
+        heads,
+        head_dim: inner / heads,
+        q_tokens,
+        k_tokens,
+    };
+    let scale = 1.0 / (shape.head_dim as f32).sqrt();
+    let out = multi_head_attention(&values(q)?, &values(k)?, &values(v)?, shape, scale);
+    Ok(Tensor::from_vec(out, (batch, q_tokens, inner), &Device::Cpu)?)
+}
+
+/// A 3x3 convolution at `stride` with zero `padding` (before, after) on `x` (N, Cin, H, W)
+/// up-sampled (nearest) by `upsample`, as the UNet runs it: Winograd when `winograd` (stride
+/// 1, padding 1 only), else nine matrix products. For tests.
+pub fn conv3x3_strided(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    (stride, padding): (usize, (usize, usize)),
+    upsample: usize,
+    winograd: bool,
+) -> Result<Tensor> {
+    let (n, cin, h, w) = x.dims4()?;
+    let (cout, wcin, kh, kw) = weight.dims4()?;
+    let padding = Padding {
+        before: padding.0,
+        after: padding.1,
+    };
+    let valid_winograd = stride == 1 && padding == Padding::same(1);
+    if (wcin, kh, kw) != (cin, 3, 3) || !(1..=2).contains(&stride) || upsample == 0
+        || (winograd && !valid_winograd)
+    {
+        return Err(invalid(format!(
+            "conv3x3_strided: weight {:?}, input {:?}, stride {stride}, {padding:?}",
+            weight.dims(),
+            x.dims()
+        )));
+    }
+    let bias = bias.map(values).transpose()?;
+    let conv = CompactConv3x3::new(&values(weight)?, bias.as_deref(), cout, cin);
+    let input = to_act(x)?.upsample_nearest(upsample);
+    let (oh, ow) = (
+        padding.out_len(h * upsample, stride),
+        padding.out_len(w * upsample, stride),
+    );
+    let mut out = Act::reuse(Vec::new(), n, oh, ow, padded(cout));
+    let mut scratch = Vec::new();
+    if winograd {
+        let sink = Sink::Act {
+            out: &mut out,
+            skip: None,
+            relu: false,
+        };
+        conv.forward(&input, 1, sink, &mut scratch);
+    } else {
+        conv.forward_direct(&input, stride, padding, &mut out, &mut scratch);
+    }
+    from_act(&out, cout)
 }

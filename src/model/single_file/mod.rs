@@ -12,7 +12,7 @@
 //! name.
 
 mod backend;
-mod builtin;
+pub mod builtin;
 mod family;
 pub mod keys;
 

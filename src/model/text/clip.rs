@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
+use crate::model::seeded::seeded_var_builder;
 use crate::model::weights::{find_weights, in_file, mmap_var_builder, read_config};
 use crate::model::{ModelError, Result};
 
@@ -132,6 +133,12 @@ impl ClipTextEncoder {
             ModelError::Invalid(format!("CLIP config `{key}`: {message}"))
         })?;
         Ok(Self::build(vb, cfg)?)
+    }
+
+    /// An encoder of `cfg`'s architecture with seeded random weights (see
+    /// [`UNet2DConditionModel::seeded`](crate::model::UNet2DConditionModel::seeded)).
+    pub fn seeded(cfg: &ClipTextConfig, seed: u64) -> Result<Self> {
+        Self::new(seeded_var_builder(seed, &Device::Cpu), cfg)
     }
 
     /// Loads a diffusers `text_encoder/` folder: `config.json` and the first weights

@@ -17,16 +17,19 @@
 mod attention;
 mod blocks;
 mod config;
+mod conv;
 mod resnet;
 mod transformer;
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Embedding, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, GroupNorm, Linear, VarBuilder};
 
 use self::blocks::{DownBlock, MidBlock, UpBlock, UpChannels};
 use self::config::{AttentionSettings, BlockSettings};
+use self::conv::SameConv;
+use crate::model::seeded::seeded_var_builder;
 use crate::model::weights::{find_weights, in_file, mmap_var_builder, read_config};
 use crate::model::{ModelError, Result};
 
@@ -67,12 +70,12 @@ pub struct UNet2DConditionModel {
     time_linear_1: Linear,
     time_linear_2: Linear,
     class_embedding: Option<Embedding>,
-    conv_in: Conv2d,
+    conv_in: SameConv,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<MidBlock>,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: SameConv,
 }
 
 impl UNet2DConditionModel {
@@ -83,6 +86,13 @@ impl UNet2DConditionModel {
     pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
         cfg.validate()?;
         Ok(Self::build(vb, cfg.clone())?)
+    }
+
+    /// A model of `cfg`'s architecture with seeded random weights (each tensor drawn from
+    /// `seed` and its name, at PyTorch-like scales): for benchmarks at the real sizes
+    /// without multi-GB files; the weights do not change the work.
+    pub fn seeded(cfg: &UNetConfig, seed: u64) -> Result<Self> {
+        Self::new(seeded_var_builder(seed, &Device::Cpu), cfg)
     }
 
     /// Loads a diffusers `unet/` folder: `config.json` and
@@ -148,11 +158,7 @@ impl UNet2DConditionModel {
             None => None,
         };
         let conv = |in_c, out_c, kernel: usize, name: &str| {
-            let cfg = Conv2dConfig {
-                padding: (kernel - 1) / 2,
-                ..Default::default()
-            };
-            candle_nn::conv2d(in_c, out_c, kernel, cfg, vb.pp(name))
+            SameConv::new(vb.pp(name), in_c, out_c, kernel)
         };
         let conv_in = conv(cfg.in_channels, channels[0], cfg.conv_in_kernel, "conv_in")?;
 

@@ -1,9 +1,11 @@
 //! diffusers' `ResnetBlock2D` and the down / up samplers between UNet levels.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 
 use super::config::BlockSettings;
+use super::conv::Conv3x3;
+use crate::model::kernels::Padding;
 
 /// A candle-nn 2D convolution with the given stride and padding.
 pub(super) fn conv2d(
@@ -26,10 +28,10 @@ pub(super) fn conv2d(
 #[derive(Debug, Clone)]
 pub(super) struct ResnetBlock2D {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: Conv3x3,
     time_emb_proj: Linear,
     norm2: GroupNorm,
-    conv2: Conv2d,
+    conv2: Conv3x3,
     conv_shortcut: Option<Conv2d>,
     output_scale_factor: f64,
 }
@@ -56,14 +58,14 @@ impl ResnetBlock2D {
         };
         Ok(Self {
             norm1: candle_nn::group_norm(s.groups, in_channels, s.eps, vb.pp("norm1"))?,
-            conv1: conv2d(in_channels, out_channels, 3, 1, 1, vb.pp("conv1"))?,
+            conv1: Conv3x3::new(vb.pp("conv1"), in_channels, out_channels, 1, Padding::same(1))?,
             time_emb_proj: candle_nn::linear(
                 s.temb_channels,
                 out_channels,
                 vb.pp("time_emb_proj"),
             )?,
             norm2: candle_nn::group_norm(s.groups, out_channels, s.eps, vb.pp("norm2"))?,
-            conv2: conv2d(out_channels, out_channels, 3, 1, 1, vb.pp("conv2"))?,
+            conv2: Conv3x3::new(vb.pp("conv2"), out_channels, out_channels, 1, Padding::same(1))?,
             conv_shortcut,
             output_scale_factor,
         })
@@ -95,41 +97,39 @@ impl ResnetBlock2D {
 /// diffusers `Downsample2D` with a conv: 3x3, stride 2.
 #[derive(Debug, Clone)]
 pub(super) struct Downsample2D {
-    conv: Conv2d,
-    pad_right_bottom: bool,
+    conv: Conv3x3,
 }
 
 impl Downsample2D {
     pub(super) fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
+        // diffusers pads (0, 1, 0, 1) itself when the conv has no padding.
+        let padding = match padding {
+            0 => Padding {
+                before: 0,
+                after: 1,
+            },
+            p => Padding::same(p),
+        };
         Ok(Self {
-            conv: conv2d(channels, channels, 3, 2, padding, vb.pp("conv"))?,
-            // diffusers pads (0, 1, 0, 1) itself when the conv has no padding.
-            pad_right_bottom: padding == 0,
+            conv: Conv3x3::new(vb.pp("conv"), channels, channels, 2, padding)?,
         })
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.pad_right_bottom {
-            let x = x
-                .pad_with_zeros(D::Minus1, 0, 1)?
-                .pad_with_zeros(D::Minus2, 0, 1)?;
-            self.conv.forward(&x)
-        } else {
-            self.conv.forward(x)
-        }
+        self.conv.forward(x)
     }
 }
 
 /// diffusers `Upsample2D` with a conv: nearest up-sampling, then 3x3.
 #[derive(Debug, Clone)]
 pub(super) struct Upsample2D {
-    conv: Conv2d,
+    conv: Conv3x3,
 }
 
 impl Upsample2D {
     pub(super) fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
         Ok(Self {
-            conv: conv2d(channels, channels, 3, 1, 1, vb.pp("conv"))?,
+            conv: Conv3x3::new(vb.pp("conv"), channels, channels, 1, Padding::same(1))?,
         })
     }
 
@@ -137,6 +137,11 @@ impl Upsample2D {
     /// That is 2x for sizes divisible by 2^levels; for other sizes diffusers passes the
     /// same target (`upsample_size`), so both paths agree with it.
     pub(super) fn forward(&self, x: &Tensor, (height, width): (usize, usize)) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        if (height, width) == (2 * h, 2 * w) {
+            // The usual case: the up-sampling is folded into the convolution's input.
+            return self.conv.forward_upsampled(x, 2);
+        }
         let x = x.upsample_nearest2d(height, width)?;
         self.conv.forward(&x)
     }

@@ -92,3 +92,14 @@ pub fn max_byte_diff(a: &dreamwalk::frame::RgbaImage, b: &dreamwalk::frame::Rgba
         .max()
         .unwrap_or(0)
 }
+
+/// A reproducible normal tensor of `shape` times `scale` plus `offset`.
+pub fn random(shape: &[usize], seed: u64, scale: f64, offset: f64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let count: usize = shape.iter().product();
+    let values: Vec<f32> = (0..count)
+        .map(|_| (offset + scale * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}

@@ -25,6 +25,7 @@
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2;
+mod direct;
 mod gemm;
 mod isa;
 mod pack;
@@ -41,6 +42,7 @@ use self::run::run;
 use self::winograd::TILE;
 use crate::model::kernels::layout::Act;
 
+pub(crate) use self::direct::Padding;
 pub(crate) use self::sink::Sink;
 
 /// A 3x3 convolution (stride 1, padding 1) with its weights pre-transformed for Winograd.
@@ -140,5 +142,26 @@ impl CompactConv3x3 {
         let tiles_w = (input.w * upsample).div_ceil(TILE);
         let plan = Plan::wide(self.channels.cin_p, tiles_h, tiles_w, input.n);
         run(&weights, plan, input, upsample, sink);
+    }
+
+    /// Runs the convolution at `stride` with `padding` as nine matrix products (no weight
+    /// transform: for stride 2 and for images with few Winograd tiles) into `out`
+    /// (`conv + bias`, padded channels zero); `gathered` is scratch the caller keeps.
+    pub fn forward_direct(
+        &self,
+        input: &Act,
+        stride: usize,
+        padding: Padding,
+        out: &mut Act,
+        gathered: &mut Vec<f32>,
+    ) {
+        direct::conv_direct(
+            &self.weight,
+            &self.channels,
+            input,
+            (stride, padding),
+            out,
+            gathered,
+        );
     }
 }
