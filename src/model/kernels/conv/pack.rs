@@ -103,47 +103,73 @@ pub(super) fn compact_weights(weight: &[f32], channels: &Channels) -> Vec<f32> {
 }
 
 /// Writes the Winograd weights of [`compact_weights`] into `u`, in [`winograd_weights`]'
-/// layout, one point per rayon task.
+/// layout, one column block of output channels per rayon task: each task reads a block's
+/// 9 taps once per input channel and makes all 36 points from them (reading the weights
+/// once per point instead was most of the cost: the transform is memory-bound).
 pub(super) fn compact_to_winograd(compact: &[f32], channels: &Channels, u: &mut Vec<f32>) {
-    let point_len = channels.cin_p * channels.cout_p;
+    let (cin_p, cout_p) = (channels.cin_p, channels.cout_p);
     u.clear();
-    u.resize(POINTS * point_len, 0.0);
+    u.resize(POINTS * cin_p * cout_p, 0.0);
+    let blocks: Vec<(usize, usize)> = column_blocks(cout_p).collect();
+    // Each block's 36 slices, `u[p][n0 * cin_p..][..width * cin_p]`, cut out of `u`.
+    let mut per_block: Vec<Vec<&mut [f32]>> =
+        blocks.iter().map(|_| Vec::with_capacity(POINTS)).collect();
+    for point in u.chunks_mut(cin_p * cout_p) {
+        let mut rest = point;
+        for (slices, &(_, width)) in per_block.iter_mut().zip(&blocks) {
+            let (slice, tail) = std::mem::take(&mut rest).split_at_mut(width * cin_p);
+            slices.push(slice);
+            rest = tail;
+        }
+    }
     let isa = Isa::detect();
-    u.par_chunks_mut(point_len)
-        .enumerate()
-        .for_each(|(p, u_p)| match isa {
+    per_block
+        .into_par_iter()
+        .zip(blocks)
+        .for_each(|(mut slices, block)| match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2Fma` is only chosen after runtime detection of AVX2/FMA.
             #[allow(unsafe_code)]
-            Isa::Avx2Fma => unsafe { compact_point_avx2(compact, channels, p, u_p) },
-            Isa::Generic => compact_point(compact, channels, p, u_p),
+            Isa::Avx2Fma => unsafe { compact_block_avx2(compact, channels, block, &mut slices) },
+            Isa::Generic => compact_block(compact, channels, block, &mut slices),
         });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn compact_point_avx2(compact: &[f32], channels: &Channels, p: usize, u_p: &mut [f32]) {
-    compact_point(compact, channels, p, u_p)
+fn compact_block_avx2(
+    compact: &[f32],
+    channels: &Channels,
+    block: (usize, usize),
+    slices: &mut [&mut [f32]],
+) {
+    compact_block(compact, channels, block, slices)
 }
 
-/// Point `p = 6i + j` of the transform: `u = sum G[i][ky] G[j][kx] g[ky][kx]` over the
-/// non-zero coefficients.
+/// The 36 points of output channels `n0..n0 + width` for every input channel:
+/// `u = sum G[i][ky] G[j][kx] g[ky][kx]` over the non-zero coefficients of point `6i + j`.
 #[inline(always)]
-fn compact_point(compact: &[f32], channels: &Channels, p: usize, u_p: &mut [f32]) {
-    let (terms, count) = point_terms(p);
-    let terms = &terms[..count];
-    let (cin_p, cout_p) = (channels.cin_p, channels.cout_p);
-    for (n0, width) in column_blocks(cout_p) {
-        let block = &mut u_p[n0 * cin_p..][..width * cin_p];
-        for (ci, row) in block.chunks_exact_mut(width).enumerate() {
-            let w = &compact[ci * 9 * cout_p..][..9 * cout_p];
+fn compact_block(
+    compact: &[f32],
+    channels: &Channels,
+    (n0, width): (usize, usize),
+    slices: &mut [&mut [f32]],
+) {
+    let terms: [([(usize, f32); 9], usize); POINTS] = std::array::from_fn(point_terms);
+    let cout_p = channels.cout_p;
+    for ci in 0..channels.cin_p {
+        let mut taps = [[0f32; 2 * LANES]; 9];
+        for (k, tap) in taps.iter_mut().enumerate() {
+            tap[..width].copy_from_slice(&compact[(ci * 9 + k) * cout_p + n0..][..width]);
+        }
+        for (slice, (terms, count)) in slices.iter_mut().zip(&terms) {
             let mut acc = [0f32; 2 * LANES];
-            for &(k, coef) in terms {
-                for (a, &x) in acc.iter_mut().zip(&w[k * cout_p + n0..][..width]) {
+            for &(k, coef) in &terms[..*count] {
+                for (a, &x) in acc.iter_mut().zip(&taps[k]) {
                     *a += coef * x;
                 }
             }
-            row.copy_from_slice(&acc[..width]);
+            slice[ci * width..][..width].copy_from_slice(&acc[..width]);
         }
     }
 }
