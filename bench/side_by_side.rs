@@ -46,7 +46,11 @@ pub fn bench_timed(
             )
         }
         _ => match case.keyframe_work() {
-            Some(work) => (keyframe_work_text(work), "ms", "≤ 0.5x time, ≤ 1.0x peak RSS"),
+            Some(work) => (
+                keyframe_work_text(work),
+                "ms",
+                "≤ 0.5x time, ≤ 1.0x peak RSS",
+            ),
             None => {
                 let (h, w) = case.latent_hw().unwrap_or_default();
                 (
@@ -87,10 +91,13 @@ pub fn bench_timed(
                 let rss = ours_timing.peak_rss_mb.zip(theirs.peak_rss_mb);
                 report.ratio = Some(ratio);
                 report.peak_rss_ratio = rss.map(|(o, t)| o / t);
-                let time_target = if case.keyframe_work().is_some() { 0.5 } else { 1.0 };
-                report.pass = Some(
-                    ratio <= time_target && report.peak_rss_ratio.is_none_or(|r| r <= 1.0),
-                );
+                let time_target = if case.keyframe_work().is_some() {
+                    0.5
+                } else {
+                    1.0
+                };
+                report.pass =
+                    Some(ratio <= time_target && report.peak_rss_ratio.is_none_or(|r| r <= 1.0));
             }
         }
     }

@@ -65,8 +65,12 @@ pub(super) fn lines(input: &HudInput<'_>) -> Vec<String> {
             "{:.1} / {} fps · decode {:.0} ms · {inbetween_time}{upscale_time}",
             s.shown_fps, settings.target_fps, s.decode_ms
         ));
+        let keyframe_time = s
+            .keyframe_seconds
+            .map(|seconds| format!(" · keyframe {seconds:.1} s"))
+            .unwrap_or_default();
         lines.push(format!(
-            "buffer {}/{} · underruns {} · frame {} · {} in-betweens",
+            "buffer {}/{} · underruns {} · frame {} · {} in-betweens{keyframe_time}",
             s.buffer_fill, s.buffer_capacity, s.underruns, frame.index, s.inbetweens
         ));
         let prompts = settings.endpoints.prompts.len().max(2);

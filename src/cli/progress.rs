@@ -17,7 +17,9 @@ pub struct RenderBar {
 }
 
 enum Display {
-    Spinner(indicatif::ProgressBar),
+    /// The bar, and whether it shows sampling steps (a bar with an estimate) rather than
+    /// frames (a spinner with a count).
+    Spinner(indicatif::ProgressBar, bool),
     Lines {
         started: Instant,
         last_line: Option<Instant>,
@@ -43,13 +45,10 @@ impl RenderBar {
 
     fn spinner() -> Self {
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {pos} frames {elapsed} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
+        bar.set_style(frames_style());
         bar.enable_steady_tick(Duration::from_millis(200));
         Self {
-            display: Display::Spinner(bar),
+            display: Display::Spinner(bar, false),
         }
     }
 
@@ -65,7 +64,7 @@ impl RenderBar {
 
     /// Clears the spinner (the summary line follows).
     pub fn finish(self) {
-        if let Display::Spinner(bar) = self.display {
+        if let Display::Spinner(bar, _) = self.display {
             bar.finish_and_clear();
         }
     }
@@ -91,14 +90,25 @@ impl RenderBar {
 impl RenderProgress for RenderBar {
     fn started(&mut self, header: &RenderHeader) {
         match &self.display {
-            Display::Spinner(bar) => bar.suspend(|| eprintln!("dreamwalk: {header}")),
+            Display::Spinner(bar, _) => bar.suspend(|| eprintln!("dreamwalk: {header}")),
             Display::Lines { .. } => eprintln!("dreamwalk: {header}"),
         }
     }
 
     fn waiting(&mut self, stats: &StatsSnapshot) {
-        match &self.display {
-            Display::Spinner(bar) => bar.set_message(stats.phase.clone()),
+        match &mut self.display {
+            Display::Spinner(bar, sampling) => {
+                if let Some((done, total)) = stats.endpoint_progress {
+                    if !*sampling {
+                        bar.set_style(sampling_style());
+                        bar.reset_eta();
+                        *sampling = true;
+                    }
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+                bar.set_message(stats.phase.clone());
+            }
             Display::Lines { .. } => self.line(|| stats.phase.clone()),
         }
     }
@@ -110,12 +120,30 @@ impl RenderProgress for RenderBar {
                 stats.decode_ms, stats.buffer_fill, stats.buffer_capacity, stats.phase
             )
         };
-        match &self.display {
-            Display::Spinner(bar) => {
+        match &mut self.display {
+            Display::Spinner(bar, sampling) => {
+                if std::mem::take(sampling) {
+                    bar.set_style(frames_style());
+                    bar.unset_length();
+                }
                 bar.set_position(written);
                 bar.set_message(figures());
             }
             Display::Lines { .. } => self.line(|| format!("{written} frames | {}", figures())),
         }
     }
+}
+
+/// The frame counter: a spinner, the frames written, the time, the pipeline's figures.
+fn frames_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{spinner} {pos} frames {elapsed} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+}
+
+/// Keyframe sampling: a bar of the UNet steps over all keyframes, with the time left.
+fn sampling_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} sampler steps, {elapsed} (about {eta} left) | {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
 }

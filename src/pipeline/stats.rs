@@ -27,6 +27,9 @@ pub struct StatsSnapshot {
     pub phase: String,
     /// `(done, total)` of the current endpoint sampling, in UNet steps over all keyframes.
     pub endpoint_progress: Option<(usize, usize)>,
+    /// Seconds per keyframe of the last finished sampling (text encoding and every sampler
+    /// step).
+    pub keyframe_seconds: Option<f64>,
     /// Keyframe pair and eased-before time of the last decoded frame.
     pub position: (usize, f64),
     pub generation: u64,

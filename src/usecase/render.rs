@@ -100,7 +100,11 @@ impl std::fmt::Display for RenderSummary {
             stats.decode_ms,
             stats.inbetween_ms,
             stats.upscale_ms
-        )
+        )?;
+        if let Some(seconds) = stats.keyframe_seconds {
+            write!(f, "\n  keyframes sampled in {seconds:.1} s each")?;
+        }
+        Ok(())
     }
 }
 

@@ -58,7 +58,10 @@ fn online_softmax_attention_matches_plain_attention() {
         // Weighted means of O(1) values in f32, the exponentials by a ~2 ulp SIMD exp and
         // the sums grouped by blocks: ~1e-7 per value.
         println!("attention b{batch} h{heads} d{d} {tq}x{tk}: max diff {diff:e}");
-        assert!(diff < 2e-5, "b{batch} h{heads} d{d} {tq}x{tk}: max diff {diff}");
+        assert!(
+            diff < 2e-5,
+            "b{batch} h{heads} d{d} {tq}x{tk}: max diff {diff}"
+        );
     }
 }
 
@@ -104,8 +107,13 @@ fn unet_convolutions_match_candle_conv2d() {
         let diff = max_abs_diff(&got, &want);
         // Outputs are O(1): sums of 9 * cin products in another order (~1e-6), Winograd's
         // transforms add ~1e-5 of the largest output.
-        println!("conv {cin}->{cout} {h}x{w} s{stride} pad {pad:?} x{up} winograd {winograd}: {diff:e}");
-        assert!(diff < 5e-5, "{cin}->{cout} stride {stride}: max diff {diff}");
+        println!(
+            "conv {cin}->{cout} {h}x{w} s{stride} pad {pad:?} x{up} winograd {winograd}: {diff:e}"
+        );
+        assert!(
+            diff < 5e-5,
+            "{cin}->{cout} stride {stride}: max diff {diff}"
+        );
     }
 }
 

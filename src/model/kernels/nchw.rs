@@ -172,7 +172,11 @@ pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Resu
     };
     let scale = 1.0 / (shape.head_dim as f32).sqrt();
     let out = multi_head_attention(&values(q)?, &values(k)?, &values(v)?, shape, scale);
-    Ok(Tensor::from_vec(out, (batch, q_tokens, inner), &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        out,
+        (batch, q_tokens, inner),
+        &Device::Cpu,
+    )?)
 }
 
 /// A 3x3 convolution at `stride` with zero `padding` (before, after) on `x` (N, Cin, H, W)
@@ -193,7 +197,9 @@ pub fn conv3x3_strided(
         after: padding.1,
     };
     let valid_winograd = stride == 1 && padding == Padding::same(1);
-    if (wcin, kh, kw) != (cin, 3, 3) || !(1..=2).contains(&stride) || upsample == 0
+    if (wcin, kh, kw) != (cin, 3, 3)
+        || !(1..=2).contains(&stride)
+        || upsample == 0
         || (winograd && !valid_winograd)
     {
         return Err(invalid(format!(

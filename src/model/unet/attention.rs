@@ -55,7 +55,11 @@ impl Attention {
         };
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let out = multi_head_attention(&q, &k, &v, shape, scale);
-        let out = Tensor::from_vec(out, (batch, q_tokens, self.heads * self.head_dim), x.device())?;
+        let out = Tensor::from_vec(
+            out,
+            (batch, q_tokens, self.heads * self.head_dim),
+            x.device(),
+        )?;
         self.to_out.forward(&out)
     }
 }

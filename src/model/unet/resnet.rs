@@ -58,14 +58,26 @@ impl ResnetBlock2D {
         };
         Ok(Self {
             norm1: candle_nn::group_norm(s.groups, in_channels, s.eps, vb.pp("norm1"))?,
-            conv1: Conv3x3::new(vb.pp("conv1"), in_channels, out_channels, 1, Padding::same(1))?,
+            conv1: Conv3x3::new(
+                vb.pp("conv1"),
+                in_channels,
+                out_channels,
+                1,
+                Padding::same(1),
+            )?,
             time_emb_proj: candle_nn::linear(
                 s.temb_channels,
                 out_channels,
                 vb.pp("time_emb_proj"),
             )?,
             norm2: candle_nn::group_norm(s.groups, out_channels, s.eps, vb.pp("norm2"))?,
-            conv2: Conv3x3::new(vb.pp("conv2"), out_channels, out_channels, 1, Padding::same(1))?,
+            conv2: Conv3x3::new(
+                vb.pp("conv2"),
+                out_channels,
+                out_channels,
+                1,
+                Padding::same(1),
+            )?,
             conv_shortcut,
             output_scale_factor,
         })
