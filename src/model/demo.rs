@@ -103,10 +103,8 @@ impl StableDiffusion {
         // The VAE's other half, from the same seeded weights, when an image first needs it.
         let image_encoder = LazyEncoder::new(Box::new(move || {
             let vb = seeded_var_builder(SEED, &Device::Cpu);
-            Ok(ImageEncoder::Vae(VaeEncoder::new(
-                vb.pp("vae"),
-                &vae_config,
-            )?))
+            let encoder = VaeEncoder::new(vb.pp("vae"), &vae_config)?;
+            Ok(ImageEncoder::Vae(Box::new(encoder)))
         }));
         Self {
             name: DEMO_NAME.to_string(),

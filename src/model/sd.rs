@@ -91,8 +91,12 @@ impl StableDiffusion {
             SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
         let vae = VaeDecoder::load(&dir.join("vae"), &device)?;
         let vae_dir = dir.join("vae");
-        let image_encoder: EncoderLoader =
-            Box::new(move || Ok(ImageEncoder::Vae(VaeEncoder::load(&vae_dir, &Device::Cpu)?)));
+        let image_encoder: EncoderLoader = Box::new(move || {
+            Ok(ImageEncoder::Vae(Box::new(VaeEncoder::load(
+                &vae_dir,
+                &Device::Cpu,
+            )?)))
+        });
         let name = Path::new(model)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -138,7 +142,7 @@ impl StableDiffusion {
             // are beside its decoder's, makes latents in the same space.
             image_encoder().or_else(|vae_error| {
                 match taesd_path.as_deref().map(TaesdEncoder::load) {
-                    Some(Ok(taesd)) => Ok(ImageEncoder::Taesd(taesd)),
+                    Some(Ok(taesd)) => Ok(ImageEncoder::Taesd(Box::new(taesd))),
                     _ => Err(vae_error),
                 }
             })

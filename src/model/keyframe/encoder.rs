@@ -15,9 +15,9 @@ use crate::model::Result;
 #[derive(Debug)]
 pub enum ImageEncoder {
     /// The AutoencoderKL's mean, times its scaling factor.
-    Vae(VaeEncoder),
+    Vae(Box<VaeEncoder>),
     /// TAESD's raw latents (its scaling factor is 1).
-    Taesd(TaesdEncoder),
+    Taesd(Box<TaesdEncoder>),
 }
 
 impl ImageEncoder {

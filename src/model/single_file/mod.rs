@@ -150,7 +150,7 @@ impl StableDiffusion {
             }
             .var_builder(&Device::Cpu);
             let encoder = VaeEncoder::new(vb, &vae_config).map_err(|e| named(&checkpoint, e))?;
-            Ok(ImageEncoder::Vae(encoder))
+            Ok(ImageEncoder::Vae(Box::new(encoder)))
         });
         let text = layout.text;
         let text_encoder = ClipTextEncoder::new(
