@@ -556,7 +556,10 @@ fn render_refuses_a_strength_that_runs_no_step() {
 /// list every prompt first.
 #[test]
 fn the_command_line_keeps_keyframe_order() {
+    use clap::CommandFactory;
     use dreamwalk::cli::{Cli, Command, KeyframeArg};
+    // clap checks its definitions only in debug builds: ask for it here.
+    Cli::command().debug_assert();
     let cli = Cli::try_parse_in_order_from([
         "dreamwalk",
         "render",
@@ -598,4 +601,46 @@ fn the_command_line_keeps_keyframe_order() {
         "x"
     ])
     .is_ok());
+}
+
+/// A model whose VAE file holds only the decoder encodes pictures with TAESD's encoder
+/// (given with `taesd`). The fixture TAESD scales by 8 where the tiny VAE scales by 2, so
+/// its latents cannot be the tiny UNet's: the error says so and names the picture, which
+/// shows the fallback ran.
+#[test]
+fn without_a_vae_encoder_the_taesd_encoder_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-sd");
+    crate::support::fixtures::copy_dir(&fixture("tiny-sd"), &model);
+    let weights = model
+        .join("vae")
+        .join("diffusion_pytorch_model.safetensors");
+    let decoder_only: std::collections::HashMap<String, Tensor> =
+        candle_core::safetensors::load(&weights, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("encoder.") && !name.starts_with("quant_conv."))
+            .collect();
+    candle_core::safetensors::save(&decoder_only, &weights).unwrap();
+    let picture = smooth_picture(64, 48);
+    let path = PathBuf::from("/pictures/photo.png");
+    let without_taesd = StableDiffusion::load(model.to_str().unwrap(), None).unwrap();
+    let keyframes = vec![image_keyframe(&path, &picture, 0.0)];
+    let err = without_taesd
+        .endpoints(&request(keyframes.clone(), 2, (64, 48)), &mut |_| true)
+        .unwrap_err()
+        .to_string();
+    // No encoder at all: the VAE file's problem, named.
+    assert!(err.contains("diffusion_pytorch_model.safetensors"), "{err}");
+    let with_taesd =
+        StableDiffusion::load(model.to_str().unwrap(), Some(&fixture("taesd"))).unwrap();
+    let err = with_taesd
+        .endpoints(&request(keyframes, 2, (64, 48)), &mut |_| true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/pictures/photo.png"), "{err}");
+    assert!(
+        err.contains("[1, 4, 6, 8]") && err.contains("[1, 4, 24, 32]"),
+        "{err}"
+    );
 }
