@@ -37,7 +37,9 @@ pub(super) fn prompts(ui: &mut egui::Ui, form: &mut Form) -> Vec<Command> {
             let label = ui.label(label);
             if let (Some(texture), Some(image)) = (thumbnail, &keyframe.image) {
                 let size = texture.size_vec2() * (THUMBNAIL_POINTS / texture.size_vec2().y);
-                ui.image((texture.id(), size))
+                let thumbnail = egui::Image::new((texture.id(), size))
+                    .alt_text(format!("thumbnail of {}", image.file_name()));
+                ui.add(thumbnail)
                     .on_hover_text(image.path.display().to_string());
             }
             let width = if keyframe.image.is_some() {

@@ -388,6 +388,10 @@ fn pictures_join_the_walk_by_button_and_by_drop_and_a_bad_one_is_a_notice() {
     assert_eq!(image.strength, 0.0);
     // Its row in the panel (with its thumbnail), and the image settings, which act live.
     assert!(harness.query_by_label("Image C").is_some());
+    let thumbnail = harness.get_by_role_and_label(Role::Image, "thumbnail of photo.png");
+    // 48x32 drawn 40 points tall: 60 x 40.
+    let rect = thumbnail.rect();
+    assert_eq!((rect.width().round(), rect.height().round()), (60.0, 40.0));
     set_slider(&mut harness, "Image strength", 0.5);
     let strength = |h: &Harness<'_, ViewerApp>| match &settings(h).endpoints.keyframes[2] {
         Keyframe::Image(image) => image.strength,
@@ -427,6 +431,9 @@ fn pictures_join_the_walk_by_button_and_by_drop_and_a_bad_one_is_a_notice() {
     assert_eq!(s.endpoints.keyframes.len(), 4);
     assert!(matches!(&s.endpoints.keyframes[3], Keyframe::Image(image) if image.path == dropped));
     assert!(harness.query_by_label("Image D").is_some());
+    assert!(harness
+        .query_by_role_and_label(Role::Image, "thumbnail of dropped.png")
+        .is_some());
 }
 
 /// A file dropped on the window, as eframe hands it to egui.
