@@ -65,7 +65,7 @@ pub fn run_4k_path(
 ) -> anyhow::Result<(u64, f64)> {
     let settings = Settings {
         endpoints: EndpointRequest {
-            prompts: vec!["start".to_string(), "end".to_string()],
+            keyframes: vec!["start".into(), "end".into()],
             negative: String::new(),
             seed: 0,
             seed_per_keyframe: false,

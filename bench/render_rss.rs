@@ -92,9 +92,9 @@ fn render_job(
     let fps = 30;
     let settings = Settings {
         endpoints: EndpointRequest {
-            prompts: vec![
-                "a red fox in the snow".to_string(),
-                "a lighthouse at night".to_string(),
+            keyframes: vec![
+                "a red fox in the snow".into(),
+                "a lighthouse at night".into(),
             ],
             negative: String::new(),
             seed: 42,

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use super::controls::{keyframe_name, KeyframeImage};
 use super::session::Session;
 use super::{Notice, ViewerApp};
 use crate::record::{RecordError, RecordOptions, RecordSummary};
@@ -26,6 +27,9 @@ pub enum Command {
     LoadModel(Option<String>),
     /// Fullscreen with the panels hidden, or back.
     SetFullscreen(bool),
+    /// Read this picture and add it as the last keyframe ("+ image", or a file dropped on
+    /// the window). A file that cannot be read is a notice; the walk plays on.
+    AddImageKeyframe(PathBuf),
 }
 
 impl ViewerApp {
@@ -51,6 +55,21 @@ impl ViewerApp {
                 self.fullscreen = on;
                 ctx.send_viewport_cmd(egui::ViewportCommand::Fullscreen(on));
             }
+            Command::AddImageKeyframe(path) => self.add_image_keyframe(path),
+        }
+    }
+
+    /// Reads the picture and adds it as the last keyframe; the running walk gets it with the
+    /// next settings sent. An unreadable file changes nothing but the notice.
+    fn add_image_keyframe(&mut self, path: PathBuf) {
+        match KeyframeImage::read(path) {
+            Ok(image) => {
+                let name = image.file_name();
+                self.form.add_image(image);
+                let letter = keyframe_name(self.form.keyframe_fields.len() - 1);
+                self.notice = Some(Notice::info(format!("image {letter}: {name}")));
+            }
+            Err(e) => self.notice = Some(Notice::error(format!("cannot use the image: {e}"))),
         }
     }
 
@@ -99,7 +118,7 @@ impl ViewerApp {
                 fps: settings.target_fps.round() as u32,
                 comment: Some(crate::record::provenance(
                     &session.engine().name(),
-                    &settings.endpoints.prompts,
+                    &crate::usecase::keyframe_labels(&settings.endpoints.keyframes),
                 )),
                 // The source size by default (what was decoded, however it is displayed).
                 size: Some(if at_output_size {

@@ -2,7 +2,11 @@
 //! make. Kept apart from the drawing so that "every slider reaches the pipeline" is a plain
 //! function to test.
 
-use crate::model::{DecoderKind, EndpointRequest, ModelDefaults};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::frame::RgbaImage;
+use crate::model::{DecoderKind, EndpointRequest, Fit, ImageKeyframe, Keyframe, ModelDefaults};
 use crate::pipeline::{Inbetweens, Settings};
 use crate::upscale::UpscaleMode;
 use crate::walk::{Easing, Interp, LoopMode, WalkSettings};
@@ -36,11 +40,82 @@ impl OutputSize {
     }
 }
 
+/// One keyframe row of the window: a prompt, or a picture with the prompt it is denoised
+/// with (used when the image strength is above 0).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyframeControl {
+    /// The prompt (an image keyframe's img2img prompt).
+    pub text: String,
+    /// The picture of an image keyframe.
+    pub image: Option<KeyframeImage>,
+}
+
+impl KeyframeControl {
+    /// A prompt keyframe.
+    pub fn prompt(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            image: None,
+        }
+    }
+}
+
+/// A picture read for a keyframe: where from, its pixels, and a small copy for the panel.
+#[derive(Clone, Debug)]
+pub struct KeyframeImage {
+    pub path: PathBuf,
+    pub pixels: Arc<RgbaImage>,
+    /// At most [`THUMBNAIL_SIDE`] pixels on its longer side.
+    pub thumbnail: Arc<RgbaImage>,
+}
+
+impl PartialEq for KeyframeImage {
+    fn eq(&self, other: &Self) -> bool {
+        // One read, one allocation: compared each frame, so not byte by byte.
+        self.path == other.path && Arc::ptr_eq(&self.pixels, &other.pixels)
+    }
+}
+
+/// The longer side of a keyframe's thumbnail in the panel, in pixels.
+pub const THUMBNAIL_SIDE: u32 = 96;
+
+impl KeyframeImage {
+    /// Reads the picture at `path` (PNG, JPEG or WebP); the error names the file.
+    pub fn read(path: PathBuf) -> crate::model::Result<Self> {
+        let pixels = crate::model::read_image(&path)?;
+        let (w, h) = (pixels.width, pixels.height);
+        let scale = f64::from(THUMBNAIL_SIDE) / f64::from(w.max(h));
+        let thumbnail = if scale < 1.0 {
+            let side = |s: u32| ((f64::from(s) * scale).round() as u32).max(1);
+            crate::model::keyframe::fit_image(&pixels, (side(w), side(h)), Fit::Pad)
+        } else {
+            pixels.clone()
+        };
+        Ok(Self {
+            path,
+            pixels: Arc::new(pixels),
+            thumbnail: Arc::new(thumbnail),
+        })
+    }
+
+    /// The file's name without its folder.
+    pub fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+}
+
 /// Everything the user sets in the window.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Controls {
-    /// Keyframe prompts in walk order (two or more).
-    pub prompts: Vec<String>,
+    /// Keyframes in walk order (two or more): prompts and pictures.
+    pub keyframes: Vec<KeyframeControl>,
+    /// How image keyframes meet the frame size.
+    pub image_fit: Fit,
+    /// img2img strength of image keyframes, 0 to 1 (0: the picture as it is).
+    pub image_strength: f64,
     pub negative: String,
     pub seed: u64,
     /// Sampler steps per keyframe.
@@ -69,10 +144,12 @@ impl Controls {
     /// What the window starts with for a model.
     pub fn new(defaults: &ModelDefaults) -> Self {
         Self {
-            prompts: vec![
-                "a misty forest at dawn, volumetric light".into(),
-                "a lighthouse on a cliff in a storm, oil painting".into(),
+            keyframes: vec![
+                KeyframeControl::prompt("a misty forest at dawn, volumetric light"),
+                KeyframeControl::prompt("a lighthouse on a cliff in a storm, oil painting"),
             ],
+            image_fit: Fit::Crop,
+            image_strength: 0.0,
             negative: String::new(),
             seed: 42,
             sampler_steps: defaults.steps,
@@ -94,7 +171,7 @@ impl Controls {
     pub fn settings(&self, image_size: (u32, u32)) -> Settings {
         Settings {
             endpoints: EndpointRequest {
-                prompts: self.prompts.iter().map(|p| p.trim().to_string()).collect(),
+                keyframes: self.keyframes.iter().map(|k| self.keyframe(k)).collect(),
                 negative: self.negative.trim().to_string(),
                 seed: self.seed,
                 seed_per_keyframe: false,
@@ -114,6 +191,22 @@ impl Controls {
             target_fps: f64::from(self.target_fps),
             upscale: self.upscale,
             output_size: self.output.size(),
+        }
+    }
+}
+
+impl Controls {
+    /// The model's keyframe for a row: its prompt, or its picture with the image settings.
+    fn keyframe(&self, control: &KeyframeControl) -> Keyframe {
+        let text = control.text.trim().to_string();
+        match &control.image {
+            None => Keyframe::Prompt(text),
+            Some(image) => Keyframe::Image(ImageKeyframe {
+                fit: self.image_fit,
+                strength: self.image_strength,
+                prompt: text,
+                ..ImageKeyframe::new(image.path.clone(), Arc::clone(&image.pixels))
+            }),
         }
     }
 }

@@ -31,7 +31,7 @@ pub(super) fn controls_panel(
     context: &PanelContext<'_>,
 ) -> Vec<Command> {
     let mut commands = Vec::new();
-    prompts_panel::prompts(ui, form);
+    commands.extend(prompts_panel::prompts(ui, form));
     ui.separator();
     commands.extend(keyframes(ui, form, context.session));
     ui.separator();

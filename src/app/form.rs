@@ -2,18 +2,24 @@
 //! meant for the walk. Panels change this freely while they draw; everything else they want
 //! done goes through a [`super::Command`].
 
-use super::controls::Controls;
+use std::collections::HashMap;
+
+use super::controls::{Controls, KeyframeControl, KeyframeImage};
 use super::record_path::default_record_path;
 
 /// The window's form state.
 pub(super) struct Form {
-    /// The values of the sliders and choices, and the committed prompts.
+    /// The values of the sliders and choices, and the committed keyframes.
     pub controls: Controls,
-    /// Prompt text as typed; committed into `controls` on Enter, on leaving the field or by
-    /// "Apply prompts", so a half-typed prompt does not start sampling.
-    pub prompt_fields: Vec<String>,
+    /// The keyframe rows as typed; committed into `controls` on Enter, on leaving a field
+    /// or by "Apply prompts", so a half-typed prompt does not start sampling.
+    pub keyframe_fields: Vec<KeyframeControl>,
     /// The negative prompt as typed, committed with the prompts.
     pub negative_field: String,
+    /// The picture file "+ image" adds.
+    pub image_path: String,
+    /// The image keyframes' thumbnails as textures, by the address of their pixels.
+    pub thumbnails: HashMap<usize, egui::TextureHandle>,
     /// The model folder field (loads another model).
     pub model_field: String,
     /// Where the next recording goes.
@@ -26,8 +32,10 @@ impl Form {
     /// A form showing `controls`, with the model field showing `model`.
     pub fn new(controls: Controls, model: Option<String>) -> Self {
         Self {
-            prompt_fields: controls.prompts.clone(),
+            keyframe_fields: controls.keyframes.clone(),
             negative_field: controls.negative.clone(),
+            image_path: String::new(),
+            thumbnails: HashMap::new(),
             controls,
             model_field: model.unwrap_or_default(),
             record_path: default_record_path().display().to_string(),
@@ -37,13 +45,24 @@ impl Form {
 
     /// Whether the text fields hold typing not yet committed.
     pub fn text_edited(&self) -> bool {
-        self.prompt_fields != self.controls.prompts || self.negative_field != self.controls.negative
+        self.keyframe_fields != self.controls.keyframes
+            || self.negative_field != self.controls.negative
     }
 
     /// Takes the typed prompts into the controls.
     pub fn commit_text(&mut self) {
-        self.controls.prompts = self.prompt_fields.clone();
+        self.controls.keyframes = self.keyframe_fields.clone();
         self.controls.negative = self.negative_field.clone();
+    }
+
+    /// Adds `image` as the last keyframe, committed (with what was typed) at once: adding a
+    /// picture is a deliberate act, like "Apply prompts".
+    pub fn add_image(&mut self, image: KeyframeImage) {
+        self.keyframe_fields.push(KeyframeControl {
+            text: String::new(),
+            image: Some(image),
+        });
+        self.commit_text();
     }
 
     /// A new default record path, so the next recording does not overwrite the last.

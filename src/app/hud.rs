@@ -73,7 +73,7 @@ pub(super) fn lines(input: &HudInput<'_>) -> Vec<String> {
             "buffer {}/{} · underruns {} · frame {} · {} in-betweens{keyframe_time}",
             s.buffer_fill, s.buffer_capacity, s.underruns, frame.index, s.inbetweens
         ));
-        let prompts = settings.endpoints.prompts.len().max(2);
+        let prompts = settings.endpoints.keyframes.len().max(2);
         let (pair, t) = s.position;
         lines.push(format!(
             "keyframes {} → {} · {:.0}% · {}",

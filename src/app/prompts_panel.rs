@@ -1,25 +1,57 @@
-//! The side panel's Prompts section: one field per keyframe, "+ keyframe", "Apply prompts",
-//! the negative prompt. Typing stays in the [`Form`]'s text fields until committed (Enter,
-//! leaving a field, or the button), so a half-typed prompt does not start sampling.
+//! The side panel's Prompts section: one row per keyframe (a prompt field, or a picture's
+//! thumbnail with the prompt it is denoised with), "+ keyframe", "+ image" with its file
+//! field, "Apply prompts", the image settings, the negative prompt. Typing stays in the
+//! [`Form`]'s fields until committed (Enter, leaving a field, or the button), so a
+//! half-typed prompt does not start sampling.
 
-use super::controls::keyframe_name;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::command::Command;
+use super::controls::{keyframe_name, KeyframeImage, THUMBNAIL_SIDE};
 use super::form::Form;
+use crate::model::Fit;
 
-/// One field per keyframe prompt, "+ keyframe", "Apply prompts", the negative prompt.
-/// Typing is committed on Enter or on leaving a field.
-pub(super) fn prompts(ui: &mut egui::Ui, form: &mut Form) {
+/// How tall a thumbnail is drawn in the panel, in points.
+const THUMBNAIL_POINTS: f32 = 40.0;
+
+/// One row per keyframe, "+ keyframe", "+ image", "Apply prompts", the image settings, the
+/// negative prompt. Typing is committed on Enter or on leaving a field; "+ image" returns
+/// the command that reads the picture.
+pub(super) fn prompts(ui: &mut egui::Ui, form: &mut Form) -> Vec<Command> {
+    let mut commands = Vec::new();
     ui.heading("Prompts");
     let mut remove = None;
     let mut commit = false;
-    let count = form.prompt_fields.len();
-    for (i, prompt) in form.prompt_fields.iter_mut().enumerate() {
+    let count = form.keyframe_fields.len();
+    let thumbnails = thumbnails(ui.ctx(), form);
+    for (i, (keyframe, thumbnail)) in form.keyframe_fields.iter_mut().zip(thumbnails).enumerate() {
         ui.horizontal(|ui| {
-            let label = ui.label(format!("Prompt {}", keyframe_name(i)));
+            let (label, hint) = match &keyframe.image {
+                None => (format!("Prompt {}", keyframe_name(i)), "what to see"),
+                Some(_) => (
+                    format!("Image {}", keyframe_name(i)),
+                    "prompt (strength > 0)",
+                ),
+            };
+            let label = ui.label(label);
+            if let (Some(texture), Some(image)) = (thumbnail, &keyframe.image) {
+                let size = texture.size_vec2() * (THUMBNAIL_POINTS / texture.size_vec2().y);
+                let thumbnail = egui::Image::new((texture.id(), size))
+                    .alt_text(format!("thumbnail of {}", image.file_name()));
+                ui.add(thumbnail)
+                    .on_hover_text(image.path.display().to_string());
+            }
+            let width = if keyframe.image.is_some() {
+                160.0
+            } else {
+                210.0
+            };
             let response = ui
                 .add(
-                    egui::TextEdit::singleline(prompt)
-                        .hint_text("what to see")
-                        .desired_width(210.0),
+                    egui::TextEdit::singleline(&mut keyframe.text)
+                        .hint_text(hint)
+                        .desired_width(width),
                 )
                 .labelled_by(label.id);
             if response.lost_focus() {
@@ -31,12 +63,13 @@ pub(super) fn prompts(ui: &mut egui::Ui, form: &mut Form) {
         });
     }
     if let Some(i) = remove {
-        form.prompt_fields.remove(i);
+        form.keyframe_fields.remove(i);
         commit = true;
     }
     ui.horizontal(|ui| {
         if ui.button("+ keyframe").clicked() {
-            form.prompt_fields.push(String::new());
+            form.keyframe_fields
+                .push(super::controls::KeyframeControl::prompt(""));
         }
         if ui
             .add_enabled(form.text_edited(), egui::Button::new("Apply prompts"))
@@ -46,6 +79,26 @@ pub(super) fn prompts(ui: &mut egui::Ui, form: &mut Form) {
             form.commit_text();
         }
     });
+    ui.horizontal(|ui| {
+        let label = ui.label("Image file");
+        ui.add(
+            egui::TextEdit::singleline(&mut form.image_path)
+                .hint_text("PNG, JPEG, WebP, or drop one here")
+                .desired_width(170.0),
+        )
+        .labelled_by(label.id);
+        let path = form.image_path.trim();
+        if ui
+            .add_enabled(!path.is_empty(), egui::Button::new("+ image"))
+            .on_hover_text("add the picture as the last keyframe")
+            .clicked()
+        {
+            commands.push(Command::AddImageKeyframe(PathBuf::from(path)));
+        }
+    });
+    if form.keyframe_fields.iter().any(|k| k.image.is_some()) {
+        image_settings(ui, form);
+    }
     let label = ui.label("Negative prompt");
     let negative = ui
         .add(
@@ -58,4 +111,57 @@ pub(super) fn prompts(ui: &mut egui::Ui, form: &mut Form) {
     if commit || negative.lost_focus() {
         form.commit_text();
     }
+    commands
+}
+
+/// Strength and fit of the image keyframes: they act live, like the sliders below.
+fn image_settings(ui: &mut egui::Ui, form: &mut Form) {
+    let controls = &mut form.controls;
+    ui.add(
+        egui::Slider::new(&mut controls.image_strength, 0.0..=1.0)
+            .step_by(0.05)
+            .text("Image strength"),
+    )
+    .on_hover_text(
+        "0: the picture as it is; higher: re-noised and denoised with its prompt over that \
+         share of the sampler steps, so it takes the model's look",
+    );
+    egui::ComboBox::from_label("Image fit")
+        .selected_text(controls.image_fit.label())
+        .show_ui(ui, |ui| {
+            for fit in Fit::ALL {
+                ui.selectable_value(&mut controls.image_fit, fit, fit.label());
+            }
+        });
+}
+
+/// The thumbnail texture of each row (`None` for prompts), made on first sight and kept
+/// while its picture is in the form.
+fn thumbnails(ctx: &egui::Context, form: &mut Form) -> Vec<Option<egui::TextureHandle>> {
+    let key = |image: &KeyframeImage| Arc::as_ptr(&image.pixels) as usize;
+    let images: Vec<Option<&KeyframeImage>> = form
+        .keyframe_fields
+        .iter()
+        .map(|k| k.image.as_ref())
+        .collect();
+    form.thumbnails
+        .retain(|k, _| images.iter().flatten().any(|image| key(image) == *k));
+    images
+        .into_iter()
+        .map(|image| {
+            let image = image?;
+            let texture = form.thumbnails.entry(key(image)).or_insert_with(|| {
+                let small = &image.thumbnail;
+                let size = [small.width as usize, small.height as usize];
+                let pixels = egui::ColorImage::from_rgba_unmultiplied(size, &small.pixels);
+                debug_assert!(small.width.max(small.height) <= THUMBNAIL_SIDE);
+                ctx.load_texture(
+                    format!("keyframe thumbnail {}", image.path.display()),
+                    pixels,
+                    egui::TextureOptions::LINEAR,
+                )
+            });
+            Some(texture.clone())
+        })
+        .collect()
 }

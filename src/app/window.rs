@@ -102,6 +102,9 @@ impl ViewerApp {
         for command in self.shortcuts(&ctx) {
             self.run_command(&ctx, command);
         }
+        for command in dropped_images(&ctx) {
+            self.run_command(&ctx, command);
+        }
         let mut commands = Vec::new();
         if !self.fullscreen {
             egui::Panel::top("toolbar").show(ui, |ui| {
@@ -197,4 +200,34 @@ impl ViewerApp {
             }
         }
     }
+}
+
+/// Files dropped on the window: each becomes an image keyframe, in the order dropped.
+/// (While files hover, the window says what a drop does.)
+fn dropped_images(ctx: &egui::Context) -> Vec<Command> {
+    let (hovering, dropped) = ctx.input(|i| {
+        let dropped: Vec<_> = i
+            .raw
+            .dropped_files
+            .iter()
+            .map(|f| f.path().to_path_buf())
+            .collect();
+        (!i.raw.hovered_files.is_empty(), dropped)
+    });
+    if hovering {
+        let painter = ctx.layer_painter(egui::LayerId::new(
+            egui::Order::Foreground,
+            egui::Id::unique("drop images"),
+        ));
+        let screen = ctx.content_rect();
+        painter.rect_filled(screen, 0.0, egui::Color32::from_black_alpha(160));
+        painter.text(
+            screen.center(),
+            egui::Align2::CENTER_CENTER,
+            "drop to add image keyframes",
+            egui::FontId::proportional(28.0),
+            egui::Color32::WHITE,
+        );
+    }
+    dropped.into_iter().map(Command::AddImageKeyframe).collect()
 }

@@ -1,17 +1,20 @@
 //! The arguments, as clap parses them, and what they become in the library's types.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
-use clap::{Args, Parser, Subcommand};
+use anyhow::{bail, Context};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use super::values::{
-    DecoderArg, EasingArg, GpuDecodeArg, InterpArg, LoopArg, PredictionArg, UpscaleArg,
+    DecoderArg, EasingArg, FitArg, GpuDecodeArg, InterpArg, LoopArg, PredictionArg, UpscaleArg,
 };
 use crate::app::ViewerOptions;
 use crate::model::lora::{parse_lora_arg, LoraSpec};
-use crate::model::{DecoderKind, EndpointRequest, Engine, SingleFileOptions};
+use crate::model::{
+    DecoderKind, EndpointRequest, Engine, ImageKeyframe, Keyframe, SingleFileOptions,
+};
 use crate::pipeline::{check_laps, Inbetweens, Settings, MAX_IMAGE_SIDE};
 use crate::record::RecordOptions;
 use crate::usecase::{ModelSource, RenderJob};
@@ -27,6 +30,38 @@ pub struct Cli {
     pub model: ModelArgs,
     #[command(flatten)]
     pub viewer: ViewerArgs,
+}
+
+impl Cli {
+    /// Parses the process's arguments as [`Parser::parse`] does (exiting on `--help` or an
+    /// error), keeping the walk order of `render`'s `--prompt` and `--keyframe` as given:
+    /// see [`Self::try_parse_in_order_from`].
+    pub fn parse_in_order() -> Self {
+        match Self::try_parse_in_order_from(std::env::args_os()) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        }
+    }
+
+    /// Parses `args` (the program name first). clap keeps each option's values apart, so
+    /// `render`'s `--prompt` and `--keyframe` values are put back into one list in the order
+    /// they were given ([`RenderArgs::keyframes`], the prompts emptied), from their
+    /// positions on the command line.
+    pub fn try_parse_in_order_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let (Some(Command::Render(render)), Some(("render", sub))) =
+            (&mut cli.command, matches.subcommand())
+        {
+            let at = |id: &str| sub.indices_of(id).map(Vec::from_iter).unwrap_or_default();
+            render.put_in_order(&at("prompts"), &at("keyframes"));
+        }
+        Ok(cli)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,11 +193,49 @@ impl std::str::FromStr for Size {
     }
 }
 
+/// One `--keyframe`: `image:PATH` or `prompt:TEXT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyframeArg {
+    Prompt(String),
+    Image(PathBuf),
+}
+
+/// Reads `image:PATH` or `prompt:TEXT`.
+fn parse_keyframe_arg(value: &str) -> Result<KeyframeArg, String> {
+    if let Some(path) = value.strip_prefix("image:") {
+        if path.is_empty() {
+            return Err("`image:` needs a file: image:PATH".into());
+        }
+        return Ok(KeyframeArg::Image(PathBuf::from(path)));
+    }
+    if let Some(prompt) = value.strip_prefix("prompt:") {
+        return Ok(KeyframeArg::Prompt(prompt.to_string()));
+    }
+    Err(format!(
+        "`{value}`: write image:PATH (a PNG, JPEG or WebP picture) or prompt:TEXT"
+    ))
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct RenderArgs {
-    /// A keyframe prompt; give two or more, in walk order.
-    #[arg(long = "prompt", required = true)]
+    /// A keyframe prompt; give two or more keyframes (prompts and --keyframe), in walk order.
+    #[arg(long = "prompt", required_unless_present = "keyframes")]
     pub prompts: Vec<String>,
+    /// A keyframe, in walk order among the --prompt ones: `image:PATH` (a PNG, JPEG or WebP
+    /// picture, fitted to the source size as --fit says) or `prompt:TEXT`.
+    #[arg(long = "keyframe", value_name = "image:PATH|prompt:TEXT", value_parser = parse_keyframe_arg)]
+    pub keyframes: Vec<KeyframeArg>,
+    /// How an image keyframe of another shape meets the source size.
+    #[arg(long, value_enum, default_value_t = FitArg::Crop)]
+    pub fit: FitArg,
+    /// img2img strength of image keyframes, 0 to 1: 0 uses the encoded picture as it is;
+    /// above 0 it is re-noised and denoised with --image-prompt over that share of --steps
+    /// (diffusers' img2img), so it takes the model's look.
+    #[arg(long, default_value_t = 0.0, value_name = "0..1")]
+    pub strength: f64,
+    /// The prompt image keyframes are denoised with when --strength is above 0.
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    pub image_prompt: String,
     /// The negative prompt.
     #[arg(long, default_value = "")]
     pub negative: String,
@@ -244,9 +317,53 @@ impl RenderArgs {
         }
     }
 
+    /// Moves the `--prompt` values into [`Self::keyframes`] among the `--keyframe` ones, by
+    /// their positions on the command line (`prompt_at[i]` is where prompt `i` was given).
+    fn put_in_order(&mut self, prompt_at: &[usize], keyframe_at: &[usize]) {
+        if prompt_at.len() != self.prompts.len() || keyframe_at.len() != self.keyframes.len() {
+            return;
+        }
+        let prompts = self.prompts.drain(..).map(KeyframeArg::Prompt);
+        let mut placed: Vec<(usize, KeyframeArg)> = prompt_at
+            .iter()
+            .copied()
+            .zip(prompts)
+            .chain(keyframe_at.iter().copied().zip(self.keyframes.drain(..)))
+            .collect();
+        placed.sort_by_key(|(at, _)| *at);
+        self.keyframes = placed.into_iter().map(|(_, keyframe)| keyframe).collect();
+    }
+
+    /// The keyframes in walk order, pictures read (an unreadable one is an error naming
+    /// it). Parsed by [`Cli::try_parse_in_order_from`], `--prompt` and `--keyframe` keep
+    /// their order; otherwise the prompts come first.
+    pub fn read_keyframes(&self) -> anyhow::Result<Vec<Keyframe>> {
+        let given = self.prompts.iter().cloned().map(KeyframeArg::Prompt);
+        given
+            .chain(self.keyframes.iter().cloned())
+            .enumerate()
+            .map(|(i, keyframe)| {
+                Ok(match keyframe {
+                    KeyframeArg::Prompt(prompt) => Keyframe::Prompt(prompt),
+                    KeyframeArg::Image(path) => {
+                        let pixels = crate::model::read_image(&path)
+                            .with_context(|| format!("image keyframe {}", i + 1))?;
+                        Keyframe::Image(ImageKeyframe {
+                            fit: self.fit.into(),
+                            strength: self.strength,
+                            prompt: self.image_prompt.clone(),
+                            ..ImageKeyframe::new(path, Arc::new(pixels))
+                        })
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// The render these arguments describe on `engine` (whose defaults fill what was not
-    /// given), checked before anything is opened or sampled.
-    pub fn job(&self, engine: &dyn Engine) -> anyhow::Result<RenderJob> {
+    /// given) with `keyframes` ([`Self::read_keyframes`], read before the model loads so a
+    /// bad picture is refused at once), checked before anything is opened or sampled.
+    pub fn job(&self, engine: &dyn Engine, keyframes: Vec<Keyframe>) -> anyhow::Result<RenderJob> {
         check_laps(self.laps)?;
         let defaults = engine.defaults();
         let init_latents = match &self.init_latents {
@@ -255,7 +372,7 @@ impl RenderArgs {
         };
         let settings = Settings {
             endpoints: EndpointRequest {
-                prompts: self.prompts.clone(),
+                keyframes,
                 negative: self.negative.clone(),
                 seed: self.seed,
                 seed_per_keyframe: self.seed_per_keyframe,

@@ -7,7 +7,7 @@ mod args;
 mod progress;
 mod values;
 
-pub use args::{Cli, Command, ModelArgs, RenderArgs, Size, ViewerArgs};
+pub use args::{Cli, Command, KeyframeArg, ModelArgs, RenderArgs, Size, ViewerArgs};
 pub use progress::RenderBar;
 
 use std::process::ExitCode;
@@ -45,11 +45,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// and the exit code is 128 + the signal. A second one exits at once; whatever is under the
 /// output's name is still whole (unfinished files stay under their temporary names).
 fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
+    let keyframes = args.read_keyframes()?;
     let (engine, note) = crate::usecase::headless_engine(&model.source(), args.gpu_decode.into())?;
     if let Some(note) = note {
         eprintln!("dreamwalk: {note}");
     }
-    let job = args.job(&*engine)?;
+    let job = args.job(&*engine, keyframes)?;
     if args.decoder.is_none() && job.settings.decoder != crate::model::DecoderKind::Taesd {
         eprintln!(
             "dreamwalk: this model has no TAESD decoder: decoding with its {} ({})",

@@ -3,7 +3,7 @@
 
 use crate::gpu::GpuDecode;
 use crate::model::schedulers::PredictionType;
-use crate::model::DecoderKind;
+use crate::model::{DecoderKind, Fit};
 use crate::upscale::UpscaleMode;
 use crate::walk::{Easing, Interp, LoopMode};
 
@@ -26,6 +26,16 @@ macro_rules! value_enum {
             }
         }
     };
+}
+
+value_enum! {
+    /// How an image keyframe of another shape meets the source size.
+    FitArg => Fit {
+        /// Scale to cover the frame, cut the centre out.
+        Crop,
+        /// Scale to fit inside the frame, grey bars on the sides.
+        Pad,
+    }
 }
 
 value_enum! {

@@ -8,8 +8,9 @@
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
-use super::decoders::{AutoencoderKlConfig, TaesdConfig, TaesdDecoder, VaeDecoder};
+use super::decoders::{AutoencoderKlConfig, TaesdConfig, TaesdDecoder, VaeDecoder, VaeEncoder};
 use super::engine::ModelDefaults;
+use super::keyframe::encoder::{ImageEncoder, LazyEncoder};
 use super::schedulers::{PredictionType, SchedulerConfig};
 use super::sd::StableDiffusion;
 use super::seeded::seeded_var_builder;
@@ -99,6 +100,12 @@ impl StableDiffusion {
         let unet = UNet2DConditionModel::new(vb.pp("unet"), &unet_config).expect("demo UNet");
         let vae = VaeDecoder::new(vb.pp("vae"), &vae_config).expect("demo VAE");
         let taesd = demo_taesd(&taesd_config).expect("demo TAESD");
+        // The VAE's other half, from the same seeded weights, when an image first needs it.
+        let image_encoder = LazyEncoder::new(Box::new(move || {
+            let vb = seeded_var_builder(SEED, &Device::Cpu);
+            let encoder = VaeEncoder::new(vb.pp("vae"), &vae_config)?;
+            Ok(ImageEncoder::Vae(Box::new(encoder)))
+        }));
         Self {
             name: DEMO_NAME.to_string(),
             device,
@@ -108,6 +115,7 @@ impl StableDiffusion {
             scheduler: SchedulerConfig::stable_diffusion(PredictionType::Epsilon),
             vae: Some(vae),
             taesd: Some(taesd),
+            image_encoder,
             defaults: ModelDefaults {
                 image_size: (1024, 576),
                 steps: 10,

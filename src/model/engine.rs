@@ -2,14 +2,15 @@
 //! that cross the boundary: the pipeline and the viewer depend on this, not on a model.
 
 use super::decoders::{DecoderKind, TaesdDecoder};
+use super::keyframe::Keyframe;
 use super::{ModelError, Result};
 
 /// Everything that decides the keyframe latents: a change to any of it means sampling
 /// the endpoints again.
 #[derive(Clone, Debug)]
 pub struct EndpointRequest {
-    /// One prompt per keyframe (two or more for a walk).
-    pub prompts: Vec<String>,
+    /// The keyframes in walk order (two or more for a walk): prompts, pictures.
+    pub keyframes: Vec<Keyframe>,
     /// The negative prompt (the "unconditional" side of classifier-free guidance).
     pub negative: String,
     /// Seed of the initial noise: the same seed and prompts give the same keyframes.
@@ -23,7 +24,7 @@ pub struct EndpointRequest {
     /// Decoded image size (width, height), multiples of the decoder's upscale factor.
     pub image_size: (u32, u32),
     /// Start every keyframe from these latents instead of seeded noise (reproducing
-    /// another tool's run).
+    /// another tool's run); an image keyframe's img2img noise is these too.
     pub init_latents: Option<candle_core::Tensor>,
 }
 
@@ -35,7 +36,7 @@ impl PartialEq for EndpointRequest {
             (Some(a), Some(b)) => a.id() == b.id(),
             _ => false,
         };
-        self.prompts == other.prompts
+        self.keyframes == other.keyframes
             && self.negative == other.negative
             && self.seed == other.seed
             && self.seed_per_keyframe == other.seed_per_keyframe
@@ -57,7 +58,8 @@ pub struct ModelDefaults {
     pub guidance: f64,
 }
 
-/// Sampling progress, reported after each sampler step.
+/// Sampling progress, reported after each sampler step. An img2img keyframe starts part
+/// way: its first report has `step` above 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SamplingProgress {
     /// 0-based keyframe being sampled, of `keyframes`.
@@ -103,8 +105,8 @@ pub trait Engine: Send + Sync + 'static {
     /// The shape (1, latent channels, h/f, w/f) of one keyframe's latents for an image of
     /// `image_size` (width, height), `f` the decoder's factor: what `--init-latents` must be.
     fn latent_shape(&self, image_size: (u32, u32)) -> [usize; 4];
-    /// Samples one latent per prompt. `progress` is called after each sampler step and
-    /// returns `false` to cancel.
+    /// Samples one latent per keyframe. `progress` is called after each sampler step (once
+    /// for a picture used as it is) and returns `false` to cancel.
     fn endpoints(
         &self,
         request: &EndpointRequest,

@@ -4,7 +4,7 @@
 //! `config.json` files: [`text`] (tokenizer and CLIP text encoder), [`unet`],
 //! [`schedulers`], [`decoders`] (TAESD and the AutoencoderKL) and the CPU [`kernels`] the
 //! decoders run on; [`sd`] puts them together behind the [`Engine`] trait the pipeline
-//! drives. The networks are written here on candle and candle-nn layers rather than taken
+//! drives. A walk's [`keyframe`]s are prompts or pictures (read, fitted, encoded). The networks are written here on candle and candle-nn layers rather than taken
 //! from candle-transformers, whose versions differ from diffusers in ways that change the
 //! output (each module says which).
 
@@ -12,6 +12,7 @@ pub mod decoders;
 pub mod demo;
 pub mod engine;
 pub mod kernels;
+pub mod keyframe;
 pub mod lora;
 pub mod schedulers;
 pub mod scripted;
@@ -29,6 +30,7 @@ pub use decoders::{
     VaeEncoder,
 };
 pub use engine::{EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress};
+pub use keyframe::{read_image, Fit, ImageKeyframe, Keyframe};
 pub use sd::{load_init_latents, StableDiffusion};
 pub use single_file::SingleFileOptions;
 pub use text::MAX_TOKENS as MAX_PROMPT_TOKENS;

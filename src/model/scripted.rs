@@ -17,8 +17,9 @@ const FACTOR: u32 = 8;
 
 /// An [`Engine`] whose outputs are known in advance.
 ///
-/// * Endpoints: keyframe `k` is a latent (1, 4, h/8, w/8) full of the value `4k + seed`,
-///   one sampler step reported per step asked for (a `false` from the callback cancels).
+/// * Endpoints: keyframe `k` (a prompt or a picture alike) is a latent (1, 4, h/8, w/8) full
+///   of the value `4k + seed`, one sampler step reported per step asked for (a `false` from
+///   the callback cancels).
 /// * Decoding, as built: [`ScriptedEngine::grey`] paints the latent mean (x20, clamped) as a
 ///   grey level, so frames along a walk are distinguishable and predictable;
 ///   [`ScriptedEngine::premade`] hands out the frames it was given in turn, whatever the
@@ -132,12 +133,12 @@ impl Engine for ScriptedEngine {
         self.endpoint_calls.fetch_add(1, Ordering::SeqCst);
         let (w, h) = request.image_size;
         let shape = (1, 4, (h / FACTOR) as usize, (w / FACTOR) as usize);
-        let mut out = Vec::with_capacity(request.prompts.len());
-        for k in 0..request.prompts.len() {
+        let mut out = Vec::with_capacity(request.keyframes.len());
+        for k in 0..request.keyframes.len() {
             for step in 1..=request.steps {
                 let p = SamplingProgress {
                     keyframe: k,
-                    keyframes: request.prompts.len(),
+                    keyframes: request.keyframes.len(),
                     step,
                     steps: request.steps,
                 };

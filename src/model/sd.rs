@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::decoders::{DecoderKind, TaesdDecoder, VaeDecoder};
+use super::decoders::{DecoderKind, TaesdDecoder, TaesdEncoder, VaeDecoder, VaeEncoder};
 use super::engine::{EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress};
+use super::keyframe::encoder::{EncoderLoader, ImageEncoder, LazyEncoder};
+use super::keyframe::{fit_image, image_tensor, ImageKeyframe, Keyframe};
 use super::lora::{Component, LoraSet};
-use super::schedulers::{denoise, Sampler, SamplerKind, SchedulerConfig};
+use super::schedulers::{denoise, img2img, Sampler, SamplerKind, SchedulerConfig};
 use super::text::{ClipTextEncoder, ClipTokenizer};
 use super::unet::UNet2DConditionModel;
 use super::{ModelError, Result};
@@ -26,6 +28,8 @@ pub struct StableDiffusion {
     pub(super) scheduler: SchedulerConfig,
     pub(super) vae: Option<VaeDecoder>,
     pub(super) taesd: Option<TaesdDecoder>,
+    /// For image keyframes: loaded the first time a walk has one.
+    pub(super) image_encoder: LazyEncoder,
     pub(super) defaults: ModelDefaults,
 }
 
@@ -38,6 +42,8 @@ pub(super) struct Parts<'a> {
     pub scheduler: SchedulerConfig,
     pub vae: VaeDecoder,
     pub taesd: Option<&'a Path>,
+    /// Loads the VAE's encoder when an image keyframe first needs it.
+    pub image_encoder: EncoderLoader,
 }
 
 /// Pipelines whose folders this loader understands (SD 1.x, 2.x, SD-Turbo all save as
@@ -84,6 +90,13 @@ impl StableDiffusion {
         let scheduler =
             SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
         let vae = VaeDecoder::load(&dir.join("vae"), &device)?;
+        let vae_dir = dir.join("vae");
+        let image_encoder: EncoderLoader = Box::new(move || {
+            Ok(ImageEncoder::Vae(Box::new(VaeEncoder::load(
+                &vae_dir,
+                &Device::Cpu,
+            )?)))
+        });
         let name = Path::new(model)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -97,6 +110,7 @@ impl StableDiffusion {
             scheduler,
             vae,
             taesd,
+            image_encoder,
         })
     }
 
@@ -112,12 +126,27 @@ impl StableDiffusion {
             scheduler,
             vae,
             taesd,
+            image_encoder,
         } = parts;
-        let taesd = match taesd {
-            Some(path) => Some(TaesdDecoder::load(path)?),
-            None => find_cached("madebyollin/taesd", "config.json")
-                .and_then(|p| TaesdDecoder::load(p.parent()?).ok()),
+        let (taesd, taesd_path) = match taesd {
+            Some(path) => (Some(TaesdDecoder::load(path)?), Some(path.to_path_buf())),
+            None => {
+                let cached = find_cached("madebyollin/taesd", "config.json")
+                    .and_then(|p| Some(p.parent()?.to_path_buf()));
+                let decoder = cached.as_deref().and_then(|p| TaesdDecoder::load(p).ok());
+                (decoder, cached)
+            }
         };
+        let image_encoder = LazyEncoder::new(Box::new(move || {
+            // No VAE encoder (a decoder-only VAE file): TAESD's encoder, when its weights
+            // are beside its decoder's, makes latents in the same space.
+            image_encoder().or_else(|vae_error| {
+                match taesd_path.as_deref().map(TaesdEncoder::load) {
+                    Some(Ok(taesd)) => Ok(ImageEncoder::Taesd(Box::new(taesd))),
+                    _ => Err(vae_error),
+                }
+            })
+        }));
         let factor = vae.upscale_factor() as u32;
         // 64 for SD 1.5 (512 px), 96 for SD 2.1-768.
         let sample = unet.config().sample_size.unwrap_or(64) as u32;
@@ -137,6 +166,7 @@ impl StableDiffusion {
             scheduler,
             vae: Some(vae),
             taesd,
+            image_encoder,
             defaults,
         })
     }
@@ -183,6 +213,50 @@ impl StableDiffusion {
         init: &Tensor,
         steps: usize,
         guidance: f64,
+        on_step: impl FnMut(usize, usize) -> bool,
+    ) -> std::result::Result<Tensor, EndpointError> {
+        self.run_sampler(
+            prompt,
+            negative,
+            Start::Noise(init),
+            steps,
+            guidance,
+            on_step,
+        )
+    }
+
+    /// img2img: `image_latents` (a picture encoded) noised with `noise` `strength` of the
+    /// way into the schedule and denoised with `prompt` from there (see
+    /// [`super::schedulers::img2img`]). `on_step(i, n)` counts from the schedule's start, so
+    /// its first call has `i` above 1 when strength is below 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_image(
+        &self,
+        prompt: &str,
+        negative: &str,
+        image_latents: &Tensor,
+        noise: &Tensor,
+        strength: f64,
+        steps: usize,
+        guidance: f64,
+        on_step: impl FnMut(usize, usize) -> bool,
+    ) -> std::result::Result<Tensor, EndpointError> {
+        let start = Start::Image {
+            latents: image_latents,
+            noise,
+            strength,
+        };
+        self.run_sampler(prompt, negative, start, steps, guidance, on_step)
+    }
+
+    /// The guided sampling loop from `start`, cancelled when `on_step` returns `false`.
+    fn run_sampler(
+        &self,
+        prompt: &str,
+        negative: &str,
+        start: Start<'_>,
+        steps: usize,
+        guidance: f64,
         mut on_step: impl FnMut(usize, usize) -> bool,
     ) -> std::result::Result<Tensor, EndpointError> {
         let cond = self.encode_prompt(prompt)?;
@@ -194,24 +268,113 @@ impl StableDiffusion {
         let kind = SamplerKind::default_for(&self.scheduler);
         let sampler = Sampler::new(&self.scheduler, kind, steps)?;
         let cancelled = std::cell::Cell::new(false);
-        let result = denoise(
-            &sampler,
-            init,
-            guidance,
-            |x, t| {
-                if cancelled.get() {
-                    // Stop at the next step: denoise passes the error straight up.
-                    return Err(ModelError::Invalid("cancelled".into()));
-                }
-                self.unet.forward(x, t, &context)
-            },
-            |i, n| cancelled.set(!on_step(i + 1, n)),
-        );
+        let predict = |x: &Tensor, t: f64| {
+            if cancelled.get() {
+                // Stop at the next step: the loop passes the error straight up.
+                return Err(ModelError::Invalid("cancelled".into()));
+            }
+            self.unet.forward(x, t, &context)
+        };
+        let stepped = |i: usize, n: usize| cancelled.set(!on_step(i + 1, n));
+        let result = match start {
+            Start::Noise(init) => denoise(&sampler, init, guidance, predict, stepped),
+            Start::Image {
+                latents,
+                noise,
+                strength,
+            } => img2img(
+                &sampler, latents, noise, strength, guidance, predict, stepped,
+            ),
+        };
         match result {
             Err(_) if cancelled.get() => Err(EndpointError::Cancelled),
             other => Ok(other?),
         }
     }
+
+    /// The latents of a picture keyframe: fitted to the request's size, encoded, and (with
+    /// a strength above 0) re-noised and denoised with its prompt. `noise` is what img2img
+    /// noises with.
+    fn image_latents(
+        &self,
+        image: &ImageKeyframe,
+        request: &EndpointRequest,
+        shape: &[usize; 4],
+        noise: impl FnOnce() -> Result<Tensor>,
+        mut on_step: impl FnMut(usize, usize) -> bool,
+    ) -> std::result::Result<Tensor, EndpointError> {
+        let path = image.path.display();
+        if image.pixels.width == 0 || image.pixels.height == 0 {
+            return Err(ModelError::Invalid(format!("{path}: an image of zero size")).into());
+        }
+        let fitted = fit_image(&image.pixels, request.image_size, image.fit);
+        let encoder = self.image_encoder.get()?;
+        let latents = encoder.encode(&image_tensor(&fitted)?)?;
+        if latents.dims() != shape {
+            return Err(ModelError::Invalid(format!(
+                "{path}: the image encoder made latents of shape {:?}, the UNet takes {shape:?}",
+                latents.dims()
+            ))
+            .into());
+        }
+        if image.strength <= 0.0 {
+            // Used as it is: one report, which may still cancel.
+            return match on_step(request.steps, request.steps) {
+                true => Ok(latents),
+                false => Err(EndpointError::Cancelled),
+            };
+        }
+        self.sample_image(
+            &image.prompt,
+            &request.negative,
+            &latents,
+            &noise()?,
+            image.strength,
+            request.steps,
+            request.guidance,
+            on_step,
+        )
+    }
+
+    /// The noise keyframe `keyframe` starts from: the request's initial latents, else
+    /// seeded noise (`seed + keyframe` with `seed_per_keyframe`).
+    fn initial_noise(
+        &self,
+        request: &EndpointRequest,
+        shape: &[usize; 4],
+        keyframe: usize,
+    ) -> Result<Tensor> {
+        match &request.init_latents {
+            Some(init) if init.dims() != shape => Err(ModelError::Invalid(format!(
+                "initial latents have shape {:?}, but {}x{} images need {:?}",
+                init.dims(),
+                request.image_size.0,
+                request.image_size.1,
+                shape
+            ))),
+            Some(init) => Ok(init.clone()),
+            None => {
+                let seed = if request.seed_per_keyframe {
+                    request.seed.wrapping_add(keyframe as u64)
+                } else {
+                    request.seed
+                };
+                seeded_noise(seed, shape, &self.device)
+            }
+        }
+    }
+}
+
+/// Where the sampling loop starts.
+enum Start<'a> {
+    /// Unit-variance noise, scaled by the scheduler's `init_noise_sigma` (txt2img).
+    Noise(&'a Tensor),
+    /// A picture's latents, noised part way (img2img).
+    Image {
+        latents: &'a Tensor,
+        noise: &'a Tensor,
+        strength: f64,
+    },
 }
 
 /// Unit-variance noise from a seeded generator: the same seed gives the same latents on
@@ -349,53 +512,45 @@ impl Engine for StableDiffusion {
         request: &EndpointRequest,
         progress: &mut dyn FnMut(SamplingProgress) -> bool,
     ) -> std::result::Result<Vec<Tensor>, EndpointError> {
-        if request.prompts.is_empty() {
-            return Err(ModelError::Invalid("no prompt to sample".into()).into());
+        if request.keyframes.is_empty() {
+            return Err(ModelError::Invalid("no keyframe to sample".into()).into());
         }
         if request.steps == 0 {
             return Err(ModelError::Invalid("sampler steps must be at least 1".into()).into());
         }
         let (h, w) = self.latent_hw(request.image_size)?;
         let shape = [1, self.unet.in_channels(), h, w];
-        let keyframes = request.prompts.len();
+        let keyframes = request.keyframes.len();
         let mut latents = Vec::with_capacity(keyframes);
-        for (keyframe, prompt) in request.prompts.iter().enumerate() {
-            let init = match &request.init_latents {
-                Some(init) if init.dims() != shape => {
-                    return Err(ModelError::Invalid(format!(
-                        "initial latents have shape {:?}, but {}x{} images need {:?}",
-                        init.dims(),
-                        request.image_size.0,
-                        request.image_size.1,
-                        shape
-                    ))
-                    .into())
-                }
-                Some(init) => init.clone(),
-                None => {
-                    let seed = if request.seed_per_keyframe {
-                        request.seed.wrapping_add(keyframe as u64)
-                    } else {
-                        request.seed
-                    };
-                    seeded_noise(seed, &shape, &self.device)?
-                }
+        for (keyframe, source) in request.keyframes.iter().enumerate() {
+            let report = |step, steps| {
+                progress(SamplingProgress {
+                    keyframe,
+                    keyframes,
+                    step,
+                    steps,
+                })
             };
-            let sampled = self.sample(
-                prompt,
-                &request.negative,
-                &init,
-                request.steps,
-                request.guidance,
-                |step, steps| {
-                    progress(SamplingProgress {
-                        keyframe,
-                        keyframes,
-                        step,
-                        steps,
-                    })
-                },
-            )?;
+            let sampled = match source {
+                Keyframe::Prompt(prompt) => {
+                    let init = self.initial_noise(request, &shape, keyframe)?;
+                    self.sample(
+                        prompt,
+                        &request.negative,
+                        &init,
+                        request.steps,
+                        request.guidance,
+                        report,
+                    )?
+                }
+                Keyframe::Image(image) => self.image_latents(
+                    image,
+                    request,
+                    &shape,
+                    || self.initial_noise(request, &shape, keyframe),
+                    report,
+                )?,
+            };
             latents.push(sampled);
         }
         Ok(latents)

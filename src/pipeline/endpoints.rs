@@ -33,7 +33,7 @@ pub(super) fn endpoint_thread(
         }
         let (generation, request) = next;
         let stats = &shared.stats;
-        let total = request.prompts.len() * request.steps;
+        let total = request.keyframes.len() * request.steps;
         let started = Instant::now();
         let result = engine.endpoints(&request, &mut |p| {
             let done = p.keyframe * p.steps + p.step;

@@ -3,7 +3,10 @@
 //! [`Settings`] and ask [`Settings::validate`] before anything starts, so the rules (and their
 //! messages) cannot drift apart.
 
-use crate::model::{DecoderKind, EndpointRequest, Engine};
+use std::path::PathBuf;
+
+use crate::model::schedulers::img2img_first_step;
+use crate::model::{DecoderKind, EndpointRequest, Engine, Keyframe};
 use crate::upscale::UpscaleMode;
 use crate::walk::WalkSettings;
 
@@ -39,7 +42,9 @@ pub struct Settings {
 /// Why a set of [`Settings`] cannot run, in words a user can act on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SettingsError {
-    #[error("a walk needs two or more prompts: give --prompt twice or more")]
+    #[error(
+        "a walk needs two or more prompts (keyframes): give --prompt or --keyframe twice or more"
+    )]
     TooFewPrompts,
     /// Which prompt, 1-based.
     #[error("prompt {0} is empty")]
@@ -81,16 +86,24 @@ pub enum SettingsError {
     OutputSize((u32, u32)),
     #[error("this model has no {} decoder", .0.label())]
     NoDecoder(DecoderKind),
+    /// An image keyframe that cannot run: which (1-based), its file, and why.
+    #[error("keyframe {index} ({}): {problem}", path.display())]
+    ImageKeyframe {
+        index: usize,
+        path: PathBuf,
+        problem: String,
+    },
 }
 
 impl Settings {
     /// Checks every value against `engine` before any work starts: the first problem found.
     pub fn validate(&self, engine: &dyn Engine) -> Result<(), SettingsError> {
         let endpoints = &self.endpoints;
-        if endpoints.prompts.len() < 2 {
+        if endpoints.keyframes.len() < 2 {
             return Err(SettingsError::TooFewPrompts);
         }
-        if let Some(i) = endpoints.prompts.iter().position(|p| p.trim().is_empty()) {
+        let empty = |k: &Keyframe| matches!(k, Keyframe::Prompt(p) if p.trim().is_empty());
+        if let Some(i) = endpoints.keyframes.iter().position(empty) {
             return Err(SettingsError::EmptyPrompt(i + 1));
         }
         if self.walk.steps_between == 0 {
@@ -102,6 +115,7 @@ impl Settings {
         if !(endpoints.guidance.is_finite() && endpoints.guidance.abs() <= MAX_GUIDANCE) {
             return Err(SettingsError::Guidance(endpoints.guidance));
         }
+        check_image_keyframes(endpoints)?;
         if !(self.target_fps.is_finite() && self.target_fps > 0.0) {
             return Err(SettingsError::TargetFps(self.target_fps));
         }
@@ -137,11 +151,11 @@ impl Settings {
     pub fn warnings(&self, engine: &dyn Engine) -> Vec<String> {
         let limit = crate::model::MAX_PROMPT_TOKENS;
         self.endpoints
-            .prompts
+            .keyframes
             .iter()
             .enumerate()
-            .filter_map(|(i, prompt)| {
-                let tokens = engine.prompt_tokens(prompt)?;
+            .filter_map(|(i, keyframe)| {
+                let tokens = engine.prompt_tokens(keyframe.prompt())?;
                 (tokens > limit).then(|| {
                     format!(
                         "prompt {} is {tokens} tokens: the text encoder reads only the first \
@@ -152,6 +166,38 @@ impl Settings {
             })
             .collect()
     }
+}
+
+/// The rules for image keyframes: a picture with pixels, a strength in [0, 1] that, above 0,
+/// runs at least one sampler step (diffusers' img2img runs `int(steps x strength)`).
+fn check_image_keyframes(endpoints: &EndpointRequest) -> Result<(), SettingsError> {
+    for (i, keyframe) in endpoints.keyframes.iter().enumerate() {
+        let Some(image) = keyframe.image() else {
+            continue;
+        };
+        let problem = |problem: String| SettingsError::ImageKeyframe {
+            index: i + 1,
+            path: image.path.clone(),
+            problem,
+        };
+        let (w, h) = (image.pixels.width, image.pixels.height);
+        if w == 0 || h == 0 {
+            return Err(problem(format!("an image of zero size ({w}x{h})")));
+        }
+        let strength = image.strength;
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(problem(format!(
+                "strength must be between 0 and 1, not {strength}"
+            )));
+        }
+        let steps = endpoints.steps;
+        if strength > 0.0 && img2img_first_step(steps, strength) >= steps {
+            return Err(problem(format!(
+                "strength {strength} with {steps} sampler steps runs no step (steps x strength                  must be at least 1): raise the strength or the steps, or use 0 for the                  picture as it is"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The rule for a headless render's laps: 1 to [`MAX_LAPS`].

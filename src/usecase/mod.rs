@@ -8,6 +8,7 @@ pub mod save_latents;
 
 pub use load::{headless_engine, load_engine, ModelSource};
 pub use render::{
-    render, render_until, RenderError, RenderHeader, RenderJob, RenderProgress, RenderSummary,
+    keyframe_labels, render, render_until, RenderError, RenderHeader, RenderJob, RenderProgress,
+    RenderSummary,
 };
 pub use save_latents::save_keyframes;

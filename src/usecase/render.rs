@@ -173,7 +173,7 @@ pub fn render_until(
     if record.comment.is_none() {
         record.comment = Some(crate::record::provenance(
             &engine.name(),
-            &settings.endpoints.prompts,
+            &keyframe_labels(&settings.endpoints.keyframes),
         ));
     }
     // Open the output first: a bad path should fail before minutes of sampling.
@@ -181,7 +181,7 @@ pub fn render_until(
     progress.started(&RenderHeader {
         model: engine.name(),
         decoder: engine.decoder_description(settings.decoder),
-        keyframes: settings.endpoints.prompts.len(),
+        keyframes: settings.endpoints.keyframes.len(),
         frame_size,
         out: job.out.clone(),
     });
@@ -249,4 +249,12 @@ pub fn render_until(
         record,
         stats,
     })
+}
+
+/// How a file's comment names the keyframes: each prompt, or "image photo.png".
+pub fn keyframe_labels(keyframes: &[crate::model::Keyframe]) -> Vec<String> {
+    keyframes
+        .iter()
+        .map(crate::model::Keyframe::label)
+        .collect()
 }

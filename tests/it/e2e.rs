@@ -110,7 +110,7 @@ pub fn e2e_request() -> EndpointRequest {
     let s = settings();
     let case = load_tensors("e2e/case.safetensors");
     EndpointRequest {
-        prompts: vec![
+        keyframes: vec![
             s["prompt_a"].as_str().unwrap().into(),
             s["prompt_b"].as_str().unwrap().into(),
         ],

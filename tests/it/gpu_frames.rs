@@ -191,7 +191,7 @@ fn bad_gpu_sources_are_errors() {
 fn settings(upscale: UpscaleMode) -> Settings {
     Settings {
         endpoints: EndpointRequest {
-            prompts: vec!["a red fox".into(), "a lighthouse".into()],
+            keyframes: vec!["a red fox".into(), "a lighthouse".into()],
             negative: String::new(),
             seed: 3,
             seed_per_keyframe: false,

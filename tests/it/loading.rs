@@ -136,7 +136,7 @@ fn fp16_variant_files_load_and_compute_like_their_f32_values() {
     let run = |model: &Path, taesd: &Path| {
         let model = StableDiffusion::load(model.to_str().unwrap(), Some(taesd)).unwrap();
         let request = EndpointRequest {
-            prompts: vec!["a red fox".into(), "a lighthouse at dusk".into()],
+            keyframes: vec!["a red fox".into(), "a lighthouse at dusk".into()],
             negative: String::new(),
             seed: 3,
             seed_per_keyframe: false,

@@ -166,7 +166,7 @@ fn merged_by_hand(dir: &Path, lora: &[(&str, &str, Tensor, Tensor)], strength: f
 
 fn request() -> EndpointRequest {
     EndpointRequest {
-        prompts: vec!["a red fox".into(), "a lighthouse".into()],
+        keyframes: vec!["a red fox".into(), "a lighthouse".into()],
         negative: String::new(),
         seed: 7,
         seed_per_keyframe: false,

@@ -16,6 +16,7 @@ mod gpu_bicubic;
 mod gpu_decode;
 mod gpu_frames;
 mod gpu_taesd;
+mod image_keyframes;
 mod inbetween;
 mod layering;
 mod loading;

@@ -20,7 +20,7 @@ fn fake_engine(decode_delay: Duration) -> Arc<ScriptedEngine> {
 fn settings(steps_between: usize, inbetweens: usize, loop_mode: LoopMode) -> Settings {
     Settings {
         endpoints: EndpointRequest {
-            prompts: vec!["a".into(), "b".into(), "c".into()],
+            keyframes: vec!["a".into(), "b".into(), "c".into()],
             negative: String::new(),
             seed: 0,
             seed_per_keyframe: false,

@@ -156,7 +156,7 @@ fn save_latents_writes_the_keyframes_the_walk_used() {
     let saved = candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap();
     assert_eq!(saved.len(), 2, "{:?}", saved.keys());
     let request = EndpointRequest {
-        prompts: vec!["a red fox".into(), "a lighthouse".into()],
+        keyframes: vec!["a red fox".into(), "a lighthouse".into()],
         negative: String::new(),
         seed: 42,
         seed_per_keyframe: false,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dreamwalk::app::{OutputSize, PlayState, ViewerApp, ViewerOptions};
-use dreamwalk::model::DecoderKind;
+use dreamwalk::model::{DecoderKind, Keyframe};
 use dreamwalk::pipeline::{Inbetweens, Settings};
 use dreamwalk::upscale::UpscaleMode;
 use dreamwalk::walk::{Easing, Interp, LoopMode};
@@ -99,10 +99,10 @@ fn typed_prompts_play_pause_and_stop_reach_the_pipeline() {
     play_with_prompts(&mut harness);
     let s = settings(&harness);
     assert_eq!(
-        s.endpoints.prompts,
+        s.endpoints.keyframes,
         vec![
-            "a red fox in snow".to_string(),
-            "a city at night".to_string()
+            Keyframe::Prompt("a red fox in snow".to_string()),
+            Keyframe::Prompt("a city at night".to_string())
         ]
     );
     assert_eq!(
@@ -116,13 +116,16 @@ fn typed_prompts_play_pause_and_stop_reach_the_pipeline() {
     set_text(&mut harness, "Prompt C", "a desert");
     set_text(&mut harness, "Negative prompt", "blurry");
     let s = settings(&harness);
-    assert_eq!(s.endpoints.prompts.len(), 3);
-    assert_eq!(s.endpoints.prompts[2], "a desert");
+    assert_eq!(s.endpoints.keyframes.len(), 3);
+    assert_eq!(s.endpoints.keyframes[2], Keyframe::from("a desert"));
     assert_eq!(s.endpoints.negative, "blurry");
 
     // An empty prompt is refused with a message, and the walk keeps its prompts.
     set_text(&mut harness, "Prompt C", " ");
-    assert_eq!(settings(&harness).endpoints.prompts[2], "a desert");
+    assert_eq!(
+        settings(&harness).endpoints.keyframes[2],
+        Keyframe::from("a desert")
+    );
     let notice = harness.state().notice().unwrap_or_default().to_string();
     assert!(notice.contains("prompt C is empty"), "{notice}");
 
@@ -352,4 +355,97 @@ fn a_prompt_past_77_tokens_is_a_warning_in_the_window() {
         PlayState::Playing,
         "a warning, not a refusal"
     );
+}
+
+#[test]
+fn pictures_join_the_walk_by_button_and_by_drop_and_a_bad_one_is_a_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let picture = |name: &str, shade: u8| {
+        let path = dir.path().join(name);
+        image::RgbaImage::from_fn(48, 32, |x, y| {
+            image::Rgba([x as u8 * 5, y as u8 * 7, shade, 255])
+        })
+        .save(&path)
+        .unwrap();
+        path
+    };
+    let (photo, dropped) = (picture("photo.png", 40), picture("dropped.png", 200));
+    let mut harness = harness();
+    play_with_prompts(&mut harness);
+    let generation = |app: &ViewerApp| app.session().and_then(|s| s.stats()).map(|s| s.generation);
+    let before = generation(harness.state());
+
+    // "+ image" with a file: the third keyframe is the picture, used as it is.
+    set_text(&mut harness, "Image file", photo.to_str().unwrap());
+    click(&mut harness, "+ image");
+    let s = settings(&harness);
+    assert_eq!(s.endpoints.keyframes.len(), 3);
+    let Keyframe::Image(image) = &s.endpoints.keyframes[2] else {
+        panic!("keyframe C is {:?}", s.endpoints.keyframes[2]);
+    };
+    assert_eq!(image.path, photo);
+    assert_eq!((image.pixels.width, image.pixels.height), (48, 32));
+    assert_eq!(image.strength, 0.0);
+    // Its row in the panel (with its thumbnail), and the image settings, which act live.
+    assert!(harness.query_by_label("Image C").is_some());
+    let thumbnail = harness.get_by_role_and_label(Role::Image, "thumbnail of photo.png");
+    // 48x32 drawn 40 points tall: 60 x 40.
+    let rect = thumbnail.rect();
+    assert_eq!((rect.width().round(), rect.height().round()), (60.0, 40.0));
+    set_slider(&mut harness, "Image strength", 0.5);
+    let strength = |h: &Harness<'_, ViewerApp>| match &settings(h).endpoints.keyframes[2] {
+        Keyframe::Image(image) => image.strength,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(strength(&harness), 0.5);
+    // The walk samples the new keyframes and plays them.
+    step_until(&mut harness, "keyframes with the picture", |app| {
+        generation(app) > before
+    });
+
+    // A file that cannot be read: a notice naming it, the walk plays on unchanged.
+    set_text(&mut harness, "Image file", "/nonexistent/photo.png");
+    click(&mut harness, "+ image");
+    let notice = harness.state().notice().unwrap_or_default().to_string();
+    assert!(
+        notice.contains("cannot use the image") && notice.contains("/nonexistent/photo.png"),
+        "{notice}"
+    );
+    assert_eq!(settings(&harness).endpoints.keyframes.len(), 3);
+    assert_eq!(
+        harness.state().session().unwrap().state(),
+        PlayState::Playing
+    );
+    let shown = frames_shown(harness.state());
+    step_until(&mut harness, "frames after the bad file", |app| {
+        frames_shown(app) > shown + 2
+    });
+
+    // A file dropped on the window: the fourth keyframe.
+    harness
+        .input_mut()
+        .dropped_files
+        .push(Arc::new(DroppedPicture(dropped.clone())));
+    harness.run_steps(2);
+    let s = settings(&harness);
+    assert_eq!(s.endpoints.keyframes.len(), 4);
+    assert!(matches!(&s.endpoints.keyframes[3], Keyframe::Image(image) if image.path == dropped));
+    assert!(harness.query_by_label("Image D").is_some());
+    assert!(harness
+        .query_by_role_and_label(Role::Image, "thumbnail of dropped.png")
+        .is_some());
+}
+
+/// A file dropped on the window, as eframe hands it to egui.
+#[derive(Debug)]
+struct DroppedPicture(std::path::PathBuf);
+
+impl egui::DroppedFile for DroppedPicture {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
 }

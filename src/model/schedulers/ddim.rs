@@ -117,6 +117,15 @@ impl Scheduler for DdimScheduler {
         let direction = mul_scalar(&eps, (1.0 - a_prev).sqrt())?;
         Ok((mul_scalar(&x0, a_prev.sqrt())? + direction)?)
     }
+
+    /// diffusers' `DDIMScheduler.add_noise` (float32): `sqrt(a_t) x + sqrt(1 - a_t) noise`
+    /// at the step's timestep `t`.
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
+        check_step(step_index, self.timesteps.len())?;
+        let a_t = self.alphas_cumprod[self.timesteps[step_index] as usize];
+        let signal = mul_scalar(original, a_t.sqrt())?;
+        Ok((signal + mul_scalar(noise, (1.0 - a_t).sqrt())?)?)
+    }
 }
 
 /// diffusers `DDIMScheduler.set_timesteps`, noisiest first.

@@ -120,6 +120,14 @@ impl Scheduler for EulerScheduler {
         let derivative = div_scalar(&(&sample - x0)?, sigma)?;
         Ok((&sample + mul_scalar(&derivative, sigma_next - sigma)?)?)
     }
+
+    /// diffusers' `EulerDiscreteScheduler.add_noise` with img2img's begin index (float32):
+    /// `x + noise * sigma` at the step's sigma.
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
+        check_step(step_index, self.timesteps.len())?;
+        let sigma = self.sigmas[step_index];
+        Ok((original.to_dtype(DType::F32)? + mul_scalar(noise, sigma)?)?)
+    }
 }
 
 /// Refuses Euler settings that change the sigmas in ways not implemented here, rather than

@@ -1,6 +1,7 @@
 //! Samplers: DDIM (eta = 0; epsilon, v-prediction or sample models) and non-ancestral Euler
 //! (the SD-Turbo recipe), reproducing diffusers' `DDIMScheduler` and `EulerDiscreteScheduler`
-//! number for number, plus the classifier-free-guided denoising loop ([`denoise`]).
+//! number for number, plus the classifier-free-guided denoising loop ([`denoise`]) and
+//! diffusers' img2img start ([`img2img`]: a picture's latents noised part way, then denoised).
 //!
 //! Written here rather than taken from candle-transformers 0.11, whose DDIM step is right but
 //! whose timesteps are not diffusers': its `trailing` spacing counts down by `N / n` in integers,
@@ -20,6 +21,7 @@
 mod config;
 mod ddim;
 mod euler;
+mod img2img;
 mod sampler;
 mod schedule;
 
@@ -30,7 +32,8 @@ use crate::model::{ModelError, Result};
 pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 pub use ddim::DdimScheduler;
 pub use euler::EulerScheduler;
-pub use sampler::{denoise, Sampler, SamplerKind};
+pub use img2img::{img2img, img2img_first_step};
+pub use sampler::{denoise, denoise_from, Sampler, SamplerKind};
 
 /// A sampling method set up for a number of steps: what [`denoise`] needs to run it.
 ///
@@ -67,6 +70,11 @@ pub trait Scheduler: std::fmt::Debug + Send + Sync {
     /// One step: from `sample` at step `step_index` and the (guided) model output there, the
     /// latents at the next step (after the last step: the denoised latents).
     fn step(&self, model_output: &Tensor, step_index: usize, sample: &Tensor) -> Result<Tensor>;
+
+    /// `original` (clean latents) noised with unit-variance `noise` to the noise level of step
+    /// `step_index`, as diffusers' `add_noise` does where img2img starts sampling: the
+    /// latents [`Self::step`] expects at that step.
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor>;
 }
 
 /// Refuses a step index past the last of `num_steps` steps.

@@ -94,6 +94,10 @@ impl Scheduler for Sampler {
     fn step(&self, model_output: &Tensor, step_index: usize, sample: &Tensor) -> Result<Tensor> {
         self.scheduler.step(model_output, step_index, sample)
     }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
+        self.scheduler.add_noise(original, noise, step_index)
+    }
 }
 
 /// The sampling loop of diffusers' Stable Diffusion pipeline, for any model.
@@ -108,14 +112,29 @@ pub fn denoise(
     scheduler: &dyn Scheduler,
     init_latents: &Tensor,
     guidance_scale: f64,
+    predict: impl FnMut(&Tensor, f64) -> Result<Tensor>,
+    on_step: impl FnMut(usize, usize),
+) -> Result<Tensor> {
+    // An f32 widened to f64: `mul_scalar` of the f32 gives the same bits.
+    let x = mul_scalar(init_latents, scheduler.init_noise_sigma() as f32)?;
+    denoise_from(scheduler, &x, 0, guidance_scale, predict, on_step)
+}
+
+/// [`denoise`]'s loop from step `first_step` on, starting from `latents` as they are at that
+/// step (not scaled by `init_noise_sigma`): img2img's second half. `on_step(i, n)` is
+/// called after each step run, `i` counting from the schedule's first step.
+pub fn denoise_from(
+    scheduler: &dyn Scheduler,
+    latents: &Tensor,
+    first_step: usize,
+    guidance_scale: f64,
     mut predict: impl FnMut(&Tensor, f64) -> Result<Tensor>,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Tensor> {
     let guided = guidance_scale > 1.0;
     let num_steps = scheduler.num_steps();
-    // An f32 widened to f64: `mul_scalar` of the f32 gives the same bits.
-    let mut x = mul_scalar(init_latents, scheduler.init_noise_sigma() as f32)?;
-    for (step_index, &t) in scheduler.timesteps().iter().enumerate() {
+    let mut x = latents.clone();
+    for (step_index, &t) in scheduler.timesteps().iter().enumerate().skip(first_step) {
         let input = scheduler.scale_model_input(&x, step_index)?;
         let output = if guided {
             let batch = input.dim(0)?;

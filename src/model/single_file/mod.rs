@@ -25,7 +25,8 @@ use candle_core::Device;
 use self::backend::{Rename, Renamed};
 use self::family::Layout;
 use self::keys::{clip_source, unet_key, vae_key, Source, TextLayout};
-use super::decoders::{AutoencoderKlConfig, VaeDecoder};
+use super::decoders::{AutoencoderKlConfig, VaeDecoder, VaeEncoder};
+use super::keyframe::encoder::{EncoderLoader, ImageEncoder};
 use super::lora::{Component, LoraSet};
 use super::schedulers::{PredictionType, SchedulerConfig};
 use super::sd::{Parts, StableDiffusion};
@@ -92,12 +93,7 @@ impl StableDiffusion {
                 path: path.to_path_buf(),
             });
         }
-        // SAFETY: mapped read-only; like every mmap reader we assume no other process
-        // truncates the file while it is mapped.
-        #[allow(unsafe_code)]
-        let file = unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
-            ModelError::bad_file(path, format!("not a valid safetensors file: {e}"))
-        })?;
+        let file = map_checkpoint(path)?;
         let tensors: Vec<(String, Vec<usize>)> = file
             .tensors()
             .into_iter()
@@ -138,13 +134,24 @@ impl StableDiffusion {
         )
         .map_err(|e| named(path, e))?;
         let blocks = configs.vae.block_out_channels.len();
-        let vae = VaeDecoder::new(
-            component(Box::new(move |name| {
-                vae_key(name, blocks).map(|key| Source { key, third: None })
-            })),
-            &configs.vae,
-        )
-        .map_err(|e| named(path, e))?;
+        let vae_names =
+            move |name: &str| vae_key(name, blocks).map(|key| Source { key, third: None });
+        let vae = VaeDecoder::new(component(Box::new(vae_names)), &configs.vae)
+            .map_err(|e| named(path, e))?;
+        // The encoder maps the file again when an image keyframe first needs it: keeping
+        // this map open for it would keep the whole checkpoint's pages counted in memory.
+        let (checkpoint, vae_config) = (path.to_path_buf(), configs.vae.clone());
+        let image_encoder: EncoderLoader = Box::new(move || {
+            let file = Arc::new(map_checkpoint(&checkpoint)?);
+            let vb = Renamed {
+                file,
+                path: checkpoint.clone(),
+                rename: Box::new(vae_names),
+            }
+            .var_builder(&Device::Cpu);
+            let encoder = VaeEncoder::new(vb, &vae_config).map_err(|e| named(&checkpoint, e))?;
+            Ok(ImageEncoder::Vae(Box::new(encoder)))
+        });
         let text = layout.text;
         let text_encoder = ClipTextEncoder::new(
             loras.patch(
@@ -167,8 +174,19 @@ impl StableDiffusion {
             scheduler: configs.scheduler,
             vae,
             taesd,
+            image_encoder,
         })
     }
+}
+
+/// The checkpoint, memory-mapped.
+fn map_checkpoint(path: &Path) -> Result<MmapedSafetensors> {
+    // SAFETY: mapped read-only; like every mmap reader we assume no other process
+    // truncates the file while it is mapped.
+    #[allow(unsafe_code)]
+    let file = unsafe { MmapedSafetensors::new(path) }
+        .map_err(|e| ModelError::bad_file(path, format!("not a valid safetensors file: {e}")))?;
+    Ok(file)
 }
 
 /// A builder's error, naming the checkpoint when it does not already.
