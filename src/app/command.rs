@@ -11,7 +11,7 @@ use crate::record::{RecordError, RecordOptions, RecordSummary};
 
 /// An action from a button, a key or the window itself.
 #[must_use = "a command does nothing until it is run"]
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Start the walk with the form's settings, or resume a paused one.
     Play,
@@ -30,6 +30,9 @@ pub enum Command {
     /// Read this picture and add it as the last keyframe ("+ image", or a file dropped on
     /// the window). A file that cannot be read is a notice; the walk plays on.
     AddImageKeyframe(PathBuf),
+    /// Load the model again with LoRA `index` at `strength` (LoRAs are merged into the
+    /// weights as they load); a playing walk re-samples its keyframes with it.
+    SetLoraStrength { index: usize, strength: f64 },
 }
 
 impl ViewerApp {
@@ -56,6 +59,9 @@ impl ViewerApp {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Fullscreen(on));
             }
             Command::AddImageKeyframe(path) => self.add_image_keyframe(path),
+            Command::SetLoraStrength { index, strength } => {
+                self.set_lora_strength(index, strength)
+            }
         }
     }
 

@@ -177,6 +177,22 @@ fn model_section(ui: &mut egui::Ui, form: &mut Form) -> Option<Command> {
             ));
         }
     });
+    // Visible without opening "Model": a LoRA's strength is a look to play with.
+    for (index, (name, strength)) in form.loras.iter_mut().enumerate() {
+        let range = strength.min(-1.0)..=strength.max(2.0);
+        let slider = egui::Slider::new(strength, range)
+            .step_by(0.05)
+            .text(format!("LoRA {name}"));
+        let response = ui.add(slider);
+        // Merging a LoRA reloads the model: only when the slider is let go (or set by
+        // keyboard), not on every step of a drag.
+        if response.drag_stopped() || (response.changed() && !response.dragged()) {
+            command = Some(Command::SetLoraStrength {
+                index,
+                strength: *strength,
+            });
+        }
+    }
     command
 }
 

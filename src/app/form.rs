@@ -22,6 +22,8 @@ pub(super) struct Form {
     pub thumbnails: HashMap<usize, egui::TextureHandle>,
     /// The model folder field (loads another model).
     pub model_field: String,
+    /// The loaded model's LoRAs as their sliders show them: (file name, strength).
+    pub loras: Vec<(String, f64)>,
     /// Where the next recording goes.
     pub record_path: String,
     /// Record at the output size instead of the frames' own size.
@@ -38,6 +40,7 @@ impl Form {
             thumbnails: HashMap::new(),
             controls,
             model_field: model.unwrap_or_default(),
+            loras: Vec::new(),
             record_path: default_record_path().display().to_string(),
             record_at_output_size: false,
         }

@@ -154,10 +154,34 @@ impl ViewerApp {
         if let Some(session) = self.model.session_mut() {
             session.stop();
         }
-        self.model = self.loader.start(ModelSource {
+        // Another model: the LoRAs and single-file options were for the one before.
+        self.model_source = ModelSource {
             model,
+            taesd: self.model_source.taesd.clone(),
             ..Default::default()
-        });
+        };
+        self.model = self.loader.start(self.model_source.clone());
+    }
+
+    /// Loads the model again with LoRA `index` at `strength`; a walk that was playing
+    /// plays again once it has loaded, sampling its keyframes with the new weights.
+    pub(super) fn set_lora_strength(&mut self, index: usize, strength: f64) {
+        let Some(spec) = self.model_source.loras.get_mut(index) else {
+            return;
+        };
+        if spec.strength == strength {
+            return;
+        }
+        spec.strength = strength;
+        let playing = self
+            .model
+            .session()
+            .is_some_and(|s| s.state() == super::PlayState::Playing);
+        if let Some(session) = self.model.session_mut() {
+            session.stop();
+        }
+        self.autoplay = playing;
+        self.model = self.loader.start(self.model_source.clone());
     }
 
     /// The form takes the model's defaults, the status line says what loaded, and the
@@ -181,6 +205,15 @@ impl ViewerApp {
             controls.decoder = engine.decoders()[0];
         }
         self.model = ModelState::Ready(Box::new(Session::new(engine.clone())));
+        self.form.loras = self
+            .model_source
+            .loras
+            .iter()
+            .map(|spec| {
+                let name = spec.path.file_stem().unwrap_or(spec.path.as_os_str());
+                (name.to_string_lossy().into_owned(), spec.strength)
+            })
+            .collect();
         let mut text = format!("loaded {}", engine.name());
         let mut is_error = false;
         for problem in [note, self.checked_settings().err()].into_iter().flatten() {

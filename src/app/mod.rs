@@ -74,6 +74,8 @@ pub struct ViewerApp {
     model: loading::ModelState,
     /// How models load (on which GPU the TAESD decoder goes).
     loader: loading::Loader,
+    /// What the current model was loaded from (LoRAs and their strengths included).
+    model_source: ModelSource,
     /// What the panels edit.
     form: form::Form,
     /// `--source`: the decoded size instead of the model's default.

@@ -49,7 +49,8 @@ impl ViewerApp {
         Self {
             model: loader.start(options.model.clone()),
             loader,
-            form: Form::new(controls, options.model.model),
+            form: Form::new(controls, options.model.model.clone()),
+            model_source: options.model,
             source: options.source,
             notice: None,
             fullscreen: false,

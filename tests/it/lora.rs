@@ -39,7 +39,7 @@ fn weight_file(component: &str) -> PathBuf {
 }
 
 /// Random down/up matrices for each layer, shaped after the base weights.
-fn lora_tensors() -> Vec<(&'static str, &'static str, Tensor, Tensor)> {
+pub(crate) fn lora_tensors() -> Vec<(&'static str, &'static str, Tensor, Tensor)> {
     LAYERS
         .iter()
         .map(|&(component, module)| {
@@ -119,7 +119,7 @@ fn kohya_file(dir: &Path, lora: &[(&str, &str, Tensor, Tensor)]) -> PathBuf {
 
 /// The diffusers / PEFT file: `lora_A` / `lora_B` under `unet.` and `text_encoder.`, alpha
 /// and rank only in the header's `lora_adapter_metadata`.
-fn peft_file(dir: &Path, lora: &[(&str, &str, Tensor, Tensor)]) -> PathBuf {
+pub(crate) fn peft_file(dir: &Path, lora: &[(&str, &str, Tensor, Tensor)]) -> PathBuf {
     let mut tensors = Vec::new();
     for (component, module, down, up) in lora {
         tensors.push((format!("{component}.{module}.lora_A.weight"), down.clone()));

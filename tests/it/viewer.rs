@@ -449,3 +449,46 @@ impl egui::DroppedFile for DroppedPicture {
         std::fs::read(&self.0).map_err(|e| e.to_string())
     }
 }
+
+#[test]
+fn a_lora_strength_slider_reloads_the_model_and_the_walk_plays_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = crate::lora::peft_file(dir.path(), &crate::lora::lora_tensors());
+    let mut app = ViewerApp::headless(ViewerOptions {
+        model: dreamwalk::usecase::ModelSource {
+            model: Some(crate::support::fixtures::fixture("tiny-sd").display().to_string()),
+            loras: vec![dreamwalk::model::lora::LoraSpec {
+                path: lora,
+                strength: 0.5,
+            }],
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    assert!(app.wait_for_model(Duration::from_secs(60)), "tiny-sd loads");
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_ui_state(|ui, app: &mut ViewerApp| app.show(ui, None), app);
+    let engine_name = |app: &ViewerApp| app.session().map(|s| s.engine().name());
+    assert!(
+        engine_name(harness.state()).is_some_and(|n| n.contains("peft.safetensors x0.5")),
+        "{:?}",
+        engine_name(harness.state())
+    );
+    play_with_prompts(&mut harness);
+    let generation = |app: &ViewerApp| app.session().and_then(|s| s.stats()).map(|s| s.generation);
+    assert!(generation(harness.state()).is_some());
+
+    // Let go of the slider at 0.2: the model loads again with the LoRA at 0.2, and the walk
+    // that was playing plays again, on keyframes sampled with the new weights.
+    set_slider(&mut harness, "LoRA peft", 0.2);
+    step_until(&mut harness, "the model with the LoRA at 0.2", |app| {
+        engine_name(app).is_some_and(|n| n.contains("peft.safetensors x0.2"))
+    });
+    step_until(&mut harness, "the walk to play again", |app| {
+        app.session().is_some_and(|s| s.state() == PlayState::Playing)
+            && app.session().and_then(|s| s.current_frame()).is_some()
+    });
+    let s = settings(&harness);
+    assert_eq!(s.endpoints.keyframes.len(), 2, "the prompts are kept");
+}
