@@ -562,9 +562,9 @@ fn run_pass(program: &Path, args: &[OsString]) -> Result<Option<u64>, String> {
     }
     let frames = String::from_utf8_lossy(&out.stdout)
         .lines()
+        .rev()
         .filter_map(|line| line.strip_prefix("frame="))
-        .filter_map(|n| n.trim().parse().ok())
-        .last();
+        .find_map(|n| n.trim().parse().ok());
     Ok(frames)
 }
 
