@@ -123,7 +123,8 @@ pub struct ViewerArgs {
     pub screenshot: Option<PathBuf>,
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub screenshot_after: f64,
-    /// Record what plays to this file (.mp4, .y4m, .png or a folder) from the start.
+    /// Record what plays to this file (.mp4, .webm, .gif, .y4m, .png or a folder) from the
+    /// start.
     /// Implies --play. Closing the window (or Ctrl-C) finishes the file.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -143,6 +144,11 @@ impl ViewerArgs {
     pub fn options(&self, model: &ModelArgs) -> anyhow::Result<ViewerOptions> {
         if !(0.0..=3600.0).contains(&self.screenshot_after) {
             bail!("--screenshot-after must be between 0 and 3600 seconds");
+        }
+        if let Some(path) = &self.record {
+            // The name, ffmpeg for .webm/.gif, an existing file: refused before the window
+            // opens (the frame rate is checked when recording starts, as it is the walk's).
+            crate::record::check_output(path, &RecordOptions::default())?;
         }
         Ok(ViewerOptions {
             model: model.source(),
@@ -287,7 +293,8 @@ pub struct RenderArgs {
     /// Frames per second of the output video.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=240))]
     pub fps: u32,
-    /// Output: a folder (PNG sequence), or a file .mp4 / .y4m.
+    /// Output: a folder (PNG sequence), or a file .mp4 / .webm / .gif / .y4m (.webm and .gif
+    /// need ffmpeg; a .gif at most 50 fps).
     #[arg(long)]
     pub out: PathBuf,
     /// Start every keyframe from the tensor `init_latents` of this safetensors file.
@@ -296,7 +303,8 @@ pub struct RenderArgs {
     /// Also save the keyframe latents (`keyframe_0`, `keyframe_1`, ...) to this file.
     #[arg(long)]
     pub save_latents: Option<PathBuf>,
-    /// H.264 quality for .mp4 (lower is better; 18 is visually lossless).
+    /// Quality for .mp4 (H.264 crf; lower is better, 18 is visually lossless); .webm scales
+    /// it to VP9's 0..63.
     #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(0..=51))]
     pub crf: u8,
     /// Size of the recorded video when it should differ from the frames.
@@ -360,6 +368,17 @@ impl RenderArgs {
             .collect()
     }
 
+    /// How `--out` is written (the model adds its name to the comment later).
+    pub fn record_options(&self) -> RecordOptions {
+        RecordOptions {
+            fps: self.fps,
+            size: self.record_size.map(Size::pair),
+            crf: self.crf,
+            overwrite: self.overwrite,
+            ..Default::default()
+        }
+    }
+
     /// The render these arguments describe on `engine` (whose defaults fill what was not
     /// given) with `keyframes` ([`Self::read_keyframes`], read before the model loads so a
     /// bad picture is refused at once), checked before anything is opened or sampled.
@@ -398,13 +417,7 @@ impl RenderArgs {
             settings,
             laps: self.laps,
             out: self.out.clone(),
-            record: RecordOptions {
-                fps: self.fps,
-                size: self.record_size.map(Size::pair),
-                crf: self.crf,
-                overwrite: self.overwrite,
-                ..Default::default()
-            },
+            record: self.record_options(),
             save_latents: self.save_latents.clone(),
         })
     }

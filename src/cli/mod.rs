@@ -46,6 +46,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// output's name is still whole (unfinished files stay under their temporary names).
 fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
     let keyframes = args.read_keyframes()?;
+    // A bad --out (unknown extension, .gif without ffmpeg, an existing file) fails before the
+    // model loads.
+    crate::record::check_output(&args.out, &args.record_options())?;
     let (engine, note) = crate::usecase::headless_engine(&model.source(), args.gpu_decode.into())?;
     if let Some(note) = note {
         eprintln!("dreamwalk: {note}");

@@ -1,20 +1,31 @@
-//! MP4 through the system ffmpeg (libx264), fed raw RGBA frames over a pipe.
+//! Recording through the system ffmpeg, fed raw RGBA frames over a pipe: MP4 (libx264), WebM
+//! (libvpx-vp9) and GIF.
 //!
-//! ffmpeg writes a fragmented MP4 to the partial file (a fragment about every second, each
-//! flushed as it is done) so a killed ffmpeg or a full disk leaves every completed fragment
-//! playable; finishing remuxes it (stream copy) into the output with `+faststart`.
+//! While frames stream in, ffmpeg writes the partial file ([`partial_path`]); finishing turns
+//! it into the output under a second temporary name and renames that into place, so an
+//! existing output is only ever replaced by a whole file:
+//!
+//! * MP4: a fragmented MP4 (a fragment about every second, each flushed as it is done) so a
+//!   killed ffmpeg or a full disk leaves every completed fragment playable; finishing cuts it
+//!   back to whole fragments and remuxes it (stream copy) with `+faststart`.
+//! * WebM: VP9 in Matroska clusters, flushed as they are written; finishing remuxes it (stream
+//!   copy), which also gives a file cut off mid-way its index back ([`webm`](super::webm)).
+//! * GIF: lossless FFV1 frames in Matroska; finishing makes the GIF from them with one palette
+//!   for the whole walk, in two more ffmpeg passes ([`gif`](super::gif)), so ffmpeg never
+//!   holds the walk in memory.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 
-use super::{Encoder, FrameSink, RecordError, RecordOptions};
+use super::fragments::trim_to_complete_fragments;
+use super::{gif, webm, Encoder, FrameSink, RecordError, RecordOptions};
 use crate::frame::RgbaImage;
 
 /// The environment variable naming the ffmpeg program to use.
@@ -34,8 +45,8 @@ pub fn partial_path(output: &Path) -> PathBuf {
     output.with_file_name(name)
 }
 
-/// Where the finished MP4 is remuxed to before it is renamed to `output`.
-fn remux_path(output: &Path) -> PathBuf {
+/// Where the finished file is written before it is renamed to `output`.
+pub(super) fn remux_path(output: &Path) -> PathBuf {
     let mut name = output
         .file_name()
         .map(OsStr::to_os_string)
@@ -55,6 +66,34 @@ pub(super) fn locate(opts: &RecordOptions) -> Result<Option<PathBuf>, RecordErro
         return resolve(&program, FFMPEG_ENV).map(Some);
     }
     Ok(search_path(OsStr::new("ffmpeg")))
+}
+
+/// [`RecordError::Ffmpeg`] unless `program -encoders` lists `encoder` (a build of ffmpeg
+/// without libvpx would otherwise fail at the first frame).
+pub(super) fn require_encoder(program: &Path, encoder: &str) -> Result<(), RecordError> {
+    let error = |reason: String| RecordError::Ffmpeg {
+        program: program.to_path_buf(),
+        origin: "run",
+        reason,
+    };
+    let out = Command::new(program)
+        .args(["-nostdin", "-hide_banner", "-encoders"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| error(e.to_string()))?;
+    // Lines like " V....D libvpx-vp9           libvpx VP9 (codec vp9)".
+    let listed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|line| line.split_whitespace().nth(1) == Some(encoder));
+    if listed {
+        Ok(())
+    } else {
+        Err(error(format!(
+            "this ffmpeg has no {encoder} encoder (`ffmpeg -encoders`); Debian's and most \
+             distributions' ffmpeg have it"
+        )))
+    }
 }
 
 fn resolve(program: &OsStr, origin: &'static str) -> Result<PathBuf, RecordError> {
@@ -92,14 +131,45 @@ struct Encoding {
     stderr: JoinHandle<String>,
 }
 
-/// Records an MP4 through ffmpeg; see the module docs.
+/// What ffmpeg makes of the frames: how they are encoded while they stream in, and what
+/// finishing makes of the partial file (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Target {
+    /// H.264 by libx264 in a fragmented MP4.
+    Mp4 {
+        /// x264 preset.
+        preset: String,
+        /// x264 constant rate factor.
+        crf: u8,
+    },
+    /// VP9 by libvpx-vp9 in WebM.
+    Webm(webm::Vp9),
+    /// A GIF with one palette, made from a lossless intermediate.
+    Gif,
+}
+
+impl Target {
+    /// The target `opts` ask for in `format`'s container (MP4, WebM or GIF).
+    pub(super) fn for_format(format: super::OutputFormat, opts: &RecordOptions) -> Option<Self> {
+        match format {
+            super::OutputFormat::Mp4 => Some(Self::Mp4 {
+                preset: opts.preset.clone(),
+                crf: opts.crf,
+            }),
+            super::OutputFormat::Webm => Some(Self::Webm(webm::Vp9::from_options(opts))),
+            super::OutputFormat::Gif => Some(Self::Gif),
+            _ => None,
+        }
+    }
+}
+
+/// Records through ffmpeg; see the module docs.
 pub(super) struct FfmpegSink {
     output: PathBuf,
     part: PathBuf,
     program: PathBuf,
     fps: u32,
-    crf: u8,
-    preset: String,
+    target: Target,
     /// The `comment` metadata tag.
     comment: Option<String>,
     encoding: Option<Encoding>,
@@ -114,6 +184,7 @@ impl FfmpegSink {
     pub(super) fn create(
         output: &Path,
         program: PathBuf,
+        target: Target,
         opts: &RecordOptions,
     ) -> Result<Self, RecordError> {
         let part = partial_path(output);
@@ -126,8 +197,7 @@ impl FfmpegSink {
             part,
             program,
             fps: opts.fps,
-            crf: opts.crf,
-            preset: opts.preset.clone(),
+            target,
             comment: opts.comment.clone(),
             encoding: None,
             frames_sent: 0,
@@ -202,56 +272,19 @@ impl FfmpegSink {
         args.push("-framerate".into());
         args.push(self.fps.to_string().into());
         args.extend(["-i", "pipe:0", "-an"].map(OsString::from));
-        // Convert with the BT.709 matrix and say so in the stream: untagged yuv420p is read
-        // as BT.601 by some players and BT.709 by others, which shifts the colours.
-        args.extend(
-            [
-                "-vf",
-                "scale=out_color_matrix=bt709:out_range=tv",
-                "-c:v",
-                "libx264",
-                "-preset",
-            ]
-            .map(OsString::from),
-        );
-        args.push(self.preset.clone().into());
-        args.push("-crf".into());
-        args.push(self.crf.to_string().into());
-        if let Some(comment) = &self.comment {
+        match &self.target {
+            Target::Mp4 { preset, crf } => args.extend(mp4_args(preset, *crf)),
+            Target::Webm(vp9) => args.extend(vp9.encode_args()),
+            Target::Gif => args.extend(gif::intermediate_args()),
+        }
+        // GIF's comment is added to the finished file (ffmpeg's GIF muxer writes none).
+        if let (Some(comment), false) = (&self.comment, self.target == Target::Gif) {
             args.push("-metadata".into());
             args.push(format!("comment={comment}").into());
         }
-        args.extend(
-            [
-                // No B-frames: packets are written in display order, so a fragment cut off by
-                // a killed ffmpeg or a full disk never leaves a later frame without an earlier
-                // one (costs about 13% in size at the same quality).
-                "-bf",
-                "0",
-                "-pix_fmt",
-                "yuv420p",
-                "-colorspace",
-                "bt709",
-                "-color_primaries",
-                "bt709",
-                "-color_trc",
-                "bt709",
-                "-color_range",
-                "tv",
-                // Fragments of about a second, each flushed to disk when complete: what a
-                // killed ffmpeg or a full disk leaves stays playable up to the last one.
-                "-movflags",
-                "+empty_moov+default_base_moof",
-                "-frag_duration",
-                "1000000",
-                "-flush_packets",
-                "1",
-                "-f",
-                "mp4",
-                "-y",
-            ]
-            .map(OsString::from),
-        );
+        // Each packet written as soon as it is muxed: what a killed ffmpeg leaves is as long
+        // as it can be.
+        args.extend(["-flush_packets", "1", "-y"].map(OsString::from));
         args.push(self.part.clone().into());
         args
     }
@@ -280,9 +313,18 @@ impl FfmpegSink {
         }
     }
 
+    /// Makes the output from the partial file, as the target does.
+    fn finalize(&mut self) -> Result<String, RecordError> {
+        match &self.target {
+            Target::Mp4 { .. } => self.finalize_mp4(),
+            Target::Webm(_) => self.finalize_remuxed("webm", "WebM"),
+            Target::Gif => self.finalize_gif(),
+        }
+    }
+
     /// Remuxes the (trimmed) fragmented partial file into the output with `+faststart`; if
     /// that fails, keeps the fragmented file under the output name.
-    fn finalize(&mut self) -> Result<String, RecordError> {
+    fn finalize_mp4(&mut self) -> Result<String, RecordError> {
         let kept = match trim_to_complete_fragments(&self.part) {
             Ok(kept) => kept,
             Err(e) => {
@@ -359,20 +401,198 @@ impl FfmpegSink {
             )),
         }
     }
+
+    /// Remuxes the partial file (stream copy) into the output: a whole file gets its index
+    /// written, one cut off mid-way is read up to its last whole frame. If the remux fails,
+    /// the partial file, playable as it is, is kept under the output name.
+    fn finalize_remuxed(&mut self, muxer: &str, name: &str) -> Result<String, RecordError> {
+        if self.frames_sent == 0 {
+            let _ = fs::remove_file(&self.part);
+            return Ok("no frames (no file was written)".to_string());
+        }
+        let remuxed = remux_path(&self.output);
+        let mut args: Vec<OsString> = vec!["-i".into(), self.part.clone().into()];
+        args.extend(["-map", "0", "-c", "copy", "-f", muxer, "-y"].map(OsString::from));
+        args.push(remuxed.clone().into());
+        let remux_error = match run_pass(&self.program, &args) {
+            Ok(Some(0)) => {
+                let _ = fs::remove_file(&remuxed);
+                let _ = fs::remove_file(&self.part);
+                return Err(RecordError::failed(
+                    &self.output,
+                    "ffmpeg had not written a whole frame, so no file was written",
+                ));
+            }
+            Ok(frames) => match fs::rename(&remuxed, &self.output) {
+                Ok(()) => {
+                    let _ = fs::remove_file(&self.part);
+                    let frames = frames.unwrap_or(self.frames_sent);
+                    return Ok(format!("{frames} frames, finalized {name}"));
+                }
+                Err(e) => format!("renaming {} failed: {e}", remuxed.display()),
+            },
+            Err(e) => e,
+        };
+        let _ = fs::remove_file(&remuxed);
+        match fs::rename(&self.part, &self.output) {
+            Ok(()) => Err(RecordError::failed(
+                &self.output,
+                format!(
+                    "remuxing failed ({remux_error}); kept the {name} as ffmpeg wrote it \
+                     (playable, without an index)"
+                ),
+            )),
+            Err(e) => Err(RecordError::failed(
+                &self.output,
+                format!(
+                    "remuxing failed ({remux_error}) and renaming {} failed ({e}); the {name} \
+                     is there",
+                    self.part.display()
+                ),
+            )),
+        }
+    }
+
+    /// Makes the GIF from the lossless intermediate (see [`gif`](super::gif)); if that fails,
+    /// the intermediate is kept under its temporary name, and the error says where.
+    fn finalize_gif(&mut self) -> Result<String, RecordError> {
+        if self.frames_sent == 0 {
+            let _ = fs::remove_file(&self.part);
+            return Ok("no frames (no file was written)".to_string());
+        }
+        let made = remux_path(&self.output);
+        let mut palette = made.clone().into_os_string();
+        palette.push(".palette.png");
+        let palette = PathBuf::from(palette);
+        let passes = run_pass(&self.program, &gif::palette_args(&self.part, &palette))
+            .and_then(|_| run_pass(&self.program, &gif::gif_args(&self.part, &palette, &made)))
+            .and_then(|frames| match &self.comment {
+                Some(comment) => gif::add_comment(&made, comment).map(|()| frames),
+                None => Ok(frames),
+            });
+        let _ = fs::remove_file(&palette);
+        let made_error = match passes {
+            Ok(Some(0)) => "the intermediate held no whole frame".to_string(),
+            Ok(frames) => match fs::rename(&made, &self.output) {
+                Ok(()) => {
+                    let _ = fs::remove_file(&self.part);
+                    let frames = frames.unwrap_or(self.frames_sent);
+                    return Ok(format!("{frames} frames, GIF with one palette"));
+                }
+                Err(e) => format!("renaming {} failed: {e}", made.display()),
+            },
+            Err(e) => e,
+        };
+        let _ = fs::remove_file(&made);
+        Err(RecordError::failed(
+            &self.output,
+            format!(
+                "making the GIF failed ({made_error}); the frames are kept losslessly in {} \
+                 (FFV1 in Matroska)",
+                self.part.display()
+            ),
+        ))
+    }
+}
+
+/// libx264's arguments: BT.709 yuv420p, no B-frames, fragments of about a second.
+fn mp4_args(preset: &str, crf: u8) -> Vec<OsString> {
+    // Convert with the BT.709 matrix and say so in the stream: untagged yuv420p is read
+    // as BT.601 by some players and BT.709 by others, which shifts the colours.
+    let mut args: Vec<OsString> = [
+        "-vf",
+        "scale=out_color_matrix=bt709:out_range=tv",
+        "-c:v",
+        "libx264",
+        "-preset",
+    ]
+    .map(OsString::from)
+    .to_vec();
+    args.push(preset.into());
+    args.push("-crf".into());
+    args.push(crf.to_string().into());
+    args.extend(
+        [
+            // No B-frames: packets are written in display order, so a fragment cut off by
+            // a killed ffmpeg or a full disk never leaves a later frame without an earlier
+            // one (costs about 13% in size at the same quality).
+            "-bf",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-colorspace",
+            "bt709",
+            "-color_primaries",
+            "bt709",
+            "-color_trc",
+            "bt709",
+            "-color_range",
+            "tv",
+            // Fragments of about a second, each flushed to disk when complete: what a
+            // killed ffmpeg or a full disk leaves stays playable up to the last one.
+            "-movflags",
+            "+empty_moov+default_base_moof",
+            "-frag_duration",
+            "1000000",
+            "-f",
+            "mp4",
+        ]
+        .map(OsString::from),
+    );
+    args
+}
+
+/// Runs one ffmpeg pass over files (`args` after the common flags) and returns how many
+/// frames it wrote (ffmpeg's last `-progress` report), or why it failed.
+fn run_pass(program: &Path, args: &[OsString]) -> Result<Option<u64>, String> {
+    let out = Command::new(program)
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
+        .args(["-nostats", "-progress", "pipe:1"])
+        .args(args)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .output()
+        .map_err(|e| format!("running {} failed: {e}", program.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{}{}",
+            describe_exit(out.status),
+            format_tail(&String::from_utf8_lossy(&out.stderr))
+        ));
+    }
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .filter_map(|line| line.strip_prefix("frame="))
+        .find_map(|n| n.trim().parse().ok());
+    Ok(frames)
 }
 
 impl FrameSink for FfmpegSink {
     fn encoder(&self) -> Encoder {
-        Encoder::Ffmpeg {
-            program: self.program.clone(),
-            preset: self.preset.clone(),
-            crf: self.crf,
+        let program = self.program.clone();
+        match &self.target {
+            Target::Mp4 { preset, crf } => Encoder::Ffmpeg {
+                program,
+                preset: preset.clone(),
+                crf: *crf,
+            },
+            Target::Webm(vp9) => Encoder::Vp9 {
+                program,
+                crf: vp9.crf,
+                speed: vp9.speed(),
+            },
+            Target::Gif => Encoder::Gif { program },
         }
     }
 
     fn frame_size(&self, (width, height): (u32, u32)) -> (u32, u32) {
-        // yuv420p has one chroma sample per 2x2 pixels.
-        (width.next_multiple_of(2), height.next_multiple_of(2))
+        match self.target {
+            // x264's yuv420p wants even sizes (one chroma sample per 2x2 pixels); VP9 and
+            // GIF take any.
+            Target::Mp4 { .. } => (width.next_multiple_of(2), height.next_multiple_of(2)),
+            Target::Webm(_) | Target::Gif => (width, height),
+        }
     }
 
     fn write_frame(&mut self, frame: &RgbaImage) -> Result<(), RecordError> {
@@ -469,118 +689,4 @@ fn stderr_tail(stderr: impl Read) -> String {
         lines.push_back(line);
     }
     Vec::from(lines).join(" | ")
-}
-
-/// What a fragmented MP4 holds once cut back to its complete fragments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fragments {
-    fragments: u64,
-    frames: u64,
-}
-
-/// Cuts a fragmented MP4 back to its last complete `moof`+`mdat` pair (a killed or starved
-/// ffmpeg leaves a partial one, whose truncated last sample would be copied as a broken
-/// frame), and counts the frames kept.
-fn trim_to_complete_fragments(path: &Path) -> std::io::Result<Fragments> {
-    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
-    let len = file.metadata()?.len();
-    let mut kept = Fragments {
-        fragments: 0,
-        frames: 0,
-    };
-    let mut complete_end = 0u64;
-    let mut pending_moof_frames = None;
-    let mut pos = 0u64;
-    while let Some((kind, header_len, box_len)) = read_box_header(&mut file, pos, len)? {
-        match &kind {
-            b"moof" => {
-                let mut body = vec![0u8; (box_len - header_len) as usize];
-                file.read_exact(&mut body)?;
-                pending_moof_frames = Some(trun_sample_count(&body));
-            }
-            b"mdat" => {
-                if let Some(frames) = pending_moof_frames.take() {
-                    kept.fragments += 1;
-                    kept.frames += frames;
-                }
-                complete_end = pos + box_len;
-            }
-            _ if pending_moof_frames.is_none() => complete_end = pos + box_len,
-            _ => {}
-        }
-        pos += box_len;
-    }
-    if complete_end < len {
-        file.set_len(complete_end)?;
-    }
-    Ok(kept)
-}
-
-/// The box at `pos`: type, header length and total length; `None` at the end of the file or
-/// when the box is cut short.
-fn read_box_header(
-    file: &mut File,
-    pos: u64,
-    file_len: u64,
-) -> std::io::Result<Option<([u8; 4], u64, u64)>> {
-    if pos + 8 > file_len {
-        return Ok(None);
-    }
-    file.seek(SeekFrom::Start(pos))?;
-    let mut header = [0u8; 16];
-    file.read_exact(&mut header[..8])?;
-    let size32 = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    let kind = [header[4], header[5], header[6], header[7]];
-    let (header_len, box_len) = match size32 {
-        // A box running to the end of the file: ffmpeg never writes one while fragmenting.
-        0 => return Ok(None),
-        1 => {
-            if pos + 16 > file_len {
-                return Ok(None);
-            }
-            file.read_exact(&mut header[8..])?;
-            let mut large = [0u8; 8];
-            large.copy_from_slice(&header[8..]);
-            (16, u64::from_be_bytes(large))
-        }
-        n => (8, u64::from(n)),
-    };
-    if box_len < header_len || pos + box_len > file_len {
-        return Ok(None);
-    }
-    Ok(Some((kind, header_len, box_len)))
-}
-
-/// The number of samples in the `trun` boxes of a `moof` body.
-fn trun_sample_count(moof_body: &[u8]) -> u64 {
-    let mut frames = 0;
-    for (kind, traf) in child_boxes(moof_body) {
-        if &kind != b"traf" {
-            continue;
-        }
-        for (kind, trun) in child_boxes(traf) {
-            // trun: version and flags, then the sample count.
-            if &kind == b"trun" && trun.len() >= 8 {
-                frames += u64::from(u32::from_be_bytes([trun[4], trun[5], trun[6], trun[7]]));
-            }
-        }
-    }
-    frames
-}
-
-/// The (type, body) of each box in `data`, stopping at the first malformed one.
-fn child_boxes(mut data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
-    std::iter::from_fn(move || {
-        if data.len() < 8 {
-            return None;
-        }
-        let size = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if size < 8 || size > data.len() {
-            return None;
-        }
-        let kind = [data[4], data[5], data[6], data[7]];
-        let body = &data[8..size];
-        data = &data[size..];
-        Some((kind, body))
-    })
 }

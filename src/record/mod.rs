@@ -10,6 +10,8 @@
 //! | path | format | encoder |
 //! | --- | --- | --- |
 //! | `*.mp4` | H.264 (yuv420p, BT.709 limited range, tagged), `+faststart` | the system `ffmpeg` with libx264; without one, the built-in OpenH264 encoder |
+//! | `*.webm` | VP9 (yuv420p, BT.709 limited range, tagged) | the system `ffmpeg` with libvpx-vp9 ([`webm`](self::webm)); refused without one |
+//! | `*.gif` | GIF, one 256-colour palette for the whole recording, looping | the system `ffmpeg`, in two passes ([`gif`](self::gif)); refused without one, and above [`MAX_GIF_FPS`] |
 //! | `*.y4m` | YUV4MPEG2, `C444`, 8-bit, full range (see [`y4m`](self#y4m)) | built in, lossless but for the colour conversion |
 //! | a folder, or `*.png` | numbered RGB8 PNGs | built in, lossless |
 //!
@@ -30,6 +32,11 @@
 //!     off an incomplete last fragment and remuxes the file (stream copy, fast) into the
 //!     output with `+faststart`. If that remux fails too (disk full), the fragmented file is
 //!     kept under the output name, and the error says so.
+//!   * WebM: ffmpeg writes clusters as it goes; finishing, or the recovery after a failure,
+//!     remuxes the partial file (stream copy) into the output, up to its last whole frame.
+//!   * GIF: the frames are kept losslessly (FFV1) in the partial file while recording; the
+//!     GIF is made from what it holds when the recording finishes or fails. If that fails,
+//!     the partial file stays, and the error says where.
 //!   * MP4 via the built-in encoder: samples are appended to [`partial_path`]; finishing writes
 //!     the output with its index first (`+faststart`); if there is no room for that copy, the
 //!     index is appended to the partial file, which becomes the output (a valid MP4 with the
@@ -68,8 +75,11 @@
 
 mod builtin;
 mod ffmpeg;
+mod fragments;
+mod gif;
 mod mp4;
 mod png_seq;
+mod webm;
 mod y4m;
 
 use std::fmt;
@@ -86,7 +96,9 @@ use parking_lot::Mutex;
 use crate::frame::{RgbaImage, MAX_IMAGE_SIDE};
 
 pub use ffmpeg::partial_path;
+pub use gif::MAX_GIF_FPS;
 pub use png_seq::{write_png, PngError};
+pub use webm::Vp9;
 
 /// The x264 presets `RecordOptions::preset` accepts, fastest first.
 pub const X264_PRESETS: [&str; 10] = [
@@ -112,6 +124,9 @@ pub fn provenance(model_name: &str, prompts: &[String]) -> String {
     )
 }
 
+/// What [`Recorder::start`] writes, for messages: every extension it knows.
+pub const SUPPORTED_OUTPUTS: &str = ".mp4, .webm, .gif, .y4m, .png or a folder";
+
 /// How to record; [`RecordOptions::default`] suits a 30 fps walk.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecordOptions {
@@ -123,19 +138,21 @@ pub struct RecordOptions {
     /// a copy of the last, because yuv420p needs even sizes.
     pub size: Option<(u32, u32)>,
     /// x264 constant rate factor, 0 (lossless) ..= 51; 18 is visually lossless. The built-in
-    /// encoder uses it as its fixed quantizer, 16 at the least.
+    /// encoder uses it as its fixed quantizer, 16 at the least; WebM scales it to VP9's
+    /// 0..=63 ([`Vp9::from_options`]). GIF has no quality setting.
     pub crf: u8,
     /// x264 preset, one of [`X264_PRESETS`]; slower ones give smaller files for the same
-    /// quality but may throttle the walk.
+    /// quality but may throttle the walk. WebM maps it to libvpx's speed.
     pub preset: String,
     /// Frames that may wait for the encoder before [`Recorder::push`] blocks (at least 1).
     pub queue_capacity: usize,
-    /// Use the built-in OpenH264 encoder for MP4 even when ffmpeg is available.
+    /// Use the built-in OpenH264 encoder for MP4 even when ffmpeg is available (it writes
+    /// MP4 only: WebM and GIF are refused with it).
     pub force_builtin_encoder: bool,
     /// The ffmpeg program to run, before `DREAMWALK_FFMPEG` and `PATH` are looked at.
     pub ffmpeg: Option<PathBuf>,
-    /// A line stored in the output's metadata: the MP4 `comment` tag, a PNG `Comment` text
-    /// chunk, a Y4M `XCOMMENT=` header field (spaces as `_`, cut to ffmpeg's 96-byte header
+    /// A line stored in the output's metadata: the MP4 and WebM `comment` tag, a GIF comment
+    /// extension, a PNG `Comment` text chunk, a Y4M `XCOMMENT=` header field (spaces as `_`, cut to ffmpeg's 96-byte header
     /// limit). It says which model made the
     /// frames, so a demo-model video is labelled as such wherever it goes.
     pub comment: Option<String>,
@@ -169,6 +186,10 @@ impl Default for RecordOptions {
 pub enum OutputFormat {
     /// H.264 in MP4 (`.mp4`).
     Mp4,
+    /// VP9 in WebM (`.webm`), through ffmpeg.
+    Webm,
+    /// An animated GIF with one palette (`.gif`), through ffmpeg.
+    Gif,
     /// YUV4MPEG2, 4:4:4, full range (`.y4m`).
     Y4m,
     /// Numbered PNG files (a folder, or `name.png` for `name_000000.png`, ...).
@@ -178,8 +199,8 @@ pub enum OutputFormat {
 }
 
 impl OutputFormat {
-    /// The format for `path`: `.mp4`, `.y4m`, `.png` (any case), or a folder (an existing
-    /// directory, a path ending in a separator, or a name without extension).
+    /// The format for `path`: `.mp4`, `.webm`, `.gif`, `.y4m`, `.png` (any case), or a folder
+    /// (an existing directory, a path ending in a separator, or a name without extension).
     pub fn from_path(path: &Path) -> Result<Self, RecordError> {
         let ends_with_separator = path.as_os_str().to_string_lossy().ends_with('/');
         if path.is_dir() || ends_with_separator {
@@ -190,6 +211,8 @@ impl OutputFormat {
         };
         match extension.to_string_lossy().to_ascii_lowercase().as_str() {
             "mp4" => Ok(Self::Mp4),
+            "webm" => Ok(Self::Webm),
+            "gif" => Ok(Self::Gif),
             "y4m" => Ok(Self::Y4m),
             "png" => Ok(Self::PngSequence),
             other => Err(RecordError::UnknownFormat {
@@ -211,6 +234,20 @@ pub enum Encoder {
         preset: String,
         /// x264 constant rate factor.
         crf: u8,
+    },
+    /// The system ffmpeg with libvpx-vp9.
+    Vp9 {
+        /// The program that ran.
+        program: PathBuf,
+        /// libvpx constant quality, 0..=63.
+        crf: u8,
+        /// libvpx's deadline and cpu-used, in words.
+        speed: String,
+    },
+    /// The system ffmpeg's GIF encoder, with a palette made for the recording.
+    Gif {
+        /// The program that ran.
+        program: PathBuf,
     },
     /// The built-in OpenH264 encoder and MP4 muxer.
     OpenH264 {
@@ -237,6 +274,20 @@ impl fmt::Display for Encoder {
                 "H.264 by ffmpeg/libx264 ({}, preset {preset}, crf {crf})",
                 program.display()
             ),
+            Self::Vp9 {
+                program,
+                crf,
+                speed,
+            } => write!(
+                f,
+                "VP9 by ffmpeg/libvpx-vp9 ({}, crf {crf}, {speed})",
+                program.display()
+            ),
+            Self::Gif { program } => write!(
+                f,
+                "GIF by ffmpeg ({}, one palette for the recording)",
+                program.display()
+            ),
             Self::OpenH264 { qp } => write!(f, "H.264 by the built-in OpenH264 encoder (qp {qp})"),
             Self::Y4m => f.write_str("YUV4MPEG2 4:4:4 (built in)"),
             Self::Png => f.write_str("PNG RGB8 (built in)"),
@@ -249,7 +300,11 @@ impl fmt::Display for Encoder {
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// The output path's extension names no format this stage writes.
-    #[error("{path}: unknown recording format '.{extension}' (use .mp4, .y4m, .png or a folder)")]
+    #[error(
+        "{}: unknown recording format '.{extension}' (use {supported})",
+        path.display(),
+        supported = SUPPORTED_OUTPUTS
+    )]
     UnknownFormat {
         /// The output path.
         path: PathBuf,
@@ -265,6 +320,19 @@ pub enum RecordError {
     Exists {
         /// The existing file or folder.
         path: PathBuf,
+    },
+    /// The format is written through ffmpeg, and there is none (the built-in encoder writes
+    /// MP4 only).
+    #[error(
+        "{}: {format} is written through ffmpeg, which was not found on PATH (install ffmpeg, \
+         or name it with DREAMWALK_FFMPEG); without it dreamwalk writes .mp4, .y4m and PNG",
+        path.display()
+    )]
+    NeedsFfmpeg {
+        /// The output path.
+        path: PathBuf,
+        /// The format, in words (".gif", ".webm").
+        format: &'static str,
     },
     /// A [`RecordOptions`] field is out of range.
     #[error("invalid recording option: {0}")]
@@ -430,19 +498,21 @@ impl Recorder {
     ///
     /// Fails here, naming the path, when the output cannot be created or an option is invalid.
     pub fn start(path: &Path, opts: RecordOptions) -> Result<Recorder, RecordError> {
-        validate(&opts)?;
-        let format = OutputFormat::from_path(path)?;
-        if !opts.overwrite {
-            refuse_existing(path, format)?;
-        }
+        let format = check_output(path, &opts)?;
         let sink: Box<dyn FrameSink> = match format {
             OutputFormat::Mp4 if opts.force_builtin_encoder => {
                 Box::new(builtin::OpenH264Sink::create(path, &opts)?)
             }
-            OutputFormat::Mp4 => match ffmpeg::locate(&opts)? {
-                Some(program) => Box::new(ffmpeg::FfmpegSink::create(path, program, &opts)?),
-                None => Box::new(builtin::OpenH264Sink::create(path, &opts)?),
-            },
+            OutputFormat::Mp4 | OutputFormat::Webm | OutputFormat::Gif => {
+                let target = ffmpeg::Target::for_format(format, &opts);
+                match (ffmpeg::locate(&opts)?, target) {
+                    (Some(program), Some(target)) => {
+                        Box::new(ffmpeg::FfmpegSink::create(path, program, target, &opts)?)
+                    }
+                    // check_output refused WebM and GIF without ffmpeg.
+                    _ => Box::new(builtin::OpenH264Sink::create(path, &opts)?),
+                }
+            }
             OutputFormat::Y4m => Box::new(y4m::Y4mSink::create(path, &opts)?),
             OutputFormat::PngSequence => Box::new(png_seq::PngSequenceSink::create(path, &opts)?),
             OutputFormat::Custom => {
@@ -592,6 +662,48 @@ impl Drop for Recorder {
             }
         }
     }
+}
+
+/// Everything [`Recorder::start`] can refuse before it creates anything: the options, the
+/// path's format, what that format needs (ffmpeg and its VP9 encoder for WebM, ffmpeg and at
+/// most [`MAX_GIF_FPS`] for GIF) and, without [`RecordOptions::overwrite`], an existing output.
+/// Cheap (at most one `ffmpeg -encoders`), so a caller can check an output before it starts
+/// work whose frames would go there (loading a model, sampling).
+pub fn check_output(path: &Path, opts: &RecordOptions) -> Result<OutputFormat, RecordError> {
+    validate(opts)?;
+    let format = OutputFormat::from_path(path)?;
+    let through_ffmpeg = match format {
+        OutputFormat::Webm => Some(".webm"),
+        OutputFormat::Gif => Some(".gif"),
+        _ => None,
+    };
+    if let Some(name) = through_ffmpeg {
+        if opts.force_builtin_encoder {
+            return Err(RecordError::InvalidOption(format!(
+                "the built-in encoder writes .mp4 only; {name} is written through ffmpeg"
+            )));
+        }
+        if format == OutputFormat::Gif && opts.fps > MAX_GIF_FPS {
+            return Err(RecordError::InvalidOption(format!(
+                "fps {} for a GIF (at most {MAX_GIF_FPS}: GIF stores frame delays in \
+                 hundredths of a second, and players show delays under 2/100 s at 1/10 s)",
+                opts.fps
+            )));
+        }
+        let Some(program) = ffmpeg::locate(opts)? else {
+            return Err(RecordError::NeedsFfmpeg {
+                path: path.to_path_buf(),
+                format: name,
+            });
+        };
+        if format == OutputFormat::Webm {
+            ffmpeg::require_encoder(&program, "libvpx-vp9")?;
+        }
+    }
+    if !opts.overwrite {
+        refuse_existing(path, format)?;
+    }
+    Ok(format)
 }
 
 /// [`RecordError::Exists`] when writing `path` as `format` would replace something: an

@@ -1,10 +1,9 @@
-//! LoRA files merged at load, in the kohya and the diffusers/PEFT layouts: a model loaded
-//! with a LoRA gives the same keyframes as the same model whose weight files were merged by
-//! hand here (`W + strength x alpha / rank x up @ down`), strength 0 gives the base model
-//! exactly, and a LoRA for another model is refused by name.
-//!
-//! Not yet against diffusers itself: the fixture made with diffusers + peft (the pipeline's
-//! output with the LoRA loaded) needs PyTorch, which could not be installed here.
+//! LoRA files merged at load, in the kohya and the diffusers/PEFT layouts: a LoRA made and
+//! applied by diffusers + peft (`tests/fixtures/lora/`, made by `make_lora.py` there) gives
+//! diffusers' own pipeline output; a model loaded with a LoRA gives the same keyframes as the
+//! same model whose weight files were merged by hand here (`W + strength x alpha / rank x up
+//! @ down`); strength 0 gives the base model exactly; a LoRA for another model is refused by
+//! name.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use dreamwalk::model::lora::{LoraSet, LoraSpec};
 use dreamwalk::model::{EndpointRequest, Engine, StableDiffusion};
 
-use crate::support::fixtures::{copy_dir, fixture, max_abs_diff};
+use crate::support::fixtures::{copy_dir, fixture, load_tensors, max_abs_diff};
 use crate::support::process::dreamwalk;
 
 /// The layers the test LoRA patches: (component, module path, weight file of the folder).
@@ -188,6 +187,78 @@ fn with_lora(file: &Path, strength: f64) -> StableDiffusion {
     }])
     .unwrap();
     StableDiffusion::load_with_loras(fixture("tiny-sd").to_str().unwrap(), None, &set).unwrap()
+}
+
+/// A file of `tests/fixtures/lora/` (made by diffusers + peft; see its README.md).
+fn diffusers_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/lora")
+        .join(name)
+}
+
+/// The LoRA fixture's pipeline call (`settings.json`: the `e2e/` prompts, size, steps,
+/// guidance and initial latents) and its strength.
+fn diffusers_request() -> (EndpointRequest, f64) {
+    let text = std::fs::read_to_string(diffusers_fixture("settings.json")).unwrap();
+    let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let case = load_tensors_at(&diffusers_fixture("case.safetensors"));
+    let request = EndpointRequest {
+        prompts: vec![
+            s["prompt_a"].as_str().unwrap().into(),
+            s["prompt_b"].as_str().unwrap().into(),
+        ],
+        negative: s["negative"].as_str().unwrap().into(),
+        seed: 0,
+        seed_per_keyframe: false,
+        steps: s["steps"].as_u64().unwrap() as usize,
+        guidance: s["guidance"].as_f64().unwrap(),
+        image_size: (
+            s["width"].as_u64().unwrap() as u32,
+            s["height"].as_u64().unwrap() as u32,
+        ),
+        init_latents: Some(case["init_latents"].clone()),
+    };
+    (request, s["strength"].as_f64().unwrap())
+}
+
+/// Loads tiny-sd with the fixture LoRA `file` at the fixture's strength and compares both
+/// keyframes with what diffusers' pipeline sampled with it loaded.
+fn assert_matches_the_diffusers_pipeline(file: &str) {
+    let (request, strength) = diffusers_request();
+    let case = load_tensors_at(&diffusers_fixture("case.safetensors"));
+    let model = with_lora(&diffusers_fixture(file), strength);
+    let latents = model.endpoints(&request, &mut |_| true).unwrap();
+    let without_lora = load_tensors("e2e/case.safetensors");
+    for (ours, name) in latents.iter().zip(["final_latents_a", "final_latents_b"]) {
+        // 1e-3, as the e2e test without a LoRA: guidance 7.5 amplifies f32 rounding over
+        // 10 steps of latents whose values reach ~60.
+        let diff = max_abs_diff(ours, &case[name]);
+        eprintln!("{file} {name}: max |diff| {diff:.2e}");
+        assert!(diff <= 1e-3, "{file} {name}: max |diff| {diff}");
+        // The bound means something: the LoRA moves these latents by far more (the script
+        // asserts > 0.05; it is ~25), so a LoRA applied to nothing, or at another scale,
+        // cannot pass.
+        let moved = max_abs_diff(&case[name], &without_lora[name]);
+        assert!(
+            moved > 1.0,
+            "{name}: the LoRA moved the latents by only {moved}"
+        );
+    }
+}
+
+#[test]
+fn a_diffusers_peft_lora_gives_the_diffusers_pipeline_output() {
+    // alpha (8) != rank (4) and kept only in the header's `lora_adapter_metadata`, so a
+    // loader that misses it is 2x off; the LoRA patches the UNet's attention and the text
+    // encoder's, so one that skipped the text encoder is off too.
+    assert_matches_the_diffusers_pipeline("diffusers_lora.safetensors");
+}
+
+#[test]
+fn the_kohya_copy_of_it_gives_the_same_output() {
+    // `lora_unet_*` / `lora_te_text_model_*` names, `.alpha` tensors; diffusers read this
+    // file as the same LoRA when the fixture was made (settings.json's checks).
+    assert_matches_the_diffusers_pipeline("kohya_lora.safetensors");
 }
 
 #[test]

@@ -15,13 +15,14 @@ use dreamwalk::record::{
 };
 
 use crate::support::ffmpeg::{
-    decode_rgb, ffmpeg, ffprobe, probe_comment, probe_stream, probe_with, require_ffprobe,
+    decode_rgb, ffmpeg, ffprobe, probe_comment, probe_duration, probe_stream, probe_with,
+    require_ffprobe,
 };
 use crate::support::images::{png_texts, read_png_rgb};
 use crate::support::mp4::{
     assert_moov_before_mdat, decode_track_openh264, has_complete_fragment, read_mp4_track,
 };
-use crate::support::process::{run_alone, write_script};
+use crate::support::process::{dreamwalk, run_alone, write_script};
 use crate::support::recording::{
     frames, psnr, push_until_failure, record, smooth_frame, tagged_frame, GatedSink, TinyDisk,
 };
@@ -183,6 +184,312 @@ fn mp4_builtin_encoder_when_forced() {
         }
         None => eprintln!("no ffprobe: checked with the built-in parser and decoder only"),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// WebM and GIF (through ffmpeg)
+
+/// Whether each decoded frame is nearer its own input frame than the frames beside it (by
+/// more than `margin_db`): the frames are the same by index (none lost, repeated or out of
+/// order), whatever the codec does to their colours.
+fn assert_same_frames_by_index(
+    what: &str,
+    input: &[Arc<RgbaImage>],
+    decoded: &[Vec<u8>],
+    margin_db: f64,
+) {
+    assert_eq!(decoded.len(), input.len(), "{what}: frame count");
+    for (i, rgb) in decoded.iter().enumerate() {
+        let own = psnr(&input[i], rgb);
+        for j in [i.wrapping_sub(1), i + 1] {
+            if let Some(other) = input.get(j) {
+                let beside = psnr(other, rgb);
+                assert!(
+                    own > beside + margin_db,
+                    "{what} frame {i}: {own:.2} dB to its own input, {beside:.2} dB to {j}'s"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn webm_and_gif_hold_the_mp4s_frames() {
+    let _ = ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    // An odd size: VP9 and GIF keep it (the MP4 is padded to even sizes).
+    let (width, height, count, fps) = (161, 95, 40, 25);
+    let input = frames(count, width, height);
+    let opts = RecordOptions {
+        fps,
+        queue_capacity: 1,
+        ..RecordOptions::default()
+    };
+    let mp4 = dir.path().join("walk.mp4");
+    let webm = dir.path().join("walk.webm");
+    let gif = dir.path().join("walk.gif");
+    record(&mp4, opts.clone(), &input);
+    let mp4_frames = probe_stream(&mp4).nb_read_frames;
+    assert_eq!(mp4_frames, count);
+
+    let summary = record(&webm, opts.clone(), &input);
+    eprintln!("{summary}");
+    assert!(
+        matches!(&summary.encoder, Encoder::Vp9 { crf: 22, speed, .. } if speed == "realtime, cpu-used 6"),
+        "{:?}",
+        summary.encoder
+    );
+    assert_eq!(
+        (summary.frames, summary.width, summary.height),
+        (count, width, height)
+    );
+    let probe = probe_stream(&webm);
+    assert_eq!(
+        (probe.codec_name.as_str(), probe.pix_fmt.as_str()),
+        ("vp9", "yuv420p")
+    );
+    assert_eq!((probe.width, probe.height), (width, height));
+    assert_eq!(probe.r_frame_rate, format!("{fps}/1"));
+    assert_eq!(probe.nb_read_frames, mp4_frames);
+    let decoded = decode_rgb(&webm, width, height);
+    // Neighbouring synthetic frames are > 10 dB apart (`neighbouring_frames_differ`).
+    assert_same_frames_by_index("webm", &input, &decoded, 3.0);
+    let worst = input
+        .iter()
+        .zip(&decoded)
+        .map(|(frame, rgb)| psnr(frame, rgb))
+        .fold(f64::INFINITY, f64::min);
+    eprintln!("vp9 crf 22: worst frame PSNR {worst:.2} dB");
+    // crf 22 of 63 is high quality, as x264's 18: the same bound as the MP4's.
+    assert!(worst >= 35.0, "worst frame PSNR {worst:.2} dB < 35 dB");
+
+    let summary = record(&gif, opts, &input);
+    eprintln!("{summary}");
+    assert!(
+        matches!(summary.encoder, Encoder::Gif { .. }),
+        "{:?}",
+        summary.encoder
+    );
+    let probe = probe_stream(&gif);
+    assert_eq!(probe.codec_name, "gif");
+    assert_eq!((probe.width, probe.height), (width, height));
+    assert_eq!(probe.nb_read_frames, mp4_frames);
+    // 25 fps is 4/100 s a frame, exactly what GIF stores.
+    let duration = probe_duration(&gif);
+    assert!(
+        (duration - count as f64 / fps as f64).abs() < 0.015,
+        "{duration} s for {count} frames at {fps} fps"
+    );
+    let decoded = decode_rgb(&gif, width, height);
+    assert_same_frames_by_index("gif", &input, &decoded, 3.0);
+    let worst = input
+        .iter()
+        .zip(&decoded)
+        .map(|(frame, rgb)| psnr(frame, rgb))
+        .fold(f64::INFINITY, f64::min);
+    eprintln!("gif: worst frame PSNR {worst:.2} dB");
+    // 255 colours for the whole walk, dithered: far from lossless, far from garbage.
+    assert!(worst >= 25.0, "worst frame PSNR {worst:.2} dB < 25 dB");
+
+    for out in [&mp4, &webm, &gif] {
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".part"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "{}: left {leftovers:?}",
+            out.display()
+        );
+    }
+}
+
+#[test]
+fn gif_timing_at_a_rate_hundredths_do_not_divide() {
+    let _ = ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let (count, fps) = (30, 30);
+    let gif = dir.path().join("walk.gif");
+    let summary = record(
+        &gif,
+        RecordOptions {
+            fps,
+            ..RecordOptions::default()
+        },
+        &frames(count, 64, 48),
+    );
+    assert_eq!(summary.frames, count);
+    assert_eq!(probe_stream(&gif).nb_read_frames, count);
+    // Delays of 3 and 4 hundredths, 1 s in all (to the hundredth).
+    let duration = probe_duration(&gif);
+    assert!((duration - 1.0).abs() < 0.015, "{duration} s");
+}
+
+#[test]
+fn webm_and_gif_replace_an_output_only_with_overwrite() {
+    let _ = ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let input = frames(6, 64, 48);
+    for name in ["walk.webm", "walk.gif"] {
+        let out = dir.path().join(name);
+        std::fs::write(&out, b"precious").unwrap();
+        let e = match Recorder::start(&out, RecordOptions::default()) {
+            Ok(_) => panic!("{name}: started over an existing file"),
+            Err(e) => e,
+        };
+        assert!(matches!(e, RecordError::Exists { .. }), "{e}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+        // Started, but nothing recorded: the old file stays.
+        let overwrite = RecordOptions {
+            overwrite: true,
+            ..RecordOptions::default()
+        };
+        Recorder::start(&out, overwrite.clone())
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"precious", "{name}");
+        record(&out, overwrite, &input);
+        assert_eq!(probe_stream(&out).nb_read_frames, 6, "{name}");
+        assert!(!partial_path(&out).exists(), "{name}");
+    }
+}
+
+#[test]
+fn gif_and_webm_refusals_come_before_any_work() {
+    let start = |path: &str, opts: RecordOptions| match Recorder::start(Path::new(path), opts) {
+        Ok(_) => panic!("{path}: started"),
+        Err(e) => e.to_string(),
+    };
+    let e = start(
+        "/tmp/dreamwalk-never.gif",
+        RecordOptions {
+            fps: 60,
+            ..RecordOptions::default()
+        },
+    );
+    assert!(e.contains("fps 60") && e.contains("at most 50"), "{e}");
+    for path in ["/tmp/dreamwalk-never.gif", "/tmp/dreamwalk-never.webm"] {
+        let e = start(
+            path,
+            RecordOptions {
+                force_builtin_encoder: true,
+                ..RecordOptions::default()
+            },
+        );
+        assert!(e.contains(".mp4 only"), "{e}");
+        assert!(!Path::new(path).exists() && !partial_path(Path::new(path)).exists());
+    }
+}
+
+#[test]
+fn without_ffmpeg_webm_and_gif_are_refused_by_name() {
+    // PATH is process-wide, so this runs in a child test process.
+    let dir = tempfile::tempdir().unwrap();
+    run_alone(
+        module_path!(),
+        "record_webm_and_gif_without_ffmpeg",
+        &[("PATH", dir.path()), ("DREAMWALK_TEST_DIR", dir.path())],
+    );
+}
+
+#[test]
+#[ignore = "run by without_ffmpeg_webm_and_gif_are_refused_by_name in a child process"]
+fn record_webm_and_gif_without_ffmpeg() {
+    let dir = PathBuf::from(std::env::var_os("DREAMWALK_TEST_DIR").expect("DREAMWALK_TEST_DIR"));
+    for name in ["walk.webm", "walk.gif"] {
+        let out = dir.join(name);
+        let e = match Recorder::start(&out, RecordOptions::default()) {
+            Ok(_) => panic!("{name}: started without ffmpeg"),
+            Err(e) => e,
+        };
+        assert!(matches!(e, RecordError::NeedsFfmpeg { .. }), "{e}");
+        let message = e.to_string();
+        assert!(
+            message.contains(name) && message.contains("ffmpeg") && message.contains(".mp4"),
+            "{message}"
+        );
+        assert!(!out.exists() && !partial_path(&out).exists());
+    }
+    // The MP4 still records, with the built-in encoder.
+    let mp4 = dir.join("walk.mp4");
+    let summary = record(&mp4, RecordOptions::default(), &frames(3, 64, 48));
+    assert!(matches!(summary.encoder, Encoder::OpenH264 { .. }));
+}
+
+#[test]
+fn render_writes_the_same_frames_to_gif_webm_and_mp4() {
+    let _ = ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let render = |name: &str| {
+        let out = dir.path().join(name);
+        let result = dreamwalk()
+            .args([
+                "render",
+                "--prompt",
+                "a red fox",
+                "--prompt",
+                "a lighthouse",
+            ])
+            .args(["--seed", "3", "--steps", "2", "--steps-between", "4"])
+            .args(["--inbetween", "1", "--source", "128x64", "--size", "160x96"])
+            .args(["--fps", "20", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&result.stderr).into_owned();
+        assert!(result.status.success(), "{name}: {log}");
+        (out, log)
+    };
+    // 2 keyframes, 4 steps between: 5 decoded frames and 4 in-betweens.
+    let expected = 9;
+    let (mp4, _) = render("walk.mp4");
+    let probe = probe_stream(&mp4);
+    assert_eq!(probe.nb_read_frames, expected);
+    let reference = decode_rgb(&mp4, 160, 96);
+    let as_rgba = |rgb: &Vec<u8>| {
+        let pixels = rgb
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect();
+        Arc::new(RgbaImage::from_pixels(160, 96, pixels).unwrap())
+    };
+    let reference: Vec<_> = reference.iter().map(as_rgba).collect();
+    for (name, codec) in [("walk.webm", "vp9"), ("walk.gif", "gif")] {
+        let (out, log) = render(name);
+        assert!(log.contains(name), "{log}");
+        let probe = probe_stream(&out);
+        assert_eq!(probe.codec_name, codec);
+        assert_eq!((probe.width, probe.height), (160, 96), "{name}");
+        assert_eq!(probe.nb_read_frames, expected, "{name}");
+        // The demo walk's neighbouring frames are close (~1 dB apart at its start): each
+        // frame need only be nearer its own MP4 frame than theirs.
+        assert_same_frames_by_index(name, &reference, &decode_rgb(&out, 160, 96), 0.0);
+    }
+    // Bad names and rates are refused before the model loads.
+    let refused = |args: &[&str]| {
+        let result = dreamwalk()
+            .args(["render", "--prompt", "a", "--prompt", "b"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!result.status.success(), "{args:?}");
+        String::from_utf8_lossy(&result.stderr).into_owned()
+    };
+    let avi = dir.path().join("walk.avi");
+    let e = refused(&["--out", avi.to_str().unwrap()]);
+    assert!(
+        e.contains("walk.avi") && e.contains(".webm") && e.contains(".gif"),
+        "{e}"
+    );
+    let e = refused(&[
+        "--fps",
+        "60",
+        "--out",
+        dir.path().join("fast.gif").to_str().unwrap(),
+    ]);
+    assert!(e.contains("at most 50"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -435,6 +742,10 @@ fn bad_paths_and_options_fail_at_start() {
         e.to_string().contains("walk.avi") && e.to_string().contains(".avi"),
         "{e}"
     );
+    // It says what would do.
+    for supported in [".mp4", ".webm", ".gif", ".y4m", ".png", "folder"] {
+        assert!(e.to_string().contains(supported), "{supported}: {e}");
+    }
 
     let builtin = RecordOptions {
         force_builtin_encoder: true,
@@ -592,6 +903,84 @@ fn record_with_ffmpeg_killed() {
 }
 
 #[test]
+fn ffmpeg_killed_mid_way_keeps_a_gif_of_the_frames_it_had() {
+    let real = ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("ffmpeg-wrapper");
+    // Only the ffmpeg fed frames (pipe:0) is killed; the palette passes run as usual.
+    write_script(
+        &wrapper,
+        &format!(
+            "case \"$*\" in *pipe:0*) echo $$ > '{}';; esac\nexec '{}' \"$@\"\n",
+            dir.path().join("ffmpeg.pid").display(),
+            real.display()
+        ),
+    );
+    run_alone(
+        module_path!(),
+        "record_gif_with_ffmpeg_killed",
+        &[
+            ("DREAMWALK_FFMPEG", &wrapper),
+            ("DREAMWALK_TEST_DIR", dir.path()),
+        ],
+    );
+}
+
+#[test]
+#[ignore = "run by ffmpeg_killed_mid_way_keeps_a_gif_of_the_frames_it_had in a child process"]
+fn record_gif_with_ffmpeg_killed() {
+    let dir = PathBuf::from(std::env::var_os("DREAMWALK_TEST_DIR").expect("DREAMWALK_TEST_DIR"));
+    let out = dir.join("killed.gif");
+    let (width, height) = (160, 96);
+    let recorder = Recorder::start(&out, RecordOptions::default()).unwrap();
+    let mut pushed = 0u64;
+    let mut push = |recorder: &Recorder| {
+        let result = recorder.push(pushed, Arc::new(smooth_frame(pushed, width, height)));
+        if result.is_ok() {
+            pushed += 1;
+        }
+        result
+    };
+    for _ in 0..60 {
+        push(&recorder).unwrap();
+    }
+    // Every FFV1 frame is a keyframe, and Matroska closes a cluster at a keyframe once it
+    // holds 4 KiB: the frames reach the file as they come (about 10 KiB each here).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(partial_path(&out)).map_or(0, |m| m.len()) < 50_000 {
+        assert!(Instant::now() < deadline, "ffmpeg wrote nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = std::fs::read_to_string(dir.join("ffmpeg.pid")).unwrap();
+    let killed = Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let error = (0..10_000)
+        .find_map(|_| push(&recorder).err())
+        .expect("push fails once ffmpeg is dead");
+    let message = error.to_string();
+    eprintln!("push error: {message}");
+    assert!(message.contains("killed by signal 9"), "{message}");
+    assert!(recorder.finish().is_err());
+
+    // The GIF was made from the frames the intermediate held: the first ones, in order.
+    assert!(!partial_path(&out).exists());
+    let probe = probe_stream(&out);
+    assert_eq!(probe.codec_name, "gif");
+    let kept = probe.nb_read_frames;
+    eprintln!("kept {kept} of {pushed} frames");
+    assert!(kept > 0 && kept < pushed, "kept {kept} of {pushed}");
+    assert!(
+        message.contains(&format!("{kept} frames, GIF")),
+        "{message}"
+    );
+    let input = frames(kept, width, height);
+    assert_same_frames_by_index("gif", &input, &decode_rgb(&out, width, height), 3.0);
+}
+
+#[test]
 fn disk_full_with_ffmpeg_keeps_a_playable_file() {
     let real = ffmpeg();
     let (width, height) = (160, 96);
@@ -733,6 +1122,12 @@ fn every_format_stores_the_comment() {
     );
     assert!(matches!(summary.encoder, Encoder::OpenH264 { .. }));
     assert_eq!(probe_comment(&builtin), comment);
+
+    for name in ["walk.webm", "walk.gif"] {
+        let out = dir.path().join(name);
+        record(&out, opts.clone(), &input);
+        assert_eq!(probe_comment(&out), comment, "{name}");
+    }
 
     let y4m = dir.path().join("walk.y4m");
     record(&y4m, opts.clone(), &input);

@@ -276,6 +276,49 @@ fn record_button_writes_the_frames_shown() {
 }
 
 #[test]
+fn record_takes_gif_and_names_what_it_cannot_write() {
+    let mut harness = harness();
+    let dir = tempfile::tempdir().unwrap();
+    // A name no format has: the panel says so as it is typed, listing the ones it takes.
+    set_text(
+        &mut harness,
+        "Record file",
+        dir.path().join("walk.avi").to_str().unwrap(),
+    );
+    assert!(harness
+        .query_by_label_contains("unknown recording format '.avi' (use .mp4, .webm, .gif")
+        .is_some());
+    play_with_prompts(&mut harness);
+    choose(&mut harness, "Upscale", "none");
+    let out = dir.path().join("walk.gif");
+    set_text(&mut harness, "Record file", out.to_str().unwrap());
+    assert!(harness
+        .query_by_label_contains("unknown recording format")
+        .is_none());
+    click(&mut harness, "Record");
+    step_until(&mut harness, "recorded frames", |app| {
+        app.session()
+            .and_then(|s| s.recording())
+            .is_some_and(|r| r.frames >= 4)
+    });
+    click(&mut harness, "Stop recording");
+    let notice = harness.state().notice().unwrap_or_default().to_string();
+    assert!(notice.starts_with("saved"), "{notice}");
+    // "saved PATH: N frames, ..."; the GIF holds exactly those.
+    let frames: u64 = notice
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{notice}"));
+    assert!(frames >= 4, "{notice}");
+    let probe = crate::support::ffmpeg::probe_stream(&out);
+    assert_eq!(probe.codec_name, "gif");
+    assert_eq!((probe.width, probe.height), (1024, 576));
+    assert_eq!(probe.nb_read_frames, frames);
+}
+
+#[test]
 fn a_bad_model_folder_is_a_message_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = ViewerApp::headless(ViewerOptions {

@@ -118,3 +118,17 @@ pub fn probe_comment(file: &Path) -> String {
     assert!(out.status.success(), "ffprobe {} failed", file.display());
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// ffprobe's duration of a file's container, in seconds.
+pub fn probe_duration(file: &Path) -> f64 {
+    let out = Command::new(require_ffprobe())
+        .args(["-v", "error", "-show_entries", "format=duration"])
+        .args(["-of", "default=noprint_wrappers=1:nokey=1"])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs");
+    assert!(out.status.success(), "ffprobe {} failed", file.display());
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    text.parse()
+        .unwrap_or_else(|_| panic!("{}: duration {text:?}", file.display()))
+}
