@@ -32,7 +32,10 @@ pub enum Command {
     AddImageKeyframe(PathBuf),
     /// Load the model again with LoRA `index` at `strength` (LoRAs are merged into the
     /// weights as they load); a playing walk re-samples its keyframes with it.
-    SetLoraStrength { index: usize, strength: f64 },
+    SetLoraStrength {
+        index: usize,
+        strength: f64,
+    },
 }
 
 impl ViewerApp {
@@ -59,9 +62,7 @@ impl ViewerApp {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Fullscreen(on));
             }
             Command::AddImageKeyframe(path) => self.add_image_keyframe(path),
-            Command::SetLoraStrength { index, strength } => {
-                self.set_lora_strength(index, strength)
-            }
+            Command::SetLoraStrength { index, strength } => self.set_lora_strength(index, strength),
         }
     }
 

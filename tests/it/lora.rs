@@ -203,7 +203,7 @@ fn diffusers_request() -> (EndpointRequest, f64) {
     let s: serde_json::Value = serde_json::from_str(&text).unwrap();
     let case = load_tensors_at(&diffusers_fixture("case.safetensors"));
     let request = EndpointRequest {
-        prompts: vec![
+        keyframes: vec![
             s["prompt_a"].as_str().unwrap().into(),
             s["prompt_b"].as_str().unwrap().into(),
         ],

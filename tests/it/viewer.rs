@@ -499,7 +499,11 @@ fn a_lora_strength_slider_reloads_the_model_and_the_walk_plays_on() {
     let lora = crate::lora::peft_file(dir.path(), &crate::lora::lora_tensors());
     let mut app = ViewerApp::headless(ViewerOptions {
         model: dreamwalk::usecase::ModelSource {
-            model: Some(crate::support::fixtures::fixture("tiny-sd").display().to_string()),
+            model: Some(
+                crate::support::fixtures::fixture("tiny-sd")
+                    .display()
+                    .to_string(),
+            ),
             loras: vec![dreamwalk::model::lora::LoraSpec {
                 path: lora,
                 strength: 0.5,
@@ -529,7 +533,8 @@ fn a_lora_strength_slider_reloads_the_model_and_the_walk_plays_on() {
         engine_name(app).is_some_and(|n| n.contains("peft.safetensors x0.2"))
     });
     step_until(&mut harness, "the walk to play again", |app| {
-        app.session().is_some_and(|s| s.state() == PlayState::Playing)
+        app.session()
+            .is_some_and(|s| s.state() == PlayState::Playing)
             && app.session().and_then(|s| s.current_frame()).is_some()
     });
     let s = settings(&harness);
