@@ -107,8 +107,15 @@ fn settings() -> serde_json::Value {
 /// The `e2e/` pipeline call: both prompts, the negative prompt, size, steps, guidance and
 /// the given initial latents of `e2e/settings.json` and `e2e/case.safetensors`.
 pub fn e2e_request() -> EndpointRequest {
-    let s = settings();
-    let case = load_tensors("e2e/case.safetensors");
+    request_from(&settings(), &load_tensors("e2e/case.safetensors"))
+}
+
+/// The pipeline call a fixture's `settings.json` (`s`) and case file describe: its two
+/// prompts, negative prompt, steps, guidance, size and initial latents.
+pub fn request_from(
+    s: &serde_json::Value,
+    case: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> EndpointRequest {
     EndpointRequest {
         keyframes: vec![
             s["prompt_a"].as_str().unwrap().into(),

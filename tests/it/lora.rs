@@ -202,22 +202,7 @@ fn diffusers_request() -> (EndpointRequest, f64) {
     let text = std::fs::read_to_string(diffusers_fixture("settings.json")).unwrap();
     let s: serde_json::Value = serde_json::from_str(&text).unwrap();
     let case = load_tensors_at(&diffusers_fixture("case.safetensors"));
-    let request = EndpointRequest {
-        keyframes: vec![
-            s["prompt_a"].as_str().unwrap().into(),
-            s["prompt_b"].as_str().unwrap().into(),
-        ],
-        negative: s["negative"].as_str().unwrap().into(),
-        seed: 0,
-        seed_per_keyframe: false,
-        steps: s["steps"].as_u64().unwrap() as usize,
-        guidance: s["guidance"].as_f64().unwrap(),
-        image_size: (
-            s["width"].as_u64().unwrap() as u32,
-            s["height"].as_u64().unwrap() as u32,
-        ),
-        init_latents: Some(case["init_latents"].clone()),
-    };
+    let request = crate::e2e::request_from(&s, &case);
     (request, s["strength"].as_f64().unwrap())
 }
 
