@@ -83,14 +83,7 @@ impl KeyframeImage {
     /// Reads the picture at `path` (PNG, JPEG or WebP); the error names the file.
     pub fn read(path: PathBuf) -> crate::model::Result<Self> {
         let pixels = crate::model::read_image(&path)?;
-        let (w, h) = (pixels.width, pixels.height);
-        let scale = f64::from(THUMBNAIL_SIDE) / f64::from(w.max(h));
-        let thumbnail = if scale < 1.0 {
-            let side = |s: u32| ((f64::from(s) * scale).round() as u32).max(1);
-            crate::model::keyframe::fit_image(&pixels, (side(w), side(h)), Fit::Pad)
-        } else {
-            pixels.clone()
-        };
+        let thumbnail = crate::model::keyframe::thumbnail(&pixels, THUMBNAIL_SIDE);
         Ok(Self {
             path,
             pixels: Arc::new(pixels),
@@ -197,7 +190,7 @@ impl Controls {
 
 impl Controls {
     /// The model's keyframe for a row: its prompt, or its picture with the image settings.
-    fn keyframe(&self, control: &KeyframeControl) -> Keyframe {
+    pub(super) fn keyframe(&self, control: &KeyframeControl) -> Keyframe {
         let text = control.text.trim().to_string();
         match &control.image {
             None => Keyframe::Prompt(text),

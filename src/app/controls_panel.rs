@@ -31,7 +31,8 @@ pub(super) fn controls_panel(
     context: &PanelContext<'_>,
 ) -> Vec<Command> {
     let mut commands = Vec::new();
-    commands.extend(prompts_panel::prompts(ui, form));
+    let walk_thumbnails = context.session.and_then(Session::keyframe_thumbnails);
+    commands.extend(prompts_panel::prompts(ui, form, walk_thumbnails.as_deref()));
     ui.separator();
     commands.extend(keyframes(ui, form, context.session));
     ui.separator();

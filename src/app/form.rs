@@ -18,7 +18,8 @@ pub(super) struct Form {
     pub negative_field: String,
     /// The picture file "+ image" adds.
     pub image_path: String,
-    /// The image keyframes' thumbnails as textures, by the address of their pixels.
+    /// The keyframe rows' thumbnails as textures (a picture's own, or a prompt's keyframe as
+    /// sampled), by the address of their pixels.
     pub thumbnails: HashMap<usize, egui::TextureHandle>,
     /// The model folder field (loads another model).
     pub model_field: String,

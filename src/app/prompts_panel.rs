@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::command::Command;
-use super::controls::{keyframe_name, KeyframeImage, THUMBNAIL_SIDE};
+use super::controls::{keyframe_name, THUMBNAIL_SIDE};
 use super::form::Form;
+use crate::frame::RgbaImage;
 use crate::model::Fit;
+use crate::pipeline::KeyframeThumbnails;
 
 /// How tall a thumbnail is drawn in the panel, in points.
 const THUMBNAIL_POINTS: f32 = 40.0;
@@ -18,13 +20,17 @@ const THUMBNAIL_POINTS: f32 = 40.0;
 /// One row per keyframe, "+ keyframe", "+ image", "Apply prompts", the image settings, the
 /// negative prompt. Typing is committed on Enter or on leaving a field; "+ image" returns
 /// the command that reads the picture.
-pub(super) fn prompts(ui: &mut egui::Ui, form: &mut Form) -> Vec<Command> {
+pub(super) fn prompts(
+    ui: &mut egui::Ui,
+    form: &mut Form,
+    walk: Option<&KeyframeThumbnails>,
+) -> Vec<Command> {
     let mut commands = Vec::new();
     ui.heading("Prompts");
     let mut remove = None;
     let mut commit = false;
     let count = form.keyframe_fields.len();
-    let thumbnails = thumbnails(ui.ctx(), form);
+    let thumbnails = thumbnails(ui.ctx(), form, walk);
     for (i, (keyframe, thumbnail)) in form.keyframe_fields.iter_mut().zip(thumbnails).enumerate() {
         ui.horizontal(|ui| {
             let (label, hint) = match &keyframe.image {
@@ -35,12 +41,18 @@ pub(super) fn prompts(ui: &mut egui::Ui, form: &mut Form) -> Vec<Command> {
                 ),
             };
             let label = ui.label(label);
-            if let (Some(texture), Some(image)) = (thumbnail, &keyframe.image) {
+            if let Some(texture) = thumbnail {
                 let size = texture.size_vec2() * (THUMBNAIL_POINTS / texture.size_vec2().y);
-                let thumbnail = egui::Image::new((texture.id(), size))
-                    .alt_text(format!("thumbnail of {}", image.file_name()));
-                ui.add(thumbnail)
-                    .on_hover_text(image.path.display().to_string());
+                let (alt, hover) = match &keyframe.image {
+                    Some(image) => (image.file_name(), image.path.display().to_string()),
+                    None => (
+                        format!("keyframe {}", keyframe_name(i)),
+                        "keyframe as sampled".to_string(),
+                    ),
+                };
+                let thumbnail =
+                    egui::Image::new((texture.id(), size)).alt_text(format!("thumbnail of {alt}"));
+                ui.add(thumbnail).on_hover_text(hover);
             }
             let width = if keyframe.image.is_some() {
                 160.0
@@ -135,28 +147,38 @@ fn image_settings(ui: &mut egui::Ui, form: &mut Form) {
         });
 }
 
-/// The thumbnail texture of each row (`None` for prompts), made on first sight and kept
-/// while its picture is in the form.
-fn thumbnails(ctx: &egui::Context, form: &mut Form) -> Vec<Option<egui::TextureHandle>> {
-    let key = |image: &KeyframeImage| Arc::as_ptr(&image.pixels) as usize;
-    let images: Vec<Option<&KeyframeImage>> = form
+/// The thumbnail texture of each row: a picture's own, or for a prompt the keyframe as the
+/// running walk sampled it (when the row still says what was sampled). Textures are made on
+/// first sight and kept while their image is shown.
+fn thumbnails(
+    ctx: &egui::Context,
+    form: &mut Form,
+    walk: Option<&KeyframeThumbnails>,
+) -> Vec<Option<egui::TextureHandle>> {
+    let key = |image: &Arc<RgbaImage>| Arc::as_ptr(image) as usize;
+    let images: Vec<Option<(&Arc<RgbaImage>, String)>> = form
         .keyframe_fields
         .iter()
-        .map(|k| k.image.as_ref())
+        .enumerate()
+        .map(|(i, row)| match &row.image {
+            Some(image) => Some((&image.thumbnail, image.path.display().to_string())),
+            None => walk?
+                .of(i, &form.controls.keyframe(row))
+                .map(|small| (small, format!("keyframe {}", keyframe_name(i)))),
+        })
         .collect();
     form.thumbnails
-        .retain(|k, _| images.iter().flatten().any(|image| key(image) == *k));
+        .retain(|k, _| images.iter().flatten().any(|(image, _)| key(image) == *k));
     images
         .into_iter()
         .map(|image| {
-            let image = image?;
-            let texture = form.thumbnails.entry(key(image)).or_insert_with(|| {
-                let small = &image.thumbnail;
+            let (small, name) = image?;
+            let texture = form.thumbnails.entry(key(small)).or_insert_with(|| {
                 let size = [small.width as usize, small.height as usize];
                 let pixels = egui::ColorImage::from_rgba_unmultiplied(size, &small.pixels);
                 debug_assert!(small.width.max(small.height) <= THUMBNAIL_SIDE);
                 ctx.load_texture(
-                    format!("keyframe thumbnail {}", image.path.display()),
+                    format!("keyframe thumbnail {name}"),
                     pixels,
                     egui::TextureOptions::LINEAR,
                 )

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::controls::THUMBNAIL_SIDE;
 use crate::model::Engine;
 use crate::pipeline::display::{Display, FrameTap};
-use crate::pipeline::{Frame, Pipeline, PipelineOptions, RingPolicy, Settings, StatsSnapshot};
+use crate::pipeline::{
+    Frame, KeyframeThumbnails, Pipeline, PipelineOptions, RingPolicy, Settings, StatsSnapshot,
+};
 use crate::record::{RecordError, RecordOptions, RecordSummary, Recorder};
 
 /// Whether the walk plays.
@@ -68,6 +71,7 @@ impl Session {
             options: PipelineOptions {
                 policy: RingPolicy::Display,
                 stop_at_end: false,
+                keyframe_thumbnails: Some(THUMBNAIL_SIDE),
                 ..PipelineOptions::default()
             },
             running: None,
@@ -149,6 +153,13 @@ impl Session {
     /// The frame on screen.
     pub fn current_frame(&self) -> Option<Arc<Frame>> {
         self.running.as_ref().and_then(|r| r.display.current.get())
+    }
+
+    /// Small pictures of the keyframes the walk plays between, once sampled.
+    pub fn keyframe_thumbnails(&self) -> Option<Arc<KeyframeThumbnails>> {
+        self.running
+            .as_ref()
+            .and_then(|r| r.pipeline.keyframe_thumbnails())
     }
 
     pub fn stats(&self) -> Option<StatsSnapshot> {

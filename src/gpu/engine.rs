@@ -199,6 +199,10 @@ impl Engine for GpuDecodedEngine {
         self.inner.prompt_tokens(prompt)
     }
 
+    fn check_image_encoder(&self) -> crate::model::Result<()> {
+        self.inner.check_image_encoder()
+    }
+
     fn decoded_size(&self, image_size: (u32, u32), decoder: DecoderKind) -> (u32, u32) {
         self.inner.decoded_size(image_size, decoder)
     }

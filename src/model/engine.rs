@@ -138,6 +138,12 @@ pub trait Engine: Send + Sync + 'static {
     fn prompt_tokens(&self, _prompt: &str) -> Option<usize> {
         None
     }
+    /// Loads what turns pictures into latents (once; later calls are free), so that a walk
+    /// with picture keyframes is refused before it starts when the model cannot encode
+    /// them. The error names the file. Engines without pictures' support say `Ok`.
+    fn check_image_encoder(&self) -> Result<()> {
+        Ok(())
+    }
     /// The TAESD weights, for decoders elsewhere (the GPU's); `None` when there is none.
     fn taesd(&self) -> Option<&TaesdDecoder> {
         None

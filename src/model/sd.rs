@@ -572,6 +572,10 @@ impl Engine for StableDiffusion {
         Some(self.tokenizer.token_count(prompt))
     }
 
+    fn check_image_encoder(&self) -> Result<()> {
+        self.image_encoder.get().map(|_| ())
+    }
+
     fn taesd(&self) -> Option<&TaesdDecoder> {
         self.taesd.as_ref()
     }

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use super::Shared;
+use super::thumbnails::make_thumbnails;
+use super::{PipelineOptions, Shared};
 use crate::model::{EndpointError, EndpointRequest, Engine, SamplingProgress};
 
 /// New keyframe latents for a walk.
@@ -17,10 +18,10 @@ pub(super) struct Keyframes {
 pub(super) fn endpoint_thread(
     engine: &dyn Engine,
     shared: &Shared,
+    options: &PipelineOptions,
     requests: Receiver<(u64, EndpointRequest)>,
     keyframes: Sender<Keyframes>,
     stop: Receiver<()>,
-    stop_at_end: bool,
 ) {
     loop {
         let mut next = select! {
@@ -54,9 +55,20 @@ pub(super) fn endpoint_thread(
                     s.generation = generation;
                     s.phase = "walking".into();
                 });
+                let walk = Keyframes {
+                    generation,
+                    latents: latents.clone(),
+                };
                 select! {
-                    send(keyframes, Keyframes { generation, latents }) -> r => if r.is_err() { return },
+                    send(keyframes, walk) -> r => if r.is_err() { return },
                     recv(stop) -> _ => return,
+                }
+                if let Some(side) = options.keyframe_thumbnails {
+                    // After the walk has its keyframes: the thumbnails never delay it.
+                    match make_thumbnails(engine, generation, &request.keyframes, &latents, side) {
+                        Ok(made) => *shared.thumbnails.lock() = Some(std::sync::Arc::new(made)),
+                        Err(e) => tracing::warn!("keyframe thumbnails failed: {e}"),
+                    }
                 }
             }
             Err(EndpointError::Cancelled) => {}
@@ -66,7 +78,7 @@ pub(super) fn endpoint_thread(
                     s.last_error = Some(e.to_string());
                     s.phase = "sampling failed".into();
                 });
-                if stop_at_end {
+                if options.stop_at_end {
                     // Nothing will ever be walked: let the consumer see the end (and the error).
                     shared.ring.close();
                     return;

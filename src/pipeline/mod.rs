@@ -25,6 +25,7 @@ pub mod inbetween;
 pub mod ring;
 mod settings;
 pub mod stats;
+mod thumbnails;
 mod upscale;
 
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub use settings::{
     check_laps, Settings, SettingsError, MAX_GUIDANCE, MAX_IMAGE_SIDE, MAX_LAPS, MAX_SAMPLER_STEPS,
 };
 pub use stats::{Stats, StatsSnapshot};
+pub use thumbnails::KeyframeThumbnails;
 use upscale::{upscale_worker, Job};
 
 /// How the pipeline is built (fixed for its lifetime).
@@ -58,6 +60,9 @@ pub struct PipelineOptions {
     pub laps: u64,
     /// Memory the decoded-frame loop cache may use.
     pub cache_budget_bytes: usize,
+    /// Make a thumbnail of each sampled keyframe, this many pixels on its longer side (the
+    /// viewer's keyframe rows); `None`: make none (`render`).
+    pub keyframe_thumbnails: Option<u32>,
 }
 
 impl Default for PipelineOptions {
@@ -69,6 +74,7 @@ impl Default for PipelineOptions {
             stop_at_end: false,
             laps: 1,
             cache_budget_bytes: 512 << 20,
+            keyframe_thumbnails: None,
         }
     }
 }
@@ -81,6 +87,8 @@ struct Shared {
     run_state_changed: parking_lot::Condvar,
     stats: Arc<Stats>,
     ring: Arc<RingBuffer>,
+    /// The newest sampling's keyframe thumbnails, when the options ask for them.
+    thumbnails: Mutex<Option<Arc<KeyframeThumbnails>>>,
 }
 
 #[derive(Default)]
@@ -116,6 +124,7 @@ impl Pipeline {
             run_state_changed: parking_lot::Condvar::new(),
             stats,
             ring,
+            thumbnails: Mutex::new(None),
         });
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (request_tx, request_rx) = bounded::<(u64, EndpointRequest)>(4);
@@ -132,19 +141,19 @@ impl Pipeline {
                 .spawn(f)
                 .expect("the OS refused to start a pipeline thread")
         };
-        let stop_at_end = options.stop_at_end;
         {
             let (engine, shared, stop_rx) = (engine.clone(), shared.clone(), stop_rx.clone());
+            let options = options.clone();
             threads.push(spawn(
                 "endpoints",
                 Box::new(move || {
                     endpoint_thread(
                         &*engine,
                         &shared,
+                        &options,
                         request_rx,
                         keyframes_tx,
                         stop_rx,
-                        stop_at_end,
                     )
                 }),
             ));
@@ -251,6 +260,12 @@ impl Pipeline {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.shared.stats
+    }
+
+    /// The keyframe thumbnails of the newest sampling (when
+    /// [`PipelineOptions::keyframe_thumbnails`] asks for them and they are made).
+    pub fn keyframe_thumbnails(&self) -> Option<Arc<KeyframeThumbnails>> {
+        self.shared.thumbnails.lock().clone()
     }
 
     pub fn stats_snapshot(&self) -> StatsSnapshot {

@@ -86,6 +86,9 @@ pub enum SettingsError {
     OutputSize((u32, u32)),
     #[error("this model has no {} decoder", .0.label())]
     NoDecoder(DecoderKind),
+    /// The model cannot encode pictures (no VAE encoder, no TAESD encoder): why.
+    #[error("this model cannot turn pictures into keyframes: {0}")]
+    ImageEncoder(String),
     /// An image keyframe that cannot run: which (1-based), its file, and why.
     #[error("keyframe {index} ({}): {problem}", path.display())]
     ImageKeyframe {
@@ -141,6 +144,11 @@ impl Settings {
         if !engine.decoders().contains(&self.decoder) {
             return Err(SettingsError::NoDecoder(self.decoder));
         }
+        if endpoints.keyframes.iter().any(|k| k.image().is_some()) {
+            engine
+                .check_image_encoder()
+                .map_err(|e| SettingsError::ImageEncoder(e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -193,7 +201,9 @@ fn check_image_keyframes(endpoints: &EndpointRequest) -> Result<(), SettingsErro
         let steps = endpoints.steps;
         if strength > 0.0 && img2img_first_step(steps, strength) >= steps {
             return Err(problem(format!(
-                "strength {strength} with {steps} sampler steps runs no step (steps x strength                  must be at least 1): raise the strength or the steps, or use 0 for the                  picture as it is"
+                "strength {strength} with {steps} sampler steps runs no step (steps x strength \
+                 must be at least 1): raise the strength or the steps, or use 0 for the \
+                 picture as it is"
             )));
         }
     }

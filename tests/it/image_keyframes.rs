@@ -17,7 +17,7 @@ use dreamwalk::model::{
 };
 use dreamwalk::pipeline::SettingsError;
 
-use crate::support::fixtures::{fixture, max_abs_diff};
+use crate::support::fixtures::{copy_dir, fixture, max_abs_diff};
 use crate::support::images::{png_files, read_png_rgba};
 use crate::support::process::dreamwalk;
 
@@ -643,4 +643,63 @@ fn without_a_vae_encoder_the_taesd_encoder_is_used() {
         err.contains("[1, 4, 6, 8]") && err.contains("[1, 4, 24, 32]"),
         "{err}"
     );
+}
+
+/// A model whose VAE file holds only the decoder (and no TAESD encoder anywhere) cannot
+/// encode pictures: a render with a picture keyframe is refused, naming the file, before any
+/// frame is made; the same model still walks between prompts.
+#[test]
+fn a_model_that_cannot_encode_pictures_is_refused_before_the_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("decoder-only");
+    copy_dir(&fixture("tiny-sd"), &model);
+    let weights = model.join("vae/diffusion_pytorch_model.safetensors");
+    let decoder_only: std::collections::HashMap<String, Tensor> =
+        candle_core::safetensors::load(&weights, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .filter(|(name, _)| {
+                name.starts_with("decoder.") || name.starts_with("post_quant_conv.")
+            })
+            .collect();
+    candle_core::safetensors::save(&decoder_only, &weights).unwrap();
+    // No TAESD from a Hugging Face cache either.
+    let empty_cache = dir.path().join("hf");
+    let photo = save(dir.path(), "photo.png", &smooth_picture(16, 16));
+    let render = |keyframe: &[&str], out: &Path| {
+        dreamwalk()
+            .env("HF_HOME", &empty_cache)
+            .env("HF_HUB_CACHE", empty_cache.join("hub"))
+            .arg("render")
+            .arg("--model")
+            .arg(&model)
+            .args(["--prompt", "a red fox"])
+            .args(keyframe)
+            .args(["--steps", "1", "--steps-between", "1", "--inbetween", "0"])
+            .args(["--source", "64x48", "--out"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let out = dir.path().join("with-picture");
+    let image_arg = format!("image:{}", photo.display());
+    let result = render(&["--keyframe", &image_arg], &out);
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("cannot turn pictures into keyframes"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&weights.display().to_string()), "{stderr}");
+    assert!(!out.exists() || png_files(&out).is_empty(), "no frame made");
+
+    let prompts_only = dir.path().join("prompts");
+    let result = render(&["--prompt", "a lighthouse"], &prompts_only);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(png_files(&prompts_only).len(), 2);
 }

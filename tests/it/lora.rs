@@ -12,7 +12,9 @@ use candle_core::{DType, Device, Tensor};
 use dreamwalk::model::lora::{LoraSet, LoraSpec};
 use dreamwalk::model::{EndpointRequest, Engine, StableDiffusion};
 
-use crate::support::fixtures::{copy_dir, fixture, load_tensors, max_abs_diff};
+use crate::support::fixtures::{
+    copy_dir, fixture, load_tensors, load_tensors_at, made_from_this_set, max_abs_diff, own_fixture,
+};
 use crate::support::process::dreamwalk;
 
 /// The layers the test LoRA patches: (component, module path, weight file of the folder).
@@ -63,10 +65,6 @@ pub(crate) fn lora_tensors() -> Vec<(&'static str, &'static str, Tensor, Tensor)
             (component, module, down, up)
         })
         .collect()
-}
-
-fn load_tensors_at(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
 /// Writes a safetensors file with header metadata (candle's writer has none).
@@ -191,16 +189,18 @@ fn with_lora(file: &Path, strength: f64) -> StableDiffusion {
 
 /// A file of `tests/fixtures/lora/` (made by diffusers + peft; see its README.md).
 fn diffusers_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/lora")
-        .join(name)
+    own_fixture("lora", name)
+}
+
+fn diffusers_settings() -> serde_json::Value {
+    let text = std::fs::read_to_string(diffusers_fixture("settings.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
 }
 
 /// The LoRA fixture's pipeline call (`settings.json`: the `e2e/` prompts, size, steps,
 /// guidance and initial latents) and its strength.
 fn diffusers_request() -> (EndpointRequest, f64) {
-    let text = std::fs::read_to_string(diffusers_fixture("settings.json")).unwrap();
-    let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let s = diffusers_settings();
     let case = load_tensors_at(&diffusers_fixture("case.safetensors"));
     let request = crate::e2e::request_from(&s, &case);
     (request, s["strength"].as_f64().unwrap())
@@ -213,6 +213,18 @@ fn assert_matches_the_diffusers_pipeline(file: &str) {
     let case = load_tensors_at(&diffusers_fixture("case.safetensors"));
     let model = with_lora(&diffusers_fixture(file), strength);
     let latents = model.endpoints(&request, &mut |_| true).unwrap();
+    if !made_from_this_set(&diffusers_settings()) {
+        // Another fixture set: diffusers' numbers are for another tiny-sd. The file still
+        // loads, matches layers and changes the keyframes.
+        eprintln!("{file}: tests/fixtures/lora was made from another tiny-sd; comparison skipped");
+        let base = StableDiffusion::load(fixture("tiny-sd").to_str().unwrap(), None).unwrap();
+        let plain = base.endpoints(&request, &mut |_| true).unwrap();
+        assert!(
+            max_abs_diff(&latents[0], &plain[0]) > 1e-3,
+            "{file} changed nothing"
+        );
+        return;
+    }
     let without_lora = load_tensors("e2e/case.safetensors");
     for (ours, name) in latents.iter().zip(["final_latents_a", "final_latents_b"]) {
         // 1e-3, as the e2e test without a LoRA: guidance 7.5 amplifies f32 rounding over

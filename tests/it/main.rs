@@ -17,6 +17,7 @@ mod gpu_decode;
 mod gpu_frames;
 mod gpu_taesd;
 mod image_keyframes;
+mod img2img;
 mod inbetween;
 mod layering;
 mod loading;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dreamwalk::model::scripted::ScriptedEngine;
-use dreamwalk::model::{DecoderKind, EndpointRequest};
+use dreamwalk::model::{DecoderKind, EndpointRequest, Engine};
 use dreamwalk::pipeline::display::Display;
 use dreamwalk::pipeline::{Inbetweens, Pipeline, PipelineOptions, Popped, RingPolicy, Settings};
 use dreamwalk::upscale::UpscaleMode;
@@ -233,4 +233,45 @@ fn display_shows_frames_in_order_and_counts_underruns() {
     assert!(display.current.get().is_some());
     drop(display);
     pipeline.shutdown();
+}
+
+#[test]
+fn the_sampled_keyframes_get_thumbnails_when_asked() {
+    let engine = fake_engine(Duration::ZERO);
+    let s = settings(2, 0, LoopMode::Once);
+    let options = PipelineOptions {
+        keyframe_thumbnails: Some(8),
+        ..render_options()
+    };
+    let pipeline = Pipeline::start(engine.clone(), s.clone(), options);
+    drain(&pipeline);
+    // Made after the walk got its keyframes: wait for them (a few decodes at most).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let thumbnails = loop {
+        if let Some(t) = pipeline.keyframe_thumbnails() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no thumbnails made");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(thumbnails.generation, pipeline.stats_snapshot().generation);
+    assert_eq!(thumbnails.keyframes, s.endpoints.keyframes);
+    // Each is the keyframe's latents decoded (TAESD) and shrunk to 8 pixels wide.
+    let latents = engine.endpoints(&s.endpoints, &mut |_| true).unwrap();
+    for (i, (image, latent)) in thumbnails.images.iter().zip(&latents).enumerate() {
+        let decoded = engine.decode(latent, DecoderKind::Taesd).unwrap();
+        let expected = dreamwalk::model::keyframe::thumbnail(&decoded, 8);
+        assert_eq!((image.width, image.height), (8, 4), "keyframe {i}");
+        assert_eq!(image.pixels, expected.pixels, "keyframe {i}");
+        let of = thumbnails.of(i, &s.endpoints.keyframes[i]).map(Arc::as_ptr);
+        assert_eq!(of, Some(Arc::as_ptr(image)));
+    }
+    // Distinct keyframes, distinct pictures; a row that says something else has none.
+    assert_ne!(thumbnails.images[0].pixels, thumbnails.images[2].pixels);
+    assert!(thumbnails.of(0, &"another prompt".into()).is_none());
+    assert!(thumbnails.of(3, &s.endpoints.keyframes[0]).is_none());
+    // Without the option (render), none are made.
+    let plain = Pipeline::start(engine, s, render_options());
+    drain(&plain);
+    assert!(plain.keyframe_thumbnails().is_none());
 }

@@ -97,6 +97,44 @@ fn load_error(path: &std::path::Path, config: bool) -> String {
     }
 }
 
+/// Early SD 1 checkpoints were saved with a transformers that had no `text_model.` level:
+/// `cond_stage_model.transformer.encoder.*`. The same weights under those names give the
+/// same model.
+#[test]
+fn a_checkpoint_without_the_text_model_level_gives_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "cond_stage_model.transformer.text_model.";
+    let path = edited_checkpoint(dir.path(), |tensors| {
+        let old: Vec<String> = tensors
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        assert!(!old.is_empty());
+        for key in old {
+            let tensor = tensors.remove(&key).unwrap();
+            let flat = format!("cond_stage_model.transformer.{}", &key[prefix.len()..]);
+            tensors.insert(flat, tensor);
+        }
+    });
+    let model = StableDiffusion::load_single_file(
+        &path,
+        &SingleFileOptions {
+            config: Some(fixture("tiny-sd")),
+            prediction: None,
+        },
+        None,
+    )
+    .expect("the flat text-encoder layout loads");
+    let latents = model.endpoints(&e2e_request(), &mut |_| true).unwrap();
+    let reference = single_file_model()
+        .endpoints(&e2e_request(), &mut |_| true)
+        .unwrap();
+    for (a, b) in latents.iter().zip(&reference) {
+        assert_eq!(max_abs_diff(a, b), 0.0);
+    }
+}
+
 #[test]
 fn real_checkpoint_extras_are_ignored_and_f16_loads() {
     let dir = tempfile::tempdir().unwrap();

@@ -540,3 +540,44 @@ fn a_lora_strength_slider_reloads_the_model_and_the_walk_plays_on() {
     let s = settings(&harness);
     assert_eq!(s.endpoints.keyframes.len(), 2, "the prompts are kept");
 }
+
+#[test]
+fn prompt_rows_show_their_keyframe_as_sampled_and_lose_it_when_edited() {
+    let mut harness = harness();
+    play_with_prompts(&mut harness);
+    let thumbnails = |app: &ViewerApp| app.session().and_then(|s| s.keyframe_thumbnails());
+    step_until(&mut harness, "the keyframe thumbnails", |app| {
+        thumbnails(app).is_some_and(|t| t.keyframes == settings_of(app).endpoints.keyframes)
+    });
+    let made = thumbnails(harness.state()).unwrap();
+    assert_eq!(made.images.len(), 2);
+    for (letter, image) in ["A", "B"].iter().zip(&made.images) {
+        let label = format!("thumbnail of keyframe {letter}");
+        let shown = harness.get_by_role_and_label(Role::Image, &label);
+        // Drawn 40 points tall, the keyframe's own shape.
+        let rect = shown.rect();
+        let width = 40.0 * image.width as f32 / image.height as f32;
+        assert_eq!(
+            (rect.width().round(), rect.height().round()),
+            (width.round(), 40.0)
+        );
+        assert!(image.width.max(image.height) <= 96);
+    }
+    // Typing another prompt into row B (not yet applied): its picture is not that prompt's.
+    harness.get_by_label("Prompt B").focus();
+    harness.run_steps(1);
+    harness.get_by_label("Prompt B").type_text(" in the rain");
+    harness.run_steps(2);
+    assert!(harness
+        .query_by_role_and_label(Role::Image, "thumbnail of keyframe B")
+        .is_none());
+    assert!(harness
+        .query_by_role_and_label(Role::Image, "thumbnail of keyframe A")
+        .is_some());
+}
+
+fn settings_of(app: &ViewerApp) -> Settings {
+    app.session()
+        .and_then(|s| s.settings())
+        .expect("the walk runs")
+}

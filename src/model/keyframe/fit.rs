@@ -81,6 +81,18 @@ pub fn fit_image(image: &RgbaImage, size: (u32, u32), fit: Fit) -> RgbaImage {
     }
 }
 
+/// A small copy of `image` for a panel: at most `side` pixels on its longer side, its shape
+/// kept (itself when it is already that small). `side` must not be 0.
+pub fn thumbnail(image: &RgbaImage, side: u32) -> RgbaImage {
+    let (w, h) = (image.width, image.height);
+    let scale = f64::from(side) / f64::from(w.max(h));
+    if scale >= 1.0 {
+        return image.clone();
+    }
+    let scaled = |s: u32| ((f64::from(s) * scale).round() as u32).clamp(1, side);
+    resize(image, scaled(w), scaled(h))
+}
+
 /// `image` resized to `width` x `height` (itself when it already is that size).
 fn resize(image: &RgbaImage, width: u32, height: u32) -> RgbaImage {
     if (image.width, image.height) == (width, height) {
@@ -118,6 +130,19 @@ mod tests {
 
     fn close(a: [u8; 3], b: [u8; 3]) -> bool {
         a.iter().zip(b).all(|(&x, y)| x.abs_diff(y) <= 1)
+    }
+
+    #[test]
+    fn a_thumbnail_keeps_the_shape_within_its_side() {
+        let wide = thumbnail(&bands(50, 40), 96); // 200x40
+        assert_eq!((wide.width, wide.height), (96, 19));
+        // Each band keeps its colour in its middle.
+        assert!(close(pixel(&wide, 12, 9), [255, 0, 0]));
+        assert!(close(pixel(&wide, 84, 9), [255, 255, 0]));
+        let small = bands(4, 8);
+        assert_eq!(thumbnail(&small, 96).pixels, small.pixels);
+        let thin = thumbnail(&bands(250, 1), 96); // 1000x1: never 0 rows
+        assert_eq!((thin.width, thin.height), (96, 1));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::frame::RgbaImage;
 
 pub use encoder::{image_tensor, ImageEncoder};
-pub use fit::{fit_image, Fit, PAD_GREY};
+pub use fit::{fit_image, thumbnail, Fit, PAD_GREY};
 pub use read::read_image;
 
 /// One keyframe of a walk, in walk order.

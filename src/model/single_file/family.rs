@@ -91,8 +91,10 @@ pub fn classify(path: &Path, tensors: &[(String, Vec<usize>)]) -> Result<Layout>
         }
         None => return refuse("missing `model.diffusion_model.input_blocks.0.0.weight`".into()),
     }
-    let text = if has_prefix("cond_stage_model.transformer.") {
+    let text = if has_prefix("cond_stage_model.transformer.text_model.") {
         TextLayout::Transformers
+    } else if has_prefix("cond_stage_model.transformer.") {
+        TextLayout::TransformersFlat
     } else if has_prefix("cond_stage_model.model.") {
         TextLayout::OpenClip
     } else {

@@ -189,6 +189,9 @@ pub fn vae_key(name: &str, blocks: usize) -> Option<String> {
 pub enum TextLayout {
     /// SD 1.x: transformers' `CLIPTextModel` keys under `cond_stage_model.transformer.`.
     Transformers,
+    /// SD 1.x saved with transformers before its `text_model.` level (early checkpoints):
+    /// `cond_stage_model.transformer.encoder.*`, `.embeddings.*`, `.final_layer_norm.*`.
+    TransformersFlat,
     /// SD 2.x: OpenCLIP's keys under `cond_stage_model.model.` (fused q/k/v projections).
     OpenClip,
 }
@@ -200,6 +203,9 @@ pub fn clip_source(name: &str, layout: TextLayout) -> Option<Source> {
     match layout {
         TextLayout::Transformers => Some(Source::whole(format!(
             "cond_stage_model.transformer.text_model.{name}"
+        ))),
+        TextLayout::TransformersFlat => Some(Source::whole(format!(
+            "cond_stage_model.transformer.{name}"
         ))),
         TextLayout::OpenClip => open_clip_source(name),
     }

@@ -226,7 +226,7 @@ impl Configs {
     /// Face cache.
     fn builtin(path: &Path, layout: &Layout) -> Result<Self> {
         let sd2 = match (layout.text, layout.context_dim) {
-            (TextLayout::Transformers, 768) => false,
+            (TextLayout::Transformers | TextLayout::TransformersFlat, 768) => false,
             (TextLayout::OpenClip, 1024) => true,
             (text, context) => {
                 return Err(ModelError::bad_file(

@@ -103,3 +103,36 @@ pub fn random(shape: &[usize], seed: u64, scale: f64, offset: f64) -> Tensor {
         .collect();
     Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
 }
+
+/// Whether one of our own fixtures (`tests/fixtures/<name>/`, made by diffusers from the
+/// shared tiny-sd model) was made from this fixture set's tiny-sd: its `settings.json`
+/// records the first 16 hex digits of each weight file's sha256 under `tiny_sd_sha256_16`.
+/// Our fixtures' exact numbers hold only for that model; on another set from the same
+/// generators a test still runs the whole path and checks what does not depend on the
+/// weights, and says that it skipped the comparison.
+pub fn made_from_this_set(settings: &serde_json::Value) -> bool {
+    use sha2::Digest;
+    let files = settings["tiny_sd_sha256_16"]
+        .as_object()
+        .expect("settings.json records tiny_sd_sha256_16");
+    files.iter().all(|(file, expected)| {
+        let bytes = std::fs::read(fixture(&format!("tiny-sd/{file}"))).unwrap();
+        let digest = sha2::Sha256::digest(&bytes);
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Some(hex.as_str()) == expected.as_str()
+    })
+}
+
+/// A file of our own fixture `tests/fixtures/<name>/`.
+pub fn own_fixture(name: &str, file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .join(file)
+}
+
+/// All tensors of a safetensors file, on the CPU.
+pub fn load_tensors_at(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
