@@ -10,6 +10,7 @@
 
 mod attention;
 mod conv;
+mod dense;
 mod exp;
 mod flash;
 mod layout;
@@ -19,6 +20,7 @@ mod norm;
 
 pub(crate) use attention::Attention;
 pub(crate) use conv::{CompactConv3x3, Conv3x3, ConvShape, Padding, Sink};
+pub(crate) use dense::{gelu_in_place, quick_gelu_in_place, Dense};
 pub(crate) use flash::{multi_head_attention, AttentionShape};
 pub(crate) use layout::{padded, Act, Pool};
 pub(crate) use linear::Conv1x1;

@@ -15,9 +15,10 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use crate::model::kernels::{gelu_in_place, quick_gelu_in_place, Dense};
 use crate::model::seeded::seeded_var_builder;
 use crate::model::weights::{find_weights, in_file, mmap_var_builder, read_config};
 use crate::model::{ModelError, Result};
@@ -329,8 +330,8 @@ struct EncoderLayer {
     layer_norm1: LayerNorm,
     self_attn: SelfAttention,
     layer_norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     activation: ClipActivation,
 }
 
@@ -342,8 +343,8 @@ impl EncoderLayer {
             layer_norm1: candle_nn::layer_norm(hidden, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
             self_attn: SelfAttention::new(vb.pp("self_attn"), cfg)?,
             layer_norm2: candle_nn::layer_norm(hidden, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: candle_nn::linear(hidden, cfg.intermediate_size, mlp.pp("fc1"))?,
-            fc2: candle_nn::linear(cfg.intermediate_size, hidden, mlp.pp("fc2"))?,
+            fc1: Dense::load(&mlp.pp("fc1"), hidden, cfg.intermediate_size, true)?,
+            fc2: Dense::load(&mlp.pp("fc2"), cfg.intermediate_size, hidden, true)?,
             activation: cfg.hidden_act,
         })
     }
@@ -353,21 +354,23 @@ impl EncoderLayer {
             .self_attn
             .forward(&self.layer_norm1.forward(xs)?, mask)?;
         let xs = (xs + attended)?;
-        let hidden = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
-        let hidden = match self.activation {
-            ClipActivation::QuickGelu => (&hidden * candle_nn::ops::sigmoid(&(&hidden * 1.702)?)?)?,
-            ClipActivation::Gelu => hidden.gelu_erf()?,
+        let activation = match self.activation {
+            ClipActivation::QuickGelu => quick_gelu_in_place,
+            ClipActivation::Gelu => gelu_in_place,
         };
+        let hidden = self
+            .fc1
+            .forward_then(&self.layer_norm2.forward(&xs)?, activation)?;
         xs + self.fc2.forward(&hidden)?
     }
 }
 
 #[derive(Debug)]
 struct SelfAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: Dense,
+    k_proj: Dense,
+    v_proj: Dense,
+    out_proj: Dense,
     num_heads: usize,
     head_dim: usize,
 }
@@ -376,10 +379,10 @@ impl SelfAttention {
     fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> candle_core::Result<Self> {
         let hidden = cfg.hidden_size;
         Ok(Self {
-            q_proj: candle_nn::linear(hidden, hidden, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear(hidden, hidden, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear(hidden, hidden, vb.pp("v_proj"))?,
-            out_proj: candle_nn::linear(hidden, hidden, vb.pp("out_proj"))?,
+            q_proj: Dense::load(&vb.pp("q_proj"), hidden, hidden, true)?,
+            k_proj: Dense::load(&vb.pp("k_proj"), hidden, hidden, true)?,
+            v_proj: Dense::load(&vb.pp("v_proj"), hidden, hidden, true)?,
+            out_proj: Dense::load(&vb.pp("out_proj"), hidden, hidden, true)?,
             num_heads: cfg.num_attention_heads,
             head_dim: hidden / cfg.num_attention_heads,
         })

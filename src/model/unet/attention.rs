@@ -1,19 +1,19 @@
-//! diffusers' `Attention` as the UNet's transformers use it: the projections on candle
-//! (`gemm`), the attention itself on `kernels::multi_head_attention` (an online softmax over
+//! diffusers' `Attention` as the UNet's transformers use it: the projections on
+//! `kernels::Dense` (`gemm`), the attention itself on `kernels::multi_head_attention` (an online softmax over
 //! blocks of keys: memory O(tokens x head_dim) per task, never the score matrix).
 
-use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
 
-use crate::model::kernels::{multi_head_attention, AttentionShape};
+use crate::model::kernels::{multi_head_attention, AttentionShape, Dense};
 
 /// diffusers `Attention` (q/k/v without bias, `to_out.0` with bias), scaled dot product.
 #[derive(Debug, Clone)]
 pub(super) struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: Dense,
+    to_k: Dense,
+    to_v: Dense,
+    to_out: Dense,
     heads: usize,
     head_dim: usize,
 }
@@ -28,10 +28,10 @@ impl Attention {
     ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
+            to_q: Dense::load(&vb.pp("to_q"), query_dim, inner, false)?,
+            to_k: Dense::load(&vb.pp("to_k"), context_dim, inner, false)?,
+            to_v: Dense::load(&vb.pp("to_v"), context_dim, inner, false)?,
+            to_out: Dense::load(&vb.pp("to_out").pp("0"), inner, query_dim, true)?,
             heads,
             head_dim,
         })

@@ -1,37 +1,33 @@
 //! diffusers' `Transformer2DModel` on continuous input: the spatial transformer of the
 //! cross-attention blocks, with its `BasicTransformerBlock`s and GEGLU feed-forward.
 
-use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, GroupNorm, LayerNorm, VarBuilder};
 
 use super::attention::Attention;
 use super::config::{AttentionSettings, BlockSettings};
 use super::resnet::conv2d;
+use crate::model::kernels::Dense;
 
 /// diffusers `FeedForward` with GEGLU: `proj` to 2 x inner, value * gelu(gate) with the
 /// exact erf GELU (diffusers' `F.gelu` default, not the tanh approximation), back to dim.
 #[derive(Debug, Clone)]
 struct FeedForward {
-    proj: Linear,
-    out: Linear,
-    inner: usize,
+    proj: Dense,
+    out: Dense,
 }
 
 impl FeedForward {
     fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
-            proj: candle_nn::linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?,
-            out: candle_nn::linear(inner, dim, vb.pp("net").pp("2"))?,
-            inner,
+            proj: Dense::load(&vb.pp("net").pp("0").pp("proj"), dim, inner * 2, true)?,
+            out: Dense::load(&vb.pp("net").pp("2"), inner, dim, true)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(x)?;
-        let value = h.narrow(D::Minus1, 0, self.inner)?;
-        let gate = h.narrow(D::Minus1, self.inner, self.inner)?.gelu_erf()?;
-        self.out.forward(&(value * gate)?)
+        self.out.forward(&self.proj.forward_geglu(x)?)
     }
 }
 
@@ -90,13 +86,13 @@ impl BasicTransformerBlock {
 #[derive(Debug, Clone)]
 enum Projection {
     Conv(Conv2d),
-    Linear(Linear),
+    Linear(Dense),
 }
 
 impl Projection {
     fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, linear: bool) -> Result<Self> {
         Ok(if linear {
-            Self::Linear(candle_nn::linear(in_dim, out_dim, vb)?)
+            Self::Linear(Dense::load(&vb, in_dim, out_dim, true)?)
         } else {
             Self::Conv(conv2d(in_dim, out_dim, 1, 1, 0, vb)?)
         })
