@@ -37,3 +37,4 @@ mod vae;
 mod viewer;
 mod viewer_screenshot;
 mod walk;
+mod x4;
