@@ -68,6 +68,8 @@ impl Cli {
 pub enum Command {
     /// Render a walk headless to a PNG sequence or a video file.
     Render(RenderArgs),
+    /// Make a picture 4x larger with the Stable Diffusion x4 upscaler (--model required).
+    Upscale(super::upscale::UpscaleArgs),
 }
 
 /// Which weights to run.

@@ -1,14 +1,17 @@
 //! The command line, and nothing else: clap's argument structs, their conversion into the
 //! library's types, and the terminal's progress display. `dreamwalk` opens the viewer,
-//! `dreamwalk render` runs the same engine headless; the work itself is in [`crate::usecase`]
+//! `dreamwalk render` runs the same engine headless, `dreamwalk upscale` makes a picture 4x
+//! larger; the work itself is in [`crate::usecase`]
 //! and [`crate::app`].
 
 mod args;
 mod progress;
+mod upscale;
 mod values;
 
 pub use args::{Cli, Command, KeyframeArg, ModelArgs, RenderArgs, Size, ViewerArgs};
-pub use progress::RenderBar;
+pub use progress::{RenderBar, UpscaleBar};
+pub use upscale::UpscaleArgs;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,6 +37,7 @@ pub fn init_logging() {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Some(Command::Render(args)) => render(args, &cli.model),
+        Some(Command::Upscale(args)) => upscale(args, &cli.model).map(|()| ExitCode::SUCCESS),
         None => run_viewer(&cli.model, &cli.viewer).map(|()| ExitCode::SUCCESS),
     }
 }
@@ -89,6 +93,17 @@ fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(128 + signal as u8));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `dreamwalk upscale`: checks everything, loads the x4 upscaler, upscales, prints what
+/// was written.
+fn upscale(args: &UpscaleArgs, model: &ModelArgs) -> anyhow::Result<()> {
+    let job = args.job(model)?;
+    let mut progress = progress::UpscaleBar::new();
+    let summary = crate::usecase::upscale(&job, &mut progress);
+    progress.finish();
+    eprintln!("dreamwalk: {}", summary?);
+    Ok(())
 }
 
 /// SIGINT and SIGTERM, caught: the first sets `stop` (and records which it was), a second

@@ -1,11 +1,13 @@
-//! Progress on the terminal for long command-line work: a spinner when stderr is a terminal,
-//! plain lines every few seconds when it is not (a log file, CI).
+//! Progress on the terminal for long command-line work (a render's frames, an upscale's UNet
+//! calls): a spinner or bar when stderr is a terminal, plain lines every few seconds when it
+//! is not (a log file, CI).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use crate::model::tiled::TiledStep;
 use crate::pipeline::StatsSnapshot;
-use crate::usecase::{RenderHeader, RenderProgress};
+use crate::usecase::{RenderHeader, RenderProgress, UpscaleHeader, UpscaleProgress};
 
 /// How often the plain display writes a line.
 const PLAIN_INTERVAL: Duration = Duration::from_secs(5);
@@ -130,6 +132,100 @@ impl RenderProgress for RenderBar {
                 bar.set_message(figures());
             }
             Display::Lines { .. } => self.line(|| format!("{written} frames | {}", figures())),
+        }
+    }
+}
+
+/// An upscale's UNet tile calls: an indicatif bar with the time left on a terminal, else a
+/// plain line every [`PLAIN_INTERVAL`].
+pub struct UpscaleBar {
+    display: UpscaleDisplay,
+}
+
+enum UpscaleDisplay {
+    Bar(indicatif::ProgressBar),
+    Lines {
+        started: Instant,
+        last_line: Option<Instant>,
+    },
+}
+
+impl Default for UpscaleBar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UpscaleBar {
+    /// A bar on stderr when it is a terminal, plain lines otherwise.
+    pub fn new() -> Self {
+        let display = if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} UNet tile calls, {elapsed} (about {eta} left) | {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            UpscaleDisplay::Bar(bar)
+        } else {
+            UpscaleDisplay::Lines {
+                started: Instant::now(),
+                last_line: None,
+            }
+        };
+        Self { display }
+    }
+
+    /// Clears the bar (the summary line follows).
+    pub fn finish(self) {
+        if let UpscaleDisplay::Bar(bar) = self.display {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// "step 3/25, 6 of 9 tiles refining".
+fn step_message(step: &TiledStep) -> String {
+    let tiles = step.calls_total / step.steps.max(1);
+    format!(
+        "step {}/{}, {} of {tiles} tiles refining, {} calls skipped",
+        step.step, step.steps, step.tiles_refining, step.calls_skipped
+    )
+}
+
+impl UpscaleProgress for UpscaleBar {
+    fn started(&mut self, header: &UpscaleHeader) {
+        match &self.display {
+            UpscaleDisplay::Bar(bar) => {
+                bar.suspend(|| eprintln!("dreamwalk: {header}"));
+                bar.set_length((header.tiles * header.steps) as u64);
+                bar.reset_eta();
+            }
+            UpscaleDisplay::Lines { .. } => eprintln!("dreamwalk: {header}"),
+        }
+    }
+
+    fn stepped(&mut self, step: &TiledStep) {
+        match &mut self.display {
+            UpscaleDisplay::Bar(bar) => {
+                bar.set_position((step.calls_run + step.calls_skipped) as u64);
+                bar.set_message(step_message(step));
+            }
+            UpscaleDisplay::Lines { started, last_line } => {
+                let now = Instant::now();
+                let due = last_line.is_none_or(|last| now - last >= PLAIN_INTERVAL);
+                if due && now - *started >= PLAIN_INTERVAL {
+                    *last_line = Some(now);
+                    eprintln!(
+                        "dreamwalk: {:>6.1} s | {}/{} UNet tile calls | {}",
+                        (now - *started).as_secs_f64(),
+                        step.calls_run + step.calls_skipped,
+                        step.calls_total,
+                        step_message(step)
+                    );
+                }
+            }
         }
     }
 }

@@ -114,3 +114,14 @@ value_enum! {
         VPrediction,
     }
 }
+
+/// How `upscale` cuts the latent into tiles (`--tile` and `--tile-overlap` size them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TilingArg {
+    /// Overlapping tiles whose predictions are blended every step (no seams).
+    Blended,
+    /// Four non-overlapping quadrants, each denoised on its own (seams show).
+    Quadrants,
+    /// The whole picture at once (memory grows with its size).
+    None,
+}

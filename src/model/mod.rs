@@ -20,8 +20,10 @@ pub mod sd;
 mod seeded;
 pub mod single_file;
 pub mod text;
+pub mod tiled;
 pub mod unet;
 pub mod weights;
+pub mod x4;
 
 use std::path::{Path, PathBuf};
 

@@ -14,6 +14,7 @@ use super::keyframe::{fit_image, image_tensor, ImageKeyframe, Keyframe};
 use super::lora::{Component, LoraSet};
 use super::schedulers::{denoise, img2img, Sampler, SamplerKind, SchedulerConfig};
 use super::text::{ClipTextEncoder, ClipTokenizer};
+use super::tiled::{denoise_tiled, TileLayout, TiledOutcome, TiledStep, Tiling};
 use super::unet::UNet2DConditionModel;
 use super::{ModelError, Result};
 use crate::frame::RgbaImage;
@@ -67,6 +68,16 @@ impl StableDiffusion {
             .get("_class_name")
             .and_then(|c| c.as_str())
             .unwrap_or("");
+        if class == super::x4::X4_PIPELINE {
+            return Err(ModelError::Config {
+                path: index_path,
+                key: "_class_name".into(),
+                message: format!(
+                    "`{class}` is the x4 upscaler, not a model to walk: upscale pictures with \
+                     it by `dreamwalk upscale --model {model} --image IN.png --out OUT.png`"
+                ),
+            });
+        }
         if !SUPPORTED_PIPELINES.contains(&class) {
             return Err(ModelError::Config {
                 path: index_path,
@@ -249,6 +260,51 @@ impl StableDiffusion {
         self.run_sampler(prompt, negative, start, steps, guidance, on_step)
     }
 
+    /// The UNet's text context: `[negative, prompt]` with guidance, else the prompt's alone.
+    fn context(&self, prompt: &str, negative: &str, guidance: f64) -> Result<Tensor> {
+        let cond = self.encode_prompt(prompt)?;
+        Ok(match guidance > 1.0 {
+            true => Tensor::cat(&[&self.encode_prompt(negative)?, &cond], 0)?,
+            false => cond,
+        })
+    }
+
+    /// [`Self::sample`] over tiles of the latent (see [`super::tiled`]): each step the UNet
+    /// predicts every tile of `tiling` on its own and the predictions are blended; with
+    /// `noise_threshold`, a tile whose predicted clean latents look clean stops refining.
+    /// With one tile covering the latent the result is [`Self::sample`]'s.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_tiled(
+        &self,
+        prompt: &str,
+        negative: &str,
+        init: &Tensor,
+        steps: usize,
+        guidance: f64,
+        tiling: Tiling,
+        noise_threshold: Option<f64>,
+        on_step: impl FnMut(&TiledStep),
+    ) -> Result<(TiledOutcome, TileLayout)> {
+        let context = self.context(prompt, negative, guidance)?;
+        let sampler = Sampler::new(
+            &self.scheduler,
+            SamplerKind::default_for(&self.scheduler),
+            steps,
+        )?;
+        let (_, _, h, w) = init.dims4()?;
+        let layout = TileLayout::new(tiling, (h, w))?;
+        let outcome = denoise_tiled(
+            &sampler,
+            init,
+            guidance,
+            &layout,
+            noise_threshold,
+            |_, x, t| self.unet.forward(x, t, &context),
+            on_step,
+        )?;
+        Ok((outcome, layout))
+    }
+
     /// The guided sampling loop from `start`, cancelled when `on_step` returns `false`.
     fn run_sampler(
         &self,
@@ -259,12 +315,7 @@ impl StableDiffusion {
         guidance: f64,
         mut on_step: impl FnMut(usize, usize) -> bool,
     ) -> std::result::Result<Tensor, EndpointError> {
-        let cond = self.encode_prompt(prompt)?;
-        let context = if guidance > 1.0 {
-            Tensor::cat(&[&self.encode_prompt(negative)?, &cond], 0)?
-        } else {
-            cond
-        };
+        let context = self.context(prompt, negative, guidance)?;
         let kind = SamplerKind::default_for(&self.scheduler);
         let sampler = Sampler::new(&self.scheduler, kind, steps)?;
         let cancelled = std::cell::Cell::new(false);
@@ -444,7 +495,7 @@ pub(super) fn with_loras(name: String, loras: &LoraSet) -> String {
 }
 
 /// A model folder from a path, or a Hugging Face id looked up in the local cache.
-fn resolve_model(model: &str) -> Result<PathBuf> {
+pub(super) fn resolve_model(model: &str) -> Result<PathBuf> {
     let path = Path::new(model);
     if path.is_dir() {
         return Ok(path.to_path_buf());

@@ -1,10 +1,11 @@
 //! What a person does with dreamwalk, as library functions with typed arguments: load a
-//! model ([`load`]), render a walk headless ([`render`]). The command line, the window and
+//! model ([`load`]), render a walk headless ([`render`]), upscale a picture 4x ([`upscale`]). The command line, the window and
 //! the bench call these; none of them builds another's arguments to reach them.
 
 pub mod load;
 pub mod render;
 pub mod save_latents;
+pub mod upscale;
 
 pub use load::{headless_engine, load_engine, ModelSource};
 pub use render::{
@@ -12,3 +13,7 @@ pub use render::{
     RenderSummary,
 };
 pub use save_latents::save_keyframes;
+pub use upscale::{
+    check_upscale, upscale, upscale_with, UpscaleHeader, UpscaleJob, UpscaleProgress,
+    UpscaleSummary,
+};

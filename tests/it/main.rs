@@ -38,3 +38,4 @@ mod vae;
 mod viewer;
 mod viewer_screenshot;
 mod walk;
+mod x4;

@@ -118,6 +118,44 @@ impl Scheduler for DdimScheduler {
         Ok((mul_scalar(&x0, a_prev.sqrt())? + direction)?)
     }
 
+    fn predicted_original(
+        &self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+    ) -> Result<Tensor> {
+        let (sqrt_a, sqrt_b) = self.signal_and_noise(step_index)?;
+        Ok(match self.prediction_type {
+            PredictionType::Epsilon => {
+                div_scalar(&(sample - mul_scalar(model_output, sqrt_b)?)?, sqrt_a)?
+            }
+            PredictionType::Sample => model_output.clone(),
+            PredictionType::VPrediction => {
+                (mul_scalar(sample, sqrt_a)? - mul_scalar(model_output, sqrt_b)?)?
+            }
+        })
+    }
+
+    fn output_for_original(
+        &self,
+        original: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+    ) -> Result<Tensor> {
+        let (sqrt_a, sqrt_b) = self.signal_and_noise(step_index)?;
+        Ok(match self.prediction_type {
+            // eps = (x - sqrt(a) x0) / sqrt(1 - a)
+            PredictionType::Epsilon => {
+                div_scalar(&(sample - mul_scalar(original, sqrt_a)?)?, sqrt_b)?
+            }
+            PredictionType::Sample => original.clone(),
+            // v = (sqrt(a) x - x0) / sqrt(1 - a)
+            PredictionType::VPrediction => {
+                div_scalar(&(mul_scalar(sample, sqrt_a)? - original)?, sqrt_b)?
+            }
+        })
+    }
+
     /// diffusers' `DDIMScheduler.add_noise` (float32): `sqrt(a_t) x + sqrt(1 - a_t) noise`
     /// at the step's timestep `t`.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
@@ -125,6 +163,16 @@ impl Scheduler for DdimScheduler {
         let a_t = self.alphas_cumprod[self.timesteps[step_index] as usize];
         let signal = mul_scalar(original, a_t.sqrt())?;
         Ok((signal + mul_scalar(noise, (1.0 - a_t).sqrt())?)?)
+    }
+}
+
+impl DdimScheduler {
+    /// `(sqrt(a_t), sqrt(1 - a_t))` at step `step_index`: how much of the clean sample and
+    /// of the noise the latents there hold.
+    fn signal_and_noise(&self, step_index: usize) -> Result<(f32, f32)> {
+        check_step(step_index, self.timesteps.len())?;
+        let a_t = self.alphas_cumprod[self.timesteps[step_index] as usize];
+        Ok((a_t.sqrt(), (1.0 - a_t).sqrt()))
     }
 }
 

@@ -121,6 +121,47 @@ impl Scheduler for EulerScheduler {
         Ok((&sample + mul_scalar(&derivative, sigma_next - sigma)?)?)
     }
 
+    fn predicted_original(
+        &self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+    ) -> Result<Tensor> {
+        check_step(step_index, self.timesteps.len())?;
+        let sigma = self.sigmas[step_index];
+        let sample = sample.to_dtype(DType::F32)?;
+        Ok(match self.prediction_type {
+            PredictionType::Epsilon => (&sample - mul_scalar(model_output, sigma)?)?,
+            PredictionType::VPrediction => {
+                let c_out = -sigma / (sigma * sigma + 1.0).sqrt();
+                (mul_scalar(model_output, c_out)? + div_scalar(&sample, sigma * sigma + 1.0)?)?
+            }
+            PredictionType::Sample => model_output.clone(),
+        })
+    }
+
+    fn output_for_original(
+        &self,
+        original: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+    ) -> Result<Tensor> {
+        check_step(step_index, self.timesteps.len())?;
+        let sigma = self.sigmas[step_index];
+        let sample = sample.to_dtype(DType::F32)?;
+        Ok(match self.prediction_type {
+            // eps = (x - x0) / sigma
+            PredictionType::Epsilon => div_scalar(&(&sample - original)?, sigma)?,
+            // v = (x0 - x / (sigma^2 + 1)) / c_out
+            PredictionType::VPrediction => {
+                let c_out = -sigma / (sigma * sigma + 1.0).sqrt();
+                let scaled = div_scalar(&sample, sigma * sigma + 1.0)?;
+                div_scalar(&(original - scaled)?, c_out)?
+            }
+            PredictionType::Sample => original.clone(),
+        })
+    }
+
     /// diffusers' `EulerDiscreteScheduler.add_noise` with img2img's begin index (float32):
     /// `x + noise * sigma` at the step's sigma.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {

@@ -33,7 +33,7 @@ pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing}
 pub use ddim::DdimScheduler;
 pub use euler::EulerScheduler;
 pub use img2img::{img2img, img2img_first_step};
-pub use sampler::{denoise, denoise_from, Sampler, SamplerKind};
+pub use sampler::{denoise, denoise_from, guided_prediction, Sampler, SamplerKind};
 
 /// A sampling method set up for a number of steps: what [`denoise`] needs to run it.
 ///
@@ -75,6 +75,33 @@ pub trait Scheduler: std::fmt::Debug + Send + Sync {
     /// `step_index`, as diffusers' `add_noise` does where img2img starts sampling: the
     /// latents [`Self::step`] expects at that step.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor>;
+
+    /// The clean sample that `model_output` at step `step_index` implies for `sample` (the
+    /// latents there): diffusers' `pred_original_sample`, the quantity [`Self::step`] moves
+    /// toward. Tiled denoising estimates each tile's remaining noise on it.
+    fn predicted_original(
+        &self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+    ) -> Result<Tensor>;
+
+    /// The inverse of [`Self::predicted_original`]: the model output that implies `original`
+    /// for `sample` at step `step_index`. Stepping with it carries `sample` toward `original`
+    /// along the sampler's own path, which is how a tile that stopped refining keeps its
+    /// clean estimate while the steps go on.
+    fn output_for_original(
+        &self,
+        original: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+    ) -> Result<Tensor>;
+}
+
+/// The training schedule's `alphas_cumprod` for `cfg` (float32, as diffusers computes them):
+/// what a scheduler that only adds noise (the x4 upscaler's `low_res_scheduler`) needs.
+pub fn training_alphas_cumprod(cfg: &SchedulerConfig) -> Result<Vec<f32>> {
+    schedule::train_alphas_cumprod(cfg, 1)
 }
 
 /// Refuses a step index past the last of `num_steps` steps.

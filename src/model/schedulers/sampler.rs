@@ -98,6 +98,26 @@ impl Scheduler for Sampler {
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
         self.scheduler.add_noise(original, noise, step_index)
     }
+
+    fn predicted_original(
+        &self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+    ) -> Result<Tensor> {
+        self.scheduler
+            .predicted_original(model_output, step_index, sample)
+    }
+
+    fn output_for_original(
+        &self,
+        original: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+    ) -> Result<Tensor> {
+        self.scheduler
+            .output_for_original(original, step_index, sample)
+    }
 }
 
 /// The sampling loop of diffusers' Stable Diffusion pipeline, for any model.
@@ -131,29 +151,40 @@ pub fn denoise_from(
     mut predict: impl FnMut(&Tensor, f64) -> Result<Tensor>,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Tensor> {
-    let guided = guidance_scale > 1.0;
     let num_steps = scheduler.num_steps();
     let mut x = latents.clone();
     for (step_index, &t) in scheduler.timesteps().iter().enumerate().skip(first_step) {
         let input = scheduler.scale_model_input(&x, step_index)?;
-        let output = if guided {
-            let batch = input.dim(0)?;
-            let out = predict(&Tensor::cat(&[&input, &input], 0)?, t)?;
-            if out.dim(0)? != 2 * batch {
-                return Err(invalid(format!(
-                    "guided prediction returned a batch of {}, expected {}",
-                    out.dim(0)?,
-                    2 * batch
-                )));
-            }
-            let uncond = out.narrow(0, 0, batch)?;
-            let cond = out.narrow(0, batch, batch)?;
-            (&uncond + ((&cond - &uncond)? * guidance_scale)?)?
-        } else {
-            predict(&input, t)?
-        };
+        let output = guided_prediction(&input, t, guidance_scale, &mut predict)?;
         x = scheduler.step(&output, step_index, &x)?;
         on_step(step_index, num_steps);
     }
     Ok(x)
+}
+
+/// One classifier-free-guided model output, as [`denoise`] makes it at every step: with
+/// `guidance_scale > 1` the model sees the batch `cat([input, input])` (its first half
+/// paired with the unconditional context) and the halves are combined as
+/// `uncond + g * (cond - uncond)`; otherwise it sees `input` alone.
+pub fn guided_prediction(
+    input: &Tensor,
+    t: f64,
+    guidance_scale: f64,
+    predict: &mut impl FnMut(&Tensor, f64) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if guidance_scale <= 1.0 {
+        return predict(input, t);
+    }
+    let batch = input.dim(0)?;
+    let out = predict(&Tensor::cat(&[input, input], 0)?, t)?;
+    if out.dim(0)? != 2 * batch {
+        return Err(invalid(format!(
+            "guided prediction returned a batch of {}, expected {}",
+            out.dim(0)?,
+            2 * batch
+        )));
+    }
+    let uncond = out.narrow(0, 0, batch)?;
+    let cond = out.narrow(0, batch, batch)?;
+    Ok((&uncond + ((&cond - &uncond)? * guidance_scale)?)?)
 }
