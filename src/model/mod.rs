@@ -28,8 +28,8 @@ pub mod x4;
 use std::path::{Path, PathBuf};
 
 pub use decoders::{
-    AutoencoderKlConfig, DecoderKind, TaesdConfig, TaesdDecoder, TaesdEncoder, VaeDecoder,
-    VaeEncoder,
+    AutoencoderKlConfig, DecodePlan, DecoderKind, TaesdConfig, TaesdDecoder, TaesdEncoder, Tiling,
+    VaeDecoder, VaeEncoder,
 };
 pub use engine::{EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress};
 pub use keyframe::{read_image, Fit, ImageKeyframe, Keyframe};

@@ -31,6 +31,7 @@ mod scheduler;
 mod signals;
 mod single_file;
 mod taesd;
+mod tiled_decode;
 mod unet;
 mod unet_kernels;
 mod upscale;

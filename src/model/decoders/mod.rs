@@ -3,10 +3,12 @@
 //! and their encoders, which turn a person's images into keyframe latents.
 
 pub mod taesd;
+pub mod tiling;
 pub mod vae;
 
 pub use taesd::{ConvWeights, TaesdConfig, TaesdDecoder, TaesdEncoder};
-pub use vae::{AutoencoderKlConfig, VaeDecoder, VaeEncoder};
+pub use tiling::{default_budget_bytes, Tiling};
+pub use vae::{AutoencoderKlConfig, DecodePlan, VaeDecoder, VaeEncoder};
 
 /// Which network turns latents into pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]

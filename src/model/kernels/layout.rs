@@ -107,9 +107,104 @@ impl Act {
         out
     }
 
+    /// The pixels of `rect` (rows and columns relative to this activation, inside it) of a
+    /// single image, into `buffer`: what a tile of a larger map starts from.
+    pub fn crop(&self, rect: Rect, buffer: Vec<f32>) -> Act {
+        assert_eq!(self.n, 1, "crop of one image");
+        assert!(
+            rect.y1 <= self.h && rect.x1 <= self.w && !rect.is_empty(),
+            "crop inside"
+        );
+        let c = self.c;
+        let mut out = Act::reuse(buffer, 1, rect.height(), rect.width(), c);
+        let row_len = rect.width() * c;
+        for (y, row) in (rect.y0..rect.y1).zip(out.data.chunks_exact_mut(row_len)) {
+            row.copy_from_slice(&self.data[(y * self.w + rect.x0) * c..][..row_len]);
+        }
+        out
+    }
+
+    /// Copies the pixels of `from` (relative to this activation) into `target` at
+    /// `(y, x)`: a tile's part of a larger map. Both hold one image of the same channels.
+    pub fn copy_to(&self, from: Rect, target: &mut Act, (y, x): (usize, usize)) {
+        assert_eq!((self.n, target.n), (1, 1), "copy of one image");
+        assert_eq!(self.c, target.c, "copy channels");
+        assert!(from.y1 <= self.h && from.x1 <= self.w, "copy source inside");
+        assert!(
+            y + from.height() <= target.h && x + from.width() <= target.w,
+            "copy target inside"
+        );
+        let c = self.c;
+        let row_len = from.width() * c;
+        for (i, sy) in (from.y0..from.y1).enumerate() {
+            let src = &self.data[(sy * self.w + from.x0) * c..][..row_len];
+            target.data[((y + i) * target.w + x) * c..][..row_len].copy_from_slice(src);
+        }
+    }
+
     /// Gives the buffer back for reuse.
     pub fn into_buffer(self) -> Vec<f32> {
         self.data
+    }
+}
+
+/// A rectangle of pixels, rows `y0..y1` and columns `x0..x1` (half-open), in the
+/// coordinates of whichever map it is said to be in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Rect {
+    pub y0: usize,
+    pub y1: usize,
+    pub x0: usize,
+    pub x1: usize,
+}
+
+impl Rect {
+    pub fn height(&self) -> usize {
+        self.y1 - self.y0
+    }
+
+    pub fn width(&self) -> usize {
+        self.x1 - self.x0
+    }
+
+    pub fn area(&self) -> usize {
+        self.height() * self.width()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.y1 <= self.y0 || self.x1 <= self.x0
+    }
+
+    /// Every side scaled by `factor` (a rectangle of a map `factor` times larger).
+    pub fn scaled(&self, factor: usize) -> Self {
+        Self {
+            y0: self.y0 * factor,
+            y1: self.y1 * factor,
+            x0: self.x0 * factor,
+            x1: self.x1 * factor,
+        }
+    }
+
+    /// Grown by `by` on every side, then cut to an `h x w` map.
+    pub fn grown(&self, by: usize, (h, w): (usize, usize)) -> Self {
+        Self {
+            y0: self.y0.saturating_sub(by),
+            y1: (self.y1 + by).min(h),
+            x0: self.x0.saturating_sub(by),
+            x1: (self.x1 + by).min(w),
+        }
+    }
+
+    /// This rectangle in the coordinates of `outer` (which holds it).
+    pub fn within(&self, outer: &Rect) -> Self {
+        debug_assert!(outer.y0 <= self.y0 && self.y1 <= outer.y1);
+        debug_assert!(outer.x0 <= self.x0 && self.x1 <= outer.x1);
+        Self {
+            y0: self.y0 - outer.y0,
+            y1: self.y1 - outer.y0,
+            x0: self.x0 - outer.x0,
+            x1: self.x1 - outer.x0,
+        }
     }
 }
 
@@ -141,5 +236,11 @@ impl Pool {
         if buffer.capacity() > 0 {
             self.free.push(buffer);
         }
+    }
+
+    /// Frees every buffer held (the next sizes will differ: a tiled decode's tiles after
+    /// the whole-image latent level).
+    pub fn clear(&mut self) {
+        self.free = Vec::new();
     }
 }

@@ -22,7 +22,9 @@ pub(crate) use attention::Attention;
 pub(crate) use conv::{CompactConv3x3, Conv3x3, ConvShape, Padding, Sink};
 pub(crate) use dense::{gelu_in_place, quick_gelu_in_place, Dense};
 pub(crate) use flash::{multi_head_attention, AttentionShape};
-pub(crate) use layout::{padded, Act, Pool};
+pub(crate) use layout::{padded, Act, Pool, Rect};
 pub(crate) use linear::Conv1x1;
-pub use nchw::{attention, attention_heads, conv1x1, conv3x3, conv3x3_strided, group_norm};
-pub(crate) use norm::GroupNorm;
+pub use nchw::{
+    attention, attention_chunked, attention_heads, conv1x1, conv3x3, conv3x3_strided, group_norm,
+};
+pub(crate) use norm::{GroupNorm, GroupStats};

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::attention::attend;
+use super::attention::{attend, attend_online};
 use super::conv::{CompactConv3x3, Padding, Sink};
 use super::flash::{multi_head_attention, AttentionShape};
 use super::layout::{padded, Act};
@@ -145,6 +145,35 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, block_rows: usize) -> Resul
         block_rows,
     );
     Ok(Tensor::from_vec(qv, (tokens, c), &Device::Cpu)?)
+}
+
+/// `softmax(q k^T / sqrt(C)) v` for `q` (Tq, C) and `k`, `v` (T, C) as the chunked VAE
+/// attention computes it: blocks of `query_rows` queries, each walking the keys `key_rows`
+/// at a time with an online softmax. For tests.
+pub fn attention_chunked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    query_rows: usize,
+    key_rows: usize,
+) -> Result<Tensor> {
+    let (q_tokens, c) = q.dims2()?;
+    let (tokens, kc) = k.dims2()?;
+    if kc != c || v.dims2()? != (tokens, c) || query_rows == 0 || key_rows == 0 {
+        return Err(invalid(
+            "attention_chunked: q (Tq, C), k and v (T, C), blocks of at least 1".into(),
+        ));
+    }
+    let mut qv = values(q)?;
+    let shape = (tokens, c, c);
+    attend_online(
+        &mut qv,
+        &values(k)?,
+        &values(v)?,
+        shape,
+        (query_rows, key_rows),
+    );
+    Ok(Tensor::from_vec(qv, (q_tokens, c), &Device::Cpu)?)
 }
 
 /// Multi-head attention with the online softmax the UNet runs: `q` (B, Tq, H * D), `k` and

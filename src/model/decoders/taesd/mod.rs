@@ -17,6 +17,7 @@
 //! Block(x) = relu(conv.4(relu(conv.2(relu(conv.0(x))))) + x)
 //! ```
 
+mod bands;
 mod config;
 mod encoder;
 
@@ -26,7 +27,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
 
+use self::bands::BandOutput;
 use self::config::LayerKind;
+use super::tiling::Tiling;
 use crate::frame::RgbaImage;
 use crate::model::kernels::{Act, Conv3x3, ConvShape, Sink};
 use crate::model::{weights, ModelError, Result};
@@ -67,6 +70,8 @@ pub struct TaesdDecoder {
     /// Activation buffers kept between calls: a walk decodes frame after frame at one size,
     /// and fresh buffers of ~150 MB each would cost page faults every frame.
     buffers: Mutex<Vec<Vec<f32>>>,
+    /// How `decode` and `decode_rgba` bound their memory.
+    tiling: Tiling,
 }
 
 /// The weight file names a folder may hold besides diffusers' `find_weights` names.
@@ -193,6 +198,7 @@ impl TaesdDecoder {
             stages,
             conv_weights: conv_weights.into_inner(),
             buffers: Mutex::new(Vec::new()),
+            tiling: Tiling::default(),
         })
     }
 
@@ -233,33 +239,75 @@ impl TaesdDecoder {
         &self.conv_weights
     }
 
+    /// How [`Self::decode`] and [`Self::decode_rgba`] bound their memory ([`Tiling::Auto`]
+    /// with half the machine's memory unless set).
+    pub fn tiling(&self) -> Tiling {
+        self.tiling
+    }
+
+    /// Sets how [`Self::decode`] and [`Self::decode_rgba`] bound their memory.
+    pub fn set_tiling(&mut self, tiling: Tiling) {
+        self.tiling = tiling;
+    }
+
     /// Decodes `(B, latent_channels, h, w)` latents to `(B, out_channels, h*f, w*f)` f32
     /// images, exactly as diffusers' `AutoencoderTiny.decode(latents).sample`: the soft clamp
     /// `tanh(x / 3) * 3` on the way in, `x * 2 - 1` on the way out, no clamp of the result.
+    /// In row bands when [`Self::tiling`] says so.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        self.decode_with(latents, self.tiling)
+    }
+
+    /// [`Self::decode`] with the memory bounded as `tiling` says (row bands give the
+    /// whole-image values).
+    pub fn decode_with(&self, latents: &Tensor, tiling: Tiling) -> Result<Tensor> {
+        tiling.check()?;
         let (n, h, w) = self.check_latents(latents)?;
         let f = self.upscale_factor();
-        let mut image = vec![0f32; n * self.config.out_channels * h * f * w * f];
-        self.run(latents, Sink::Image { out: &mut image })?;
+        let image_len = self.config.out_channels * h * f * w * f;
+        let mut image = vec![0f32; n * image_len];
+        match self.bands(h, w, tiling) {
+            None => self.run(latents, Sink::Image { out: &mut image })?,
+            Some(band) => {
+                let outputs = image.chunks_mut(image_len).map(BandOutput::Image).collect();
+                self.run_bands(latents, band, outputs)?
+            }
+        }
         let shape = (n, self.config.out_channels, h * f, w * f);
         Ok(Tensor::from_vec(image, shape, &Device::Cpu)?)
     }
 
     /// Decodes to one RGBA8 image per batch row: TAESD's native [0, 1] output (diffusers'
     /// `(image + 1) / 2`) clamped to [0, 1], times 255, rounded; alpha 255. Written by the
-    /// last convolution directly, with no full-size float image in between.
+    /// last convolution directly, with no full-size float image in between. In row bands
+    /// when [`Self::tiling`] says so.
     pub fn decode_rgba(&self, latents: &Tensor) -> Result<Vec<RgbaImage>> {
+        self.decode_rgba_with(latents, self.tiling)
+    }
+
+    /// [`Self::decode_rgba`] with the memory bounded as `tiling` says.
+    pub fn decode_rgba_with(&self, latents: &Tensor, tiling: Tiling) -> Result<Vec<RgbaImage>> {
         if self.config.out_channels != 3 {
             return Err(ModelError::Invalid(format!(
                 "RGBA output needs a 3-channel decoder, this one has {}",
                 self.config.out_channels
             )));
         }
+        tiling.check()?;
         let (n, h, w) = self.check_latents(latents)?;
         let f = self.upscale_factor();
         let (height, width) = (h * f, w * f);
         let mut images = vec![vec![255u8; height * width * 4]; n];
-        self.run(latents, Sink::Rgba { out: &mut images })?;
+        match self.bands(h, w, tiling) {
+            None => self.run(latents, Sink::Rgba { out: &mut images })?,
+            Some(band) => {
+                let outputs = images
+                    .iter_mut()
+                    .map(|image| BandOutput::Rgba(image))
+                    .collect();
+                self.run_bands(latents, band, outputs)?
+            }
+        }
         images
             .into_iter()
             .map(|pixels| {

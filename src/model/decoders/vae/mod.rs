@@ -19,33 +19,36 @@
 //! is made per layer into one reused buffer), activations are taken from and given back to a
 //! pool as soon as each is dead, GroupNorm + SiLU runs in place where the input is not
 //! needed again, and the attention's scores are made a block of rows at a time.
+//!
+//! A decode whose working buffer would exceed its [`Tiling`] budget runs by tiles
+//! ([`tiled`]: exact, GroupNorm statistics gathered over the whole image), so any size
+//! decodes in bounded memory.
 
+mod budget;
 mod config;
 mod encoder;
+mod plan;
+mod resnet;
+mod steps;
+mod tiled;
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{init::DEFAULT_KAIMING_NORMAL, Init, VarBuilder};
 
+use super::tiling::Tiling;
 use crate::model::kernels::{
-    padded, Act, Attention, CompactConv3x3, Conv1x1, ConvShape, GroupNorm, Pool, Sink,
+    Act, Attention, CompactConv3x3, Conv1x1, ConvShape, GroupNorm, Pool, Sink,
 };
 use crate::model::{weights, ModelError, Result};
 
+use self::plan::Chain;
+use self::resnet::Resnet;
+
+pub use self::budget::DecodePlan;
 pub use self::config::AutoencoderKlConfig;
 pub use self::encoder::VaeEncoder;
-
-/// One resnet of the decoder (no time embedding).
-#[derive(Debug)]
-struct Resnet {
-    norm1: GroupNorm,
-    conv1: CompactConv3x3,
-    norm2: GroupNorm,
-    conv2: CompactConv3x3,
-    /// The 1x1 convolution of the skip path, where the channel count changes.
-    shortcut: Option<Conv1x1>,
-}
 
 /// An `UpDecoderBlock2D`: resnets, then (all but the last block) nearest x2 and a conv.
 #[derive(Debug)]
@@ -75,6 +78,10 @@ pub struct VaeDecoder {
     conv_norm_out: GroupNorm,
     conv_out: CompactConv3x3,
     config: AutoencoderKlConfig,
+    /// The steps after the latent level, as tiled decodes run them.
+    chain: Chain,
+    /// How `decode` and `decode_raw` bound their memory.
+    tiling: Tiling,
 }
 
 /// diffusers' VAE uses GroupNorm eps 1e-6 everywhere (not the UNet's `norm_eps`).
@@ -129,55 +136,6 @@ fn group_norm(vb: VarBuilder, groups: usize, c: usize) -> candle_core::Result<Gr
     let gamma = fetch(&vb, c, "weight", Init::Const(1.0))?;
     let beta = fetch(&vb, c, "bias", Init::Const(0.0))?;
     Ok(GroupNorm::new(&gamma, &beta, groups, VAE_NORM_EPS))
-}
-
-impl Resnet {
-    fn new(vb: VarBuilder, cin: usize, cout: usize, groups: usize) -> candle_core::Result<Self> {
-        Ok(Self {
-            norm1: group_norm(vb.pp("norm1"), groups, cin)?,
-            conv1: conv3x3(vb.pp("conv1"), cin, cout)?,
-            norm2: group_norm(vb.pp("norm2"), groups, cout)?,
-            conv2: conv3x3(vb.pp("conv2"), cout, cout)?,
-            shortcut: match cin != cout {
-                true => Some(conv1x1(vb.pp("conv_shortcut"), cin, cout)?),
-                false => None,
-            },
-        })
-    }
-
-    /// Peak: three activations of the output width (plus the input's extra width with a
-    /// shortcut).
-    fn forward(&self, x: Act, ws: &mut Workspace) -> Act {
-        let (n, h, w) = (x.n, x.h, x.w);
-        let cp = self.conv1.out_channels_padded();
-        let mut h1 = Act::reuse(ws.pool.take(n * h * w * cp), n, h, w, cp);
-        let mut out = match &self.shortcut {
-            Some(shortcut) => {
-                let mut skip = Act::reuse(ws.pool.take(n * h * w * cp), n, h, w, cp);
-                shortcut.forward(&x, &mut skip);
-                // x is dead after norm1: normalise it in place.
-                let mut x = x;
-                self.norm1.forward_in_place(&mut x, true);
-                self.conv1.forward(&x, 1, plain(&mut h1), &mut ws.winograd);
-                ws.pool.give(x.into_buffer());
-                skip
-            }
-            None => {
-                let mut normed = Act::reuse(ws.pool.take(x.data.len()), n, h, w, x.c);
-                self.norm1.forward_into(&x, &mut normed, true);
-                self.conv1
-                    .forward(&normed, 1, plain(&mut h1), &mut ws.winograd);
-                ws.pool.give(normed.into_buffer());
-                x
-            }
-        };
-        self.norm2.forward_in_place(&mut h1, true);
-        // The residual add is the output transform's: `out += conv2(h1) + bias`.
-        let sink = Sink::AddTo { out: &mut out };
-        self.conv2.forward(&h1, 1, sink, &mut ws.winograd);
-        ws.pool.give(h1.into_buffer());
-        out
-    }
 }
 
 /// A diffusers `vae/` folder's config (checked) and a builder over its weights file (also
@@ -275,7 +233,7 @@ impl VaeDecoder {
         }
         let conv_norm_out = group_norm(vb.pp("conv_norm_out"), groups, channels[0])?;
         let conv_out = conv3x3(vb.pp("conv_out"), channels[0], cfg.out_channels)?;
-        Ok(Self {
+        let mut decoder = Self {
             post_quant_conv,
             conv_in,
             mid_resnets,
@@ -284,7 +242,11 @@ impl VaeDecoder {
             conv_norm_out,
             conv_out,
             config: cfg.clone(),
-        })
+            chain: Chain::default(),
+            tiling: Tiling::default(),
+        };
+        decoder.chain = decoder.build_chain();
+        Ok(decoder)
     }
 
     /// Loads a diffusers `vae/` folder: `config.json` and its safetensors weights (fp32 or
@@ -348,10 +310,28 @@ impl VaeDecoder {
         self.config.upscale_factor()
     }
 
+    /// How [`Self::decode`] and [`Self::decode_raw`] bound their memory ([`Tiling::Auto`]
+    /// with half the machine's memory unless set).
+    pub fn tiling(&self) -> Tiling {
+        self.tiling
+    }
+
+    /// Sets how [`Self::decode`] and [`Self::decode_raw`] bound their memory.
+    pub fn set_tiling(&mut self, tiling: Tiling) {
+        self.tiling = tiling;
+    }
+
     /// diffusers' `vae.decode(z).sample`: `z` (B, latent_channels, h, w) in the VAE's own
     /// latent space to an image (B, out_channels, h * f, w * f), nominally in [-1, 1]
-    /// (not clamped). Runs on the CPU; the image is put on `z`'s device.
+    /// (not clamped). Runs on the CPU; the image is put on `z`'s device. Tiled when
+    /// [`Self::tiling`] says so.
     pub fn decode_raw(&self, z: &Tensor) -> Result<Tensor> {
+        self.decode_raw_with(z, self.tiling)
+    }
+
+    /// [`Self::decode_raw`] with the memory bounded as `tiling` says. A tiled decode gives
+    /// the whole-image one's values (within float rounding, ~1e-6).
+    pub fn decode_raw_with(&self, z: &Tensor, tiling: Tiling) -> Result<Tensor> {
         let (batch, c, h, w) = z.dims4()?;
         if c != self.config.latent_channels {
             return Err(ModelError::Invalid(format!(
@@ -365,6 +345,8 @@ impl VaeDecoder {
                 z.dims()
             )));
         }
+        tiling.check()?;
+        let plan = self.plan(h, w, tiling);
         let values = z
             .to_device(&Device::Cpu)?
             .to_dtype(DType::F32)?
@@ -376,14 +358,18 @@ impl VaeDecoder {
         let image_len = self.config.out_channels * h * f * w * f;
         let mut images = vec![0f32; batch * image_len];
         for (latents, image) in values.chunks(c * h * w).zip(images.chunks_mut(image_len)) {
-            self.decode_one(latents, (h, w), image, &mut ws);
+            match &plan.tiles {
+                None => self.decode_one(latents, (h, w), image, &mut ws),
+                Some(tiles) => self.decode_one_tiled(latents, (h, w), image, tiles, &mut ws),
+            }
         }
         drop(ws);
         let shape = (batch, self.config.out_channels, h * f, w * f);
         Ok(Tensor::from_vec(images, shape, &Device::Cpu)?.to_device(z.device())?)
     }
 
-    /// Decodes one image's latents (NCHW values) into `image` (NCHW).
+    /// Decodes one image's latents (NCHW values) into `image` (NCHW), the whole image at
+    /// once.
     fn decode_one(
         &self,
         latents: &[f32],
@@ -391,60 +377,39 @@ impl VaeDecoder {
         image: &mut [f32],
         ws: &mut Workspace,
     ) {
-        let c = self.config.latent_channels;
-        let mut x = Act::from_nchw(
-            ws.pool.take(h * w * padded(c)),
-            latents,
-            (1, c, h, w),
-            |v| v,
-        );
-        if let Some(conv) = &self.post_quant_conv {
-            let mut y = Act::reuse(
-                ws.pool.take(x.data.len()),
-                1,
-                h,
-                w,
-                conv.out_channels_padded(),
-            );
-            conv.forward(&x, &mut y);
-            ws.pool.give(std::mem::replace(&mut x, y).into_buffer());
+        let chunked = h * w > steps::PLAIN_ATTENTION_TOKENS;
+        let mut x = self.latent_level(latents, (h, w), chunked, ws);
+        for &step in &self.chain.steps {
+            x = match step {
+                plan::Step::Out => {
+                    self.run_out(x, None, image, ws);
+                    return;
+                }
+                step => self.run_step(step, x, [None, None], ws),
+            };
         }
-        let cp = self.conv_in.out_channels_padded();
-        let mut y = Act::reuse(ws.pool.take(h * w * cp), 1, h, w, cp);
-        self.conv_in.forward(&x, 1, plain(&mut y), &mut ws.winograd);
-        ws.pool.give(std::mem::replace(&mut x, y).into_buffer());
+    }
 
-        let [resnet0, resnet1] = &self.mid_resnets;
-        x = resnet0.forward(x, ws);
-        self.mid_attention.forward(&mut x, &mut ws.pool);
-        x = resnet1.forward(x, ws);
-        for block in &self.up_blocks {
-            for resnet in &block.resnets {
-                x = resnet.forward(x, ws);
-            }
-            if let Some(conv) = &block.upsample {
-                let (oh, ow, cp) = (x.h * 2, x.w * 2, conv.out_channels_padded());
-                let mut y = Act::reuse(ws.pool.take(oh * ow * cp), 1, oh, ow, cp);
-                conv.forward(&x, 2, plain(&mut y), &mut ws.winograd);
-                ws.pool.give(std::mem::replace(&mut x, y).into_buffer());
-            }
-        }
-        self.conv_norm_out.forward_in_place(&mut x, true);
-        self.conv_out
-            .forward(&x, 1, Sink::Planes { out: image }, &mut ws.winograd);
-        ws.pool.give(x.into_buffer());
+    /// [`Self::decode`] with the memory bounded as `tiling` says.
+    pub fn decode_with(&self, latents: &Tensor, tiling: Tiling) -> Result<Tensor> {
+        self.decode_raw_with(&self.unscale(latents)?, tiling)
     }
 
     /// Decodes latents of the diffusion model (what the sampler returns), as the SD pipeline
     /// does: `decode_raw(latents / scaling_factor + shift_factor)`. NCHW, nominally in [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        self.decode_raw(&self.unscale(latents)?)
+    }
+
+    /// `latents / scaling_factor + shift_factor`: the diffusion model's latents in the
+    /// VAE's own space.
+    fn unscale(&self, latents: &Tensor) -> Result<Tensor> {
         let shift = self.config.shift_factor.unwrap_or(0.0);
         // A true division, as the pipeline's `latents / scaling_factor` (the reciprocal
         // multiply of `affine` can differ in the last bit).
         let scale = Tensor::new(self.config.scaling_factor as f32, latents.device())?
             .to_dtype(latents.dtype())?;
         let z = latents.broadcast_div(&scale)?;
-        let z = if shift != 0.0 { (z + shift)? } else { z };
-        self.decode_raw(&z)
+        Ok(if shift != 0.0 { (z + shift)? } else { z })
     }
 }
