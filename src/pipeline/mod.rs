@@ -34,6 +34,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::model::{EndpointRequest, Engine};
+use crate::walk::Timeline;
 use decode::{DecodeStage, Decoded};
 use endpoints::{endpoint_thread, Keyframes};
 use inbetween::inbetween_thread;
@@ -58,6 +59,11 @@ pub struct PipelineOptions {
     pub laps: u64,
     /// Memory the decoded-frame loop cache may use.
     pub cache_budget_bytes: usize,
+    /// A timed walk: where each frame is (see [`Walk::with_timeline`]); `None` walks by
+    /// `steps_between`. Fixed for the pipeline's life, as a render's audio is.
+    ///
+    /// [`Walk::with_timeline`]: crate::walk::Walk::with_timeline
+    pub timeline: Option<Timeline>,
 }
 
 impl Default for PipelineOptions {
@@ -69,6 +75,7 @@ impl Default for PipelineOptions {
             stop_at_end: false,
             laps: 1,
             cache_budget_bytes: 512 << 20,
+            timeline: None,
         }
     }
 }
