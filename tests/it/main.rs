@@ -8,6 +8,7 @@
 
 mod support;
 
+mod audio;
 mod bench;
 mod clip;
 mod e2e;
@@ -20,6 +21,7 @@ mod image_keyframes;
 mod inbetween;
 mod layering;
 mod loading;
+mod loops;
 mod lora;
 mod pipeline;
 mod record;
