@@ -128,6 +128,7 @@ fn render_job(
             ..Default::default()
         },
         save_latents: None,
+        audio: None,
     })
 }
 

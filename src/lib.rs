@@ -5,6 +5,7 @@
 //! (in-betweens, ordered ring buffer) -> [`upscale`] -> display / [`record`].
 
 pub mod app;
+pub mod audio;
 pub mod cli;
 pub mod frame;
 pub mod gpu;

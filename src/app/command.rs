@@ -53,8 +53,17 @@ impl ViewerApp {
             Command::NewSeed => self.form.controls.seed = rand::random::<u32>() as u64,
             Command::StartRecording => self.start_recording(),
             Command::StopRecording => {
-                let outcome = self.model.session_mut().and_then(Session::stop_recording);
-                self.report_recording(outcome);
+                let Some(session) = self.model.session_mut() else {
+                    return;
+                };
+                match session.end_recording() {
+                    None if session.recording().is_some() => {
+                        self.notice = Some(Notice::info(
+                            "finishing the lap: the recording ends where the loop begins, so                              it loops seamlessly",
+                        ));
+                    }
+                    outcome => self.report_recording(outcome),
+                }
             }
             Command::LoadModel(model) => self.load_model(model),
             Command::SetFullscreen(on) => {

@@ -20,6 +20,7 @@ mod controls_panel;
 mod form;
 mod hud;
 mod interrupt;
+pub mod lap_gate;
 mod loading;
 mod notice;
 mod picture;
@@ -41,6 +42,7 @@ use notice::Notice;
 
 pub use command::Command;
 pub use controls::{keyframe_name, Controls, OutputSize};
+pub use lap_gate::LapGate;
 pub use loading::GpuTarget;
 pub use record_path::default_record_path;
 pub use session::{PlayState, RecordingStatus, Session};

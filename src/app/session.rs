@@ -1,6 +1,10 @@
 //! What the viewer runs, without the window: a pipeline, its display thread, and a
 //! recording tapped off the display. The window only draws what this holds and calls its
 //! methods, so every button's effect is testable headless.
+//!
+//! A recording of an endless loop is whole laps ([`LapGate`]): it starts where a lap does
+//! and, asked to end ([`Session::end_recording`]), finishes the lap first, so the file loops
+//! seamlessly.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,12 +13,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::controls::THUMBNAIL_SIDE;
+use super::lap_gate::LapGate;
 use crate::model::Engine;
 use crate::pipeline::display::{Display, FrameTap};
 use crate::pipeline::{
     Frame, KeyframeThumbnails, Pipeline, PipelineOptions, RingPolicy, Settings, StatsSnapshot,
 };
 use crate::record::{RecordError, RecordOptions, RecordSummary, Recorder};
+use crate::walk::LoopMode;
 
 /// Whether the walk plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +46,8 @@ struct Recording {
     path: PathBuf,
     /// Set by the tap when a push fails; the walk keeps playing, the window says why.
     error: Arc<Mutex<Option<String>>>,
+    /// Which frames go in (whole laps of an endless loop); the tap moves it on.
+    gate: Arc<Mutex<LapGate>>,
     started: Instant,
 }
 
@@ -54,6 +62,8 @@ pub struct RecordingStatus {
     pub queue: (usize, usize),
     /// Writing failed: what happened (the recording stops at the next [`Session::poll`]).
     pub error: Option<String>,
+    /// Waiting for a lap to start, recording, or finishing the lap.
+    pub gate: LapGate,
 }
 
 /// The engine room of the viewer: see the module docs.
@@ -183,9 +193,10 @@ impl Session {
         }
         let recorder = Arc::new(Recorder::start(path, options)?);
         let error = Arc::new(Mutex::new(None));
-        let (tap_recorder, tap_error) = (recorder.clone(), error.clone());
+        let gate = Arc::new(Mutex::new(LapGate::start(self.endless_loop())));
+        let (tap_recorder, tap_error, tap_gate) = (recorder.clone(), error.clone(), gate.clone());
         running.display.add_tap(Box::new(move |frame: &Arc<Frame>| {
-            if tap_error.lock().is_some() {
+            if tap_error.lock().is_some() || !tap_gate.lock().admit(frame.source.starts_lap) {
                 return;
             }
             // Blocks while the encoder's queue is full: the display, and through the ring
@@ -205,9 +216,33 @@ impl Session {
             recorder,
             path: path.to_path_buf(),
             error,
+            gate,
             started: Instant::now(),
         });
         Ok(())
+    }
+
+    /// The Stop-recording button: a recording of an endless loop goes on to the end of its
+    /// lap (`None` now; [`Session::poll`] returns the outcome once it is done); any other
+    /// ends at once, as [`Session::stop_recording`].
+    pub fn end_recording(&mut self) -> Option<Result<RecordSummary, RecordError>> {
+        let endless = self.endless_loop();
+        let finishing = self
+            .recording
+            .as_ref()
+            .is_some_and(|r| r.gate.lock().finish_lap(endless));
+        if finishing {
+            None
+        } else {
+            self.stop_recording()
+        }
+    }
+
+    /// Whether the walk plays an endless loop (whose recordings are whole laps).
+    fn endless_loop(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.pipeline.settings().walk.loop_mode == LoopMode::Endless)
     }
 
     /// Finishes the recording: the queued frames are written and the file finalized.
@@ -237,17 +272,24 @@ impl Session {
             elapsed: recording.started.elapsed(),
             queue: (stats.queue_len, stats.queue_capacity),
             error: recording.error.lock().clone(),
+            gate: *recording.gate.lock(),
         })
     }
 
-    /// Housekeeping once per window frame: a recording whose writing failed is finished
-    /// (keeping what was written) and its outcome returned.
+    /// Housekeeping once per window frame: a recording whose writing failed, or that has
+    /// finished its lap, is finished (keeping what was written) and its outcome returned. A
+    /// walk no longer endless releases a recording waiting on a lap.
     pub fn poll(&mut self) -> Option<Result<RecordSummary, RecordError>> {
-        let failed = self
-            .recording
-            .as_ref()
-            .is_some_and(|r| r.error.lock().is_some());
-        if failed {
+        let endless = self.endless_loop();
+        let recording = self.recording.as_ref()?;
+        let done = {
+            let mut gate = recording.gate.lock();
+            if !endless {
+                gate.loop_left();
+            }
+            *gate == LapGate::Done
+        };
+        if done || recording.error.lock().is_some() {
             self.stop_recording()
         } else {
             None

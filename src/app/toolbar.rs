@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::command::Command;
+use super::lap_gate::LapGate;
 use super::loading::ModelState;
 use super::session::{PlayState, Session};
 use super::Notice;
@@ -45,14 +46,21 @@ pub(super) fn toolbar(
         ui.separator();
         match session.and_then(Session::recording) {
             Some(status) => {
+                // An endless loop's recording is whole laps: it waits for one to start, and
+                // a first Stop finishes the lap (a second stops at once).
+                let (button, phase) = match status.gate {
+                    LapGate::WaitingForLap => ("Stop recording", "waiting for the lap to start · "),
+                    LapGate::FinishingLap => ("Stop now", "finishing the lap · "),
+                    LapGate::Recording | LapGate::Done => ("Stop recording", ""),
+                };
                 if ui
-                    .button(egui::RichText::new("Stop recording").color(egui::Color32::RED))
+                    .button(egui::RichText::new(button).color(egui::Color32::RED))
                     .clicked()
                 {
                     commands.push(Command::StopRecording);
                 }
                 ui.label(format!(
-                    "{} · {} frames · queue {}/{}",
+                    "{phase}{} · {} frames · queue {}/{}",
                     format_elapsed(status.elapsed),
                     status.frames,
                     status.queue.0,

@@ -11,6 +11,7 @@ use super::values::{
     DecoderArg, EasingArg, FitArg, GpuDecodeArg, InterpArg, LoopArg, PredictionArg, UpscaleArg,
 };
 use crate::app::ViewerOptions;
+use crate::audio::Soundtrack;
 use crate::model::lora::{parse_lora_arg, LoraSpec};
 use crate::model::{
     DecoderKind, EndpointRequest, Engine, ImageKeyframe, Keyframe, SingleFileOptions,
@@ -316,6 +317,12 @@ pub struct RenderArgs {
     /// the new one is finished. Without it, an existing output is refused before sampling.
     #[arg(long)]
     pub overwrite: bool,
+    /// A sound track (WAV, FLAC, MP3 or Ogg Vorbis) that times the walk: its onsets set how
+    /// far each frame goes, its length the walk's (one lap of a loop), and it is muxed into
+    /// an .mp4 (AAC) or .webm (Opus). Every frame is decoded at its own place (no
+    /// in-betweens); --loop still says the path.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["inbetween", "laps", "steps_between"])]
+    pub audio: Option<PathBuf>,
 }
 
 impl RenderArgs {
@@ -377,14 +384,32 @@ impl RenderArgs {
             size: self.record_size.map(Size::pair),
             crf: self.crf,
             overwrite: self.overwrite,
+            audio: self.audio.clone(),
             ..Default::default()
         }
     }
 
+    /// `--audio`, read and analysed (refused by name when it cannot time the walk:
+    /// unreadable, not audio, silent, shorter than two frames), before the model loads.
+    pub fn read_audio(&self) -> anyhow::Result<Option<Soundtrack>> {
+        let Some(path) = &self.audio else {
+            return Ok(None);
+        };
+        let soundtrack = Soundtrack::read(path)?;
+        soundtrack.frames(self.fps)?;
+        Ok(Some(soundtrack))
+    }
+
     /// The render these arguments describe on `engine` (whose defaults fill what was not
     /// given) with `keyframes` ([`Self::read_keyframes`], read before the model loads so a
-    /// bad picture is refused at once), checked before anything is opened or sampled.
-    pub fn job(&self, engine: &dyn Engine, keyframes: Vec<Keyframe>) -> anyhow::Result<RenderJob> {
+    /// bad picture is refused at once) and `audio` ([`Self::read_audio`]), checked before
+    /// anything is opened or sampled.
+    pub fn job(
+        &self,
+        engine: &dyn Engine,
+        keyframes: Vec<Keyframe>,
+        audio: Option<Soundtrack>,
+    ) -> anyhow::Result<RenderJob> {
         check_laps(self.laps)?;
         let defaults = engine.defaults();
         let init_latents = match &self.init_latents {
@@ -409,7 +434,11 @@ impl RenderArgs {
                 loop_mode: self.loop_mode.into(),
             },
             decoder: self.decoder(engine),
-            inbetweens: self.inbetween,
+            // A sound track places every frame itself.
+            inbetweens: match audio {
+                Some(_) => Inbetweens::Fixed(0),
+                None => self.inbetween,
+            },
             target_fps: f64::from(self.fps),
             upscale: self.upscale.into(),
             output_size: self.size.pair(),
@@ -421,6 +450,7 @@ impl RenderArgs {
             out: self.out.clone(),
             record: self.record_options(),
             save_latents: self.save_latents.clone(),
+            audio,
         })
     }
 }

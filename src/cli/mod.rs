@@ -20,9 +20,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-/// Logs to stderr at INFO (or as `RUST_LOG` says), with wgpu and naga kept below WARN.
+/// Logs to stderr at INFO (or as `RUST_LOG` says), with wgpu and naga kept below WARN and
+/// symphonia quiet (the audio's errors are reported once, by name).
 pub fn init_logging() {
-    let default_filter = format!("info,{}", crate::gpu::QUIET_WGPU_LOG_DIRECTIVES);
+    let default_filter = format!(
+        "info,{},{}",
+        crate::gpu::QUIET_WGPU_LOG_DIRECTIVES,
+        crate::audio::QUIET_SYMPHONIA_LOG_DIRECTIVES
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -50,14 +55,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// output's name is still whole (unfinished files stay under their temporary names).
 fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
     let keyframes = args.read_keyframes()?;
-    // A bad --out (unknown extension, .gif without ffmpeg, an existing file) fails before the
-    // model loads.
+    // A sound track that cannot time the walk (unreadable, not audio, silent) fails before
+    // the model loads, and so does a bad --out (unknown extension, .gif without ffmpeg, an
+    // existing file); a sound track the output cannot hold is said.
+    let audio = args.read_audio()?;
     crate::record::check_output(&args.out, &args.record_options())?;
+    if let crate::record::AudioPlan::Left(reason) =
+        crate::record::audio_plan(&args.out, &args.record_options())?
+    {
+        eprintln!("dreamwalk: note: {reason}");
+    }
     let (engine, note) = crate::usecase::headless_engine(&model.source(), args.gpu_decode.into())?;
     if let Some(note) = note {
         eprintln!("dreamwalk: {note}");
     }
-    let job = args.job(&*engine, keyframes)?;
+    let job = args.job(&*engine, keyframes, audio)?;
     if args.decoder.is_none() && job.settings.decoder != crate::model::DecoderKind::Taesd {
         eprintln!(
             "dreamwalk: this model has no TAESD decoder: decoding with its {} ({})",

@@ -11,12 +11,15 @@ use super::endpoints::Keyframes;
 use super::{PipelineOptions, Shared};
 use crate::frame::FrameImage;
 use crate::model::{DecoderKind, Engine};
-use crate::pipeline::FrameSource;
+use crate::pipeline::{FrameSource, Inbetweens};
 use crate::walk::Walk;
 
 /// What the decode stage sends the in-between stage.
 pub(super) enum Decoded {
     Frame(FrameImage, FrameSource),
+    /// The frame after the end of an endless loop's last lap (its first frame again): only
+    /// the in-betweens toward it are part of the walk, closing the loop. `End` follows.
+    Closing(FrameImage, FrameSource),
     End,
 }
 
@@ -89,7 +92,8 @@ impl DecodeStage {
 
     fn install_keyframes(&mut self, keyframes: Keyframes) {
         let settings = self.shared.settings.lock().walk;
-        let walk = Walk::new(keyframes.latents, settings);
+        let walk =
+            Walk::new(keyframes.latents, settings).with_timeline(self.options.timeline.clone());
         // Keep the walk where it is unless it had ended: then play the new one from the start.
         self.sequence = match (&self.walk, self.ended) {
             (Some(old), false) => {
@@ -120,7 +124,8 @@ impl DecodeStage {
         }
         if let Some(walk) = &self.walk {
             if *walk.settings() != walk_settings {
-                let new = Walk::new(walk.keyframes().to_vec(), walk_settings);
+                let new = Walk::new(walk.keyframes().to_vec(), walk_settings)
+                    .with_timeline(self.options.timeline.clone());
                 let here = walk
                     .path_index_at(self.sequence.saturating_sub(1))
                     .unwrap_or(0);
@@ -177,12 +182,20 @@ impl DecodeStage {
         }
     }
 
-    /// Decodes (or takes from the cache) the walk's next frame.
+    /// Decodes (or takes from the cache) the walk's next frame; past the end of an endless
+    /// loop's last lap, the frame its closing in-betweens lead to.
     fn next_frame(&mut self) -> Option<Decoded> {
         let walk = self.walk.as_ref()?;
         let past_end =
             self.options.stop_at_end && self.sequence >= walk.frames_in_laps(self.options.laps);
-        let Some(path_index) = walk.path_index_at(self.sequence).filter(|_| !past_end) else {
+        // In-betweens close the loop only where there are any (no decode otherwise).
+        let closing = past_end
+            && walk.closes_loop()
+            && self.shared.settings.lock().inbetweens != Inbetweens::Fixed(0);
+        let Some(path_index) = walk
+            .path_index_at(self.sequence)
+            .filter(|_| !past_end || closing)
+        else {
             self.ended = true;
             return None;
         };
@@ -223,7 +236,12 @@ impl DecodeStage {
             t: position.t,
             inbetween: None,
             generation: self.generation,
+            starts_lap: walk.starts_lap(self.sequence),
         };
+        if closing {
+            self.ended = true;
+            return Some(Decoded::Closing(image, source));
+        }
         self.shared
             .stats
             .update(|s| s.position = (position.segment, position.t));

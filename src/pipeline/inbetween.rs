@@ -81,8 +81,11 @@ pub(super) fn inbetween_thread(
             recv(decoded) -> m => match m { Ok(m) => m, Err(_) => return },
             recv(stop) -> _ => return,
         };
-        let Decoded::Frame(image, source) = message else {
-            return; // End: dropping `jobs` lets the workers finish and close the ring.
+        let (image, source, closing) = match message {
+            Decoded::Frame(image, source) => (image, source, false),
+            Decoded::Closing(image, source) => (image, source, true),
+            // Dropping `jobs` lets the workers finish and close the ring.
+            Decoded::End => return,
         };
         let (count, upscale, output_size) = {
             let s = shared.settings.lock();
@@ -113,6 +116,7 @@ pub(super) fn inbetween_thread(
                     image: blended,
                     source: FrameSource {
                         inbetween: Some((j, count)),
+                        starts_lap: false,
                         ..source
                     },
                     upscale,
@@ -123,6 +127,10 @@ pub(super) fn inbetween_thread(
                     return;
                 }
             }
+        }
+        if closing {
+            // Its in-betweens close the loop; the frame itself is the walk's first again.
+            continue;
         }
         previous = Some(image.clone());
         let job = Job {

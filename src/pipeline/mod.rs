@@ -35,6 +35,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::model::{EndpointRequest, Engine};
+use crate::walk::Timeline;
 use decode::{DecodeStage, Decoded};
 use endpoints::{endpoint_thread, Keyframes};
 use inbetween::inbetween_thread;
@@ -63,6 +64,11 @@ pub struct PipelineOptions {
     /// Make a thumbnail of each sampled keyframe, this many pixels on its longer side (the
     /// viewer's keyframe rows); `None`: make none (`render`).
     pub keyframe_thumbnails: Option<u32>,
+    /// A timed walk: where each frame is (see [`Walk::with_timeline`]); `None` walks by
+    /// `steps_between`. Fixed for the pipeline's life, as a render's audio is.
+    ///
+    /// [`Walk::with_timeline`]: crate::walk::Walk::with_timeline
+    pub timeline: Option<Timeline>,
 }
 
 impl Default for PipelineOptions {
@@ -75,6 +81,7 @@ impl Default for PipelineOptions {
             laps: 1,
             cache_budget_bytes: 512 << 20,
             keyframe_thumbnails: None,
+            timeline: None,
         }
     }
 }

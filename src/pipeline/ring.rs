@@ -40,6 +40,9 @@ pub struct FrameSource {
     pub inbetween: Option<(usize, usize)>,
     /// Which set of endpoints the frame was walked from (bumped when they are regenerated).
     pub generation: u64,
+    /// The frame starts a lap of an endless loop (the first keyframe; never an in-between):
+    /// a recording of the loop starts and ends on such a frame.
+    pub starts_lap: bool,
 }
 
 /// One frame of the output stream.

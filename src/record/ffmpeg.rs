@@ -13,6 +13,11 @@
 //! * GIF: lossless FFV1 frames in Matroska; finishing makes the GIF from them with one palette
 //!   for the whole walk, in two more ffmpeg passes ([`gif`](super::gif)), so ffmpeg never
 //!   holds the walk in memory.
+//!
+//! A sound track ([`RecordOptions::audio`]) joins an MP4 or a WebM in its finishing remux
+//! ([`audio`](super::audio)), cut to the video's length: frames stream in as they are made,
+//! and the sound is there only in the finished file. Should that fail, the video is kept
+//! without it, and the error says so.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -24,8 +29,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 
+use super::audio::AudioPlan;
 use super::fragments::trim_to_complete_fragments;
-use super::{gif, webm, Encoder, FrameSink, RecordError, RecordOptions};
+use super::{audio, gif, webm, Encoder, FrameSink, RecordError, RecordOptions};
 use crate::frame::RgbaImage;
 
 /// The environment variable naming the ffmpeg program to use.
@@ -172,6 +178,8 @@ pub(super) struct FfmpegSink {
     target: Target,
     /// The `comment` metadata tag.
     comment: Option<String>,
+    /// The sound track muxed in when finishing, and its codec ("AAC", "Opus").
+    audio: Option<(PathBuf, &'static str)>,
     encoding: Option<Encoding>,
     frames_sent: u64,
     /// A failure already reported by `write_frame`, so `finish` only salvages.
@@ -186,7 +194,15 @@ impl FfmpegSink {
         program: PathBuf,
         target: Target,
         opts: &RecordOptions,
+        audio: &AudioPlan,
     ) -> Result<Self, RecordError> {
+        // A GIF holds no sound; MP4 and WebM take it when finishing.
+        let audio = match (audio, &target) {
+            (AudioPlan::Muxed { path, codec }, Target::Mp4 { .. } | Target::Webm(_)) => {
+                Some((path.clone(), *codec))
+            }
+            _ => None,
+        };
         let part = partial_path(output);
         File::create(&part).map_err(|error| RecordError::Unwritable {
             path: output.to_path_buf(),
@@ -199,6 +215,7 @@ impl FfmpegSink {
             fps: opts.fps,
             target,
             comment: opts.comment.clone(),
+            audio,
             encoding: None,
             frames_sent: 0,
             failed: false,
@@ -347,37 +364,46 @@ impl FfmpegSink {
         // Remuxed beside the output and renamed when whole: an existing output is replaced
         // only by a complete file.
         let remuxed = remux_path(&self.output);
-        let remux = Command::new(&self.program)
-            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
-            .arg(&self.part)
-            .args([
-                "-map",
-                "0",
-                "-c",
-                "copy",
-                "-movflags",
-                "+faststart",
-                "-f",
-                "mp4",
-            ])
-            .arg(&remuxed)
-            .stdin(Stdio::null())
-            .process_group(0)
-            .output();
-        let remux_error = match remux {
-            Ok(out) if out.status.success() => fs::rename(&remuxed, &self.output)
-                .err()
-                .map(|e| format!("renaming {} failed: {e}", remuxed.display())),
-            Ok(out) => Some(format!(
-                "{}{}",
-                describe_exit(out.status),
-                format_tail(&String::from_utf8_lossy(&out.stderr))
-            )),
-            Err(e) => Some(e.to_string()),
+        let seconds = kept.frames as f64 / f64::from(self.fps);
+        let mp4 = ["-movflags", "+faststart", "-f", "mp4"];
+        let remux = |with_audio: bool| {
+            let args = self.remux_args(with_audio, seconds, &mp4, &remuxed);
+            let out = Command::new(&self.program)
+                .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+                .args(args)
+                .stdin(Stdio::null())
+                .process_group(0)
+                .output();
+            match out {
+                Ok(out) if out.status.success() => fs::rename(&remuxed, &self.output)
+                    .map_err(|e| format!("renaming {} failed: {e}", remuxed.display())),
+                Ok(out) => Err(format!(
+                    "{}{}",
+                    describe_exit(out.status),
+                    format_tail(&String::from_utf8_lossy(&out.stderr))
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let remux_error = match remux(self.audio.is_some()) {
+            Ok(()) => None,
+            Err(audio_error) if self.audio.is_some() => match remux(false) {
+                // The video is whole: only the sound is missing.
+                Ok(()) => {
+                    let _ = fs::remove_file(&self.part);
+                    return Err(self.sound_failed(&audio_error, kept.frames, "MP4"));
+                }
+                Err(e) => Some(e),
+            },
+            Err(e) => Some(e),
         };
         let Some(remux_error) = remux_error else {
             let _ = fs::remove_file(&self.part);
-            return Ok(format!("{} frames, finalized MP4 (faststart)", kept.frames));
+            let sound = self.sound_note();
+            return Ok(format!(
+                "{} frames{sound}, finalized MP4 (faststart)",
+                kept.frames
+            ));
         };
         // A half-written output (disk full) is worth less than the fragmented file.
         let _ = fs::remove_file(&remuxed);
@@ -411,10 +437,18 @@ impl FfmpegSink {
             return Ok("no frames (no file was written)".to_string());
         }
         let remuxed = remux_path(&self.output);
-        let mut args: Vec<OsString> = vec!["-i".into(), self.part.clone().into()];
-        args.extend(["-map", "0", "-c", "copy", "-f", muxer, "-y"].map(OsString::from));
-        args.push(remuxed.clone().into());
-        let remux_error = match run_pass(&self.program, &args) {
+        let seconds = self.frames_sent as f64 / f64::from(self.fps);
+        let format = ["-f", muxer, "-y"];
+        let remux = |with_audio: bool| {
+            let args = self.remux_args(with_audio, seconds, &format, &remuxed);
+            run_pass(&self.program, &args)
+        };
+        let (outcome, sound_error) = match remux(self.audio.is_some()) {
+            // The video alone, then, and the error says what happened to the sound.
+            Err(e) if self.audio.is_some() => (remux(false), Some(e)),
+            outcome => (outcome, None),
+        };
+        let remux_error = match outcome {
             Ok(Some(0)) => {
                 let _ = fs::remove_file(&remuxed);
                 let _ = fs::remove_file(&self.part);
@@ -427,7 +461,11 @@ impl FfmpegSink {
                 Ok(()) => {
                     let _ = fs::remove_file(&self.part);
                     let frames = frames.unwrap_or(self.frames_sent);
-                    return Ok(format!("{frames} frames, finalized {name}"));
+                    if let Some(e) = sound_error {
+                        return Err(self.sound_failed(&e, frames, name));
+                    }
+                    let sound = self.sound_note();
+                    return Ok(format!("{frames} frames{sound}, finalized {name}"));
                 }
                 Err(e) => format!("renaming {} failed: {e}", remuxed.display()),
             },
@@ -451,6 +489,51 @@ impl FfmpegSink {
                 ),
             )),
         }
+    }
+
+    /// The finishing remux's arguments after the common flags: the partial file's streams
+    /// copied into `out` (`format` names the muxer), with the sound track muxed in, cut to
+    /// `seconds`, when `with_audio` and there is one.
+    fn remux_args(
+        &self,
+        with_audio: bool,
+        seconds: f64,
+        format: &[&str],
+        out: &Path,
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["-i".into(), self.part.clone().into()];
+        match self.audio.as_ref().filter(|_| with_audio) {
+            Some((path, codec)) => {
+                args.extend(audio::input_args(path, seconds));
+                args.extend(audio::mux_args(codec));
+            }
+            None => args.extend(["-map", "0", "-c", "copy"].map(OsString::from)),
+        }
+        args.extend(format.iter().map(OsString::from));
+        args.push(out.as_os_str().to_os_string());
+        args
+    }
+
+    /// ", with AAC sound from song.wav" when a sound track was muxed in.
+    fn sound_note(&self) -> String {
+        match &self.audio {
+            Some((path, codec)) => format!(", with {codec} sound from {}", path.display()),
+            None => String::new(),
+        }
+    }
+
+    /// The error for a video kept whole without the sound track that could not be added.
+    fn sound_failed(&self, reason: &str, frames: u64, name: &str) -> RecordError {
+        let sound = self
+            .audio
+            .as_ref()
+            .map_or_else(String::new, |(path, _)| path.display().to_string());
+        RecordError::failed(
+            &self.output,
+            format!(
+                "adding the sound track {sound} failed ({reason}); kept the {name} without                  sound: {frames} frames, complete"
+            ),
+        )
     }
 
     /// Makes the GIF from the lossless intermediate (see [`gif`](super::gif)); if that fails,

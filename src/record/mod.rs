@@ -15,6 +15,10 @@
 //! | `*.y4m` | YUV4MPEG2, `C444`, 8-bit, full range (see [`y4m`](self#y4m)) | built in, lossless but for the colour conversion |
 //! | a folder, or `*.png` | numbered RGB8 PNGs | built in, lossless |
 //!
+//! A sound track ([`RecordOptions::audio`]) is muxed into MP4 (AAC) and WebM (Opus) through
+//! ffmpeg when the video is finished, cut to its length; the other outputs, and the built-in
+//! MP4 encoder, hold no sound and are written without it ([`audio_plan`] says so up front).
+//!
 //! # Guarantees
 //!
 //! * Every frame pushed is written, in push order, or the recording fails with an error that
@@ -73,6 +77,7 @@
 //! (The Cb/Cr rounding term is one less than a half so pure blue and red give 255, not 256.)
 //! The header is `YUV4MPEG2 W<w> H<h> F<fps>:1 Ip A1:1 C444 XCOLORRANGE=FULL`.
 
+mod audio;
 mod builtin;
 mod error;
 mod ffmpeg;
@@ -97,6 +102,7 @@ use parking_lot::Mutex;
 
 use crate::frame::RgbaImage;
 
+pub use audio::{audio_plan, AudioPlan};
 pub use ffmpeg::partial_path;
 pub use gif::MAX_GIF_FPS;
 pub use png_seq::{write_png, PngError};
@@ -153,6 +159,8 @@ pub struct RecordSummary {
     pub fps: u32,
     /// From [`Recorder::start`] to the finished file.
     pub elapsed: Duration,
+    /// What became of the sound track asked for ([`RecordOptions::audio`]).
+    pub audio: AudioPlan,
 }
 
 impl fmt::Display for RecordSummary {
@@ -167,7 +175,11 @@ impl fmt::Display for RecordSummary {
             self.fps,
             self.encoder,
             self.elapsed.as_secs_f64()
-        )
+        )?;
+        match &self.audio {
+            AudioPlan::None => Ok(()),
+            plan => write!(f, "; {plan}"),
+        }
     }
 }
 
@@ -217,6 +229,7 @@ impl Recorder {
     /// Fails here, naming the path, when the output cannot be created or an option is invalid.
     pub fn start(path: &Path, opts: RecordOptions) -> Result<Recorder, RecordError> {
         let format = check_output(path, &opts)?;
+        let audio = audio_plan(path, &opts)?;
         let sink: Box<dyn FrameSink> = match format {
             OutputFormat::Mp4 if opts.force_builtin_encoder => {
                 Box::new(builtin::OpenH264Sink::create(path, &opts)?)
@@ -224,9 +237,9 @@ impl Recorder {
             OutputFormat::Mp4 | OutputFormat::Webm | OutputFormat::Gif => {
                 let target = ffmpeg::Target::for_format(format, &opts);
                 match (ffmpeg::locate(&opts)?, target) {
-                    (Some(program), Some(target)) => {
-                        Box::new(ffmpeg::FfmpegSink::create(path, program, target, &opts)?)
-                    }
+                    (Some(program), Some(target)) => Box::new(ffmpeg::FfmpegSink::create(
+                        path, program, target, &opts, &audio,
+                    )?),
                     // check_output refused WebM and GIF without ffmpeg.
                     _ => Box::new(builtin::OpenH264Sink::create(path, &opts)?),
                 }
@@ -239,7 +252,7 @@ impl Recorder {
                 ))
             }
         };
-        Self::spawn(path, format, sink, opts)
+        Self::spawn(path, format, sink, opts, audio)
     }
 
     /// Starts recording into a caller's sink (a stream, a test's slow sink); `path` only
@@ -250,7 +263,15 @@ impl Recorder {
         opts: RecordOptions,
     ) -> Result<Recorder, RecordError> {
         validate(&opts)?;
-        Self::spawn(path, OutputFormat::Custom, sink, opts)
+        let audio = match &opts.audio {
+            Some(audio) => AudioPlan::Left(format!(
+                "a caller's sink is given frames only, so {} is not in {}",
+                audio.display(),
+                path.display()
+            )),
+            None => AudioPlan::None,
+        };
+        Self::spawn(path, OutputFormat::Custom, sink, opts, audio)
     }
 
     fn spawn(
@@ -258,6 +279,7 @@ impl Recorder {
         format: OutputFormat,
         sink: Box<dyn FrameSink>,
         opts: RecordOptions,
+        audio: AudioPlan,
     ) -> Result<Recorder, RecordError> {
         let (sender, receiver) = crossbeam_channel::bounded(opts.queue_capacity);
         let shared = Arc::new(Shared {
@@ -272,6 +294,7 @@ impl Recorder {
             opts: opts.clone(),
             shared: Arc::clone(&shared),
             started,
+            audio,
         };
         let thread = std::thread::Builder::new()
             .name("record".to_string())
@@ -406,6 +429,7 @@ struct EncoderThread {
     opts: RecordOptions,
     shared: Arc<Shared>,
     started: Instant,
+    audio: AudioPlan,
 }
 
 impl EncoderThread {
@@ -452,6 +476,7 @@ impl EncoderThread {
             height,
             fps: self.opts.fps,
             elapsed: self.started.elapsed(),
+            audio: self.audio.clone(),
         };
         if frames == 0 {
             tracing::debug!(path = %self.path.display(), "nothing was recorded");

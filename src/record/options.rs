@@ -69,6 +69,11 @@ pub struct RecordOptions {
     /// way the old output is replaced only when the new one is finished: until then the new
     /// one is written under a temporary name.
     pub overwrite: bool,
+    /// A sound track to mux into the output, cut to the video's length: AAC in an MP4, Opus
+    /// in a WebM, through ffmpeg, once the video is finished. A GIF, a Y4M file, a PNG
+    /// sequence and the built-in MP4 encoder hold no sound: they are written without it, and
+    /// [`audio_plan`](super::audio_plan) says so before any work.
+    pub audio: Option<PathBuf>,
 }
 
 impl Default for RecordOptions {
@@ -85,6 +90,7 @@ impl Default for RecordOptions {
             ffmpeg: None,
             comment: None,
             overwrite: false,
+            audio: None,
         }
     }
 }
@@ -206,9 +212,10 @@ impl fmt::Display for Encoder {
 
 /// Everything [`Recorder::start`] can refuse before it creates anything: the options, the
 /// path's format, what that format needs (ffmpeg and its VP9 encoder for WebM, ffmpeg and at
-/// most [`MAX_GIF_FPS`] for GIF) and, without [`RecordOptions::overwrite`], an existing output.
-/// Cheap (at most one `ffmpeg -encoders`), so a caller can check an output before it starts
-/// work whose frames would go there (loading a model, sampling).
+/// most [`MAX_GIF_FPS`] for GIF), a sound track that cannot be read or encoded (see
+/// [`audio_plan`](super::audio_plan)) and, without [`RecordOptions::overwrite`], an existing
+/// output. Cheap (at most two `ffmpeg -encoders`), so a caller can check an output before it
+/// starts work whose frames would go there (loading a model, sampling).
 pub fn check_output(path: &Path, opts: &RecordOptions) -> Result<OutputFormat, RecordError> {
     validate(opts)?;
     let format = OutputFormat::from_path(path)?;
@@ -243,6 +250,8 @@ pub fn check_output(path: &Path, opts: &RecordOptions) -> Result<OutputFormat, R
     if !opts.overwrite {
         refuse_existing(path, format)?;
     }
+    // A sound track that is no file, or an ffmpeg without its encoder.
+    super::audio_plan(path, opts)?;
     Ok(format)
 }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::audio::Soundtrack;
 use crate::frame::FrameError;
 use crate::model::Engine;
 use crate::pipeline::{
@@ -29,6 +30,10 @@ pub struct RenderJob {
     pub record: RecordOptions,
     /// Where to save the keyframe latents the walk samples (`keyframe_0`, ...), if anywhere.
     pub save_latents: Option<PathBuf>,
+    /// A sound track that times the walk ([`super::audio_timeline`]: its onsets set how far
+    /// each frame goes, its length the walk's) and is muxed into the output where the format
+    /// can hold it. Needs in-betweens 0 and one lap.
+    pub audio: Option<Soundtrack>,
 }
 
 /// What a render is about to do, for its first line.
@@ -128,6 +133,9 @@ pub enum RenderError {
     /// `--save-latents` names a place the latents cannot go.
     #[error("{0}")]
     SaveLatents(String),
+    /// The sound track cannot time this walk.
+    #[error(transparent)]
+    Audio(#[from] super::AudioWalkError),
     /// The pipeline's own error (sampling or decoding failed).
     #[error("{0}")]
     Pipeline(String),
@@ -169,7 +177,19 @@ pub fn render_until(
         UpscaleMode::Cpu => settings.output_size,
         _ => engine.decoded_size(settings.endpoints.image_size, settings.decoder),
     };
+    let timeline = match &job.audio {
+        Some(soundtrack) => Some(super::audio_timeline(
+            soundtrack,
+            settings,
+            job.laps,
+            job.record.fps,
+        )?),
+        None => None,
+    };
     let mut record = job.record.clone();
+    if let Some(soundtrack) = &job.audio {
+        record.audio = Some(soundtrack.path().to_path_buf());
+    }
     if record.comment.is_none() {
         record.comment = Some(crate::record::provenance(
             &engine.name(),
@@ -189,12 +209,14 @@ pub fn render_until(
         policy: RingPolicy::Record,
         stop_at_end: true,
         laps: job.laps,
-        // A walk played once never comes back to a decoded frame: caching them would only
-        // make memory grow with the walk's length.
+        // A walk played once (or timed: every frame its own place) never comes back to a
+        // decoded frame: caching them would only make memory grow with the walk's length.
         cache_budget_bytes: match settings.walk.loop_mode {
+            _ if timeline.is_some() => 0,
             LoopMode::Once => 0,
             _ => PipelineOptions::default().cache_budget_bytes,
         },
+        timeline,
         ..Default::default()
     };
     let engine: Arc<dyn Engine> = match &job.save_latents {

@@ -3,9 +3,14 @@
 //! A walk over `K` keyframes with `steps_between` steps per pair has `(K-1)*steps + 1`
 //! positions on its forward path (both ends included). The loop mode turns that path into
 //! an endless sequence of path indices; the decode stage caches by path index, so a
-//! ping-pong loop decodes each position once.
+//! ping-pong loop decodes each position once. A timed walk ([`Timeline`]) instead places
+//! each frame where its timeline says, one frame per position.
+
+mod timeline;
 
 use candle_core::{DType, Tensor};
+
+pub use timeline::{Timeline, TimelineError};
 
 /// How latents are interpolated between two keyframes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
@@ -129,6 +134,8 @@ pub struct WalkPosition {
 pub struct Walk {
     keyframes: Vec<Tensor>,
     settings: WalkSettings,
+    /// A timed walk's frames (then `steps_between` plays no part).
+    timeline: Option<Timeline>,
 }
 
 impl Walk {
@@ -142,7 +149,22 @@ impl Walk {
                 steps_between,
                 ..settings
             },
+            timeline: None,
         }
+    }
+
+    /// This walk timed by `timeline` (or by steps again, for `None`): frame `i` is where the
+    /// timeline's progress `i` says, along the path the loop mode draws (first to last
+    /// keyframe for `Once`; around the circle for `Endless`; there and back for `PingPong`).
+    /// The walk has as many frames as the timeline, each its own path index (no loop cache
+    /// reuse, no laps).
+    pub fn with_timeline(mut self, timeline: Option<Timeline>) -> Self {
+        self.timeline = timeline;
+        self
+    }
+
+    pub fn timeline(&self) -> Option<&Timeline> {
+        self.timeline.as_ref()
     }
 
     pub fn settings(&self) -> &WalkSettings {
@@ -163,6 +185,9 @@ impl Walk {
 
     /// Number of distinct positions on the path (the cache keys `0..path_len`).
     pub fn path_len(&self) -> usize {
+        if let Some(timeline) = &self.timeline {
+            return timeline.len();
+        }
         let steps = self.segments() * self.settings.steps_between;
         match self.settings.loop_mode {
             // The circle's end is its start: not a separate position.
@@ -182,6 +207,15 @@ impl Walk {
                 t: 0.0,
             };
         }
+        if let Some(timeline) = &self.timeline {
+            let place = self.place_at_progress(timeline.progress(path_index));
+            let segment = (place.floor() as usize).min(segments - 1);
+            return WalkPosition {
+                path_index,
+                segment,
+                t: (place - segment as f64).clamp(0.0, 1.0),
+            };
+        }
         let segment = (path_index / n).min(segments - 1);
         let t = (path_index - segment * n) as f64 / n as f64;
         WalkPosition {
@@ -191,10 +225,25 @@ impl Walk {
         }
     }
 
+    /// Where `progress` (a timeline's share of the walk, in [0, 1]) is, in keyframe pairs
+    /// from the first keyframe: `segment + t`.
+    fn place_at_progress(&self, progress: f64) -> f64 {
+        let pairs = self.segments() as f64;
+        match self.settings.loop_mode {
+            LoopMode::Once | LoopMode::Endless => progress * pairs,
+            // There and back: the far keyframe at half-way.
+            LoopMode::PingPong => (1.0 - (2.0 * progress - 1.0).abs()) * pairs,
+        }
+    }
+
     /// The path index of the `sequence_index`-th frame of the walk, or `None` when a
-    /// `Once` walk has ended. Ping-pong bounces without repeating the end frames.
+    /// `Once` walk (or a timed one) has ended. Ping-pong bounces without repeating the end
+    /// frames.
     pub fn path_index_at(&self, sequence_index: u64) -> Option<usize> {
         let len = self.path_len() as u64;
+        if self.timeline.is_some() {
+            return (sequence_index < len).then_some(sequence_index as usize);
+        }
         match self.settings.loop_mode {
             LoopMode::Once => (sequence_index < len).then_some(sequence_index as usize),
             LoopMode::Endless => Some((sequence_index % len) as usize),
@@ -209,19 +258,44 @@ impl Walk {
         }
     }
 
-    /// Frames in `laps` laps of the walk, ending where it started a lap (the last keyframe
-    /// for `Once`, the first for loops). Saturates at `u64::MAX` (a walk that long never
-    /// ends in practice) instead of overflowing to a short count.
+    /// Frames in `laps` laps of the walk: `Once` ends on the last keyframe, ping-pong back on
+    /// the first; an endless loop's laps are whole, their last frame one step before the
+    /// first keyframe, so the frames loop seamlessly (played again from the start, the step
+    /// from the last frame to the first is a step like any other). A timed walk has its
+    /// timeline's frames. Saturates at `u64::MAX` (a walk that long never ends in practice)
+    /// instead of overflowing to a short count.
     pub fn frames_in_laps(&self, laps: u64) -> u64 {
         let len = self.path_len() as u64;
+        if self.timeline.is_some() {
+            return len;
+        }
         match self.settings.loop_mode {
             LoopMode::Once => len,
             LoopMode::PingPong => 2u64
                 .saturating_mul(len.saturating_sub(1))
                 .saturating_mul(laps)
                 .saturating_add(1),
-            LoopMode::Endless => len.saturating_mul(laps).saturating_add(1),
+            LoopMode::Endless => len.saturating_mul(laps),
         }
+    }
+
+    /// Whether the walk's `sequence_index`-th frame starts a lap of an endless loop (the first
+    /// keyframe, where `frames_in_laps` counts from): the boundary a recording of a loop
+    /// starts and ends on. Never for other walks.
+    pub fn starts_lap(&self, sequence_index: u64) -> bool {
+        self.timeline.is_none()
+            && self.settings.loop_mode == LoopMode::Endless
+            && self.keyframes.len() > 1
+            && sequence_index.is_multiple_of(self.path_len() as u64)
+    }
+
+    /// Whether the frames after the last of [`Self::frames_in_laps`] wrap back to the start
+    /// (an endless loop timed by steps): in-betweens then lead from the last frame toward the
+    /// first, to close the loop.
+    pub fn closes_loop(&self) -> bool {
+        self.timeline.is_none()
+            && self.settings.loop_mode == LoopMode::Endless
+            && self.keyframes.len() > 1
     }
 
     /// The latents at a position: eased time, then slerp or lerp of the pair.
@@ -242,6 +316,10 @@ impl Walk {
     /// The path index nearest to the same place on a path with other settings, so a
     /// live change of steps keeps the walk where it is.
     pub fn carry_over(&self, path_index: usize, new: &Walk) -> usize {
+        if self.timeline.is_some() || new.timeline.is_some() {
+            // A timed walk's frames are its own: keep the frame index.
+            return path_index.min(new.path_len().saturating_sub(1));
+        }
         let pos = self.position(path_index);
         let place = pos.segment as f64 + pos.t;
         let index = (place * new.settings.steps_between as f64).round() as usize;

@@ -8,6 +8,7 @@
 
 mod support;
 
+mod audio;
 mod bench;
 mod clip;
 mod e2e;
@@ -21,6 +22,7 @@ mod img2img;
 mod inbetween;
 mod layering;
 mod loading;
+mod loops;
 mod lora;
 mod pipeline;
 mod record;
