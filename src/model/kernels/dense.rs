@@ -35,7 +35,13 @@ impl Dense {
         out_dim: usize,
         bias: bool,
     ) -> candle_core::Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
+        // candle-nn's `linear` hints, so seeded weights (the demo model, the bench) are
+        // what they were with its `Linear`: Kaiming normal, bias uniform in +-1/sqrt(in).
+        let weight = vb.get_with_hints(
+            (out_dim, in_dim),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
         let weight_t = weight
             .to_dtype(DType::F32)?
             .t()?
@@ -43,8 +49,13 @@ impl Dense {
             .flatten_all()?
             .to_vec1::<f32>()?;
         let bias = if bias {
+            let bound = 1.0 / (in_dim as f64).sqrt();
+            let hint = candle_nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            };
             Some(
-                vb.get(out_dim, "bias")?
+                vb.get_with_hints(out_dim, "bias", hint)?
                     .to_dtype(DType::F32)?
                     .to_vec1::<f32>()?,
             )
