@@ -156,6 +156,8 @@ impl VaeDecoder {
         let mut rect = region(root.step);
         let len = rect.area() * root.map.c;
         let mut x = root.map.crop(rect, ws.pool.take(len));
+        // `s` indexes the steps, their regions and their statistics alike.
+        #[allow(clippy::needless_range_loop)]
         for s in root.step..=last {
             let need = region(s);
             if need != rect {
