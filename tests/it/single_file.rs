@@ -12,16 +12,18 @@ use crate::e2e::e2e_request;
 use crate::support::fixtures::{fixture, load_tensors, max_abs_diff};
 use crate::support::process::dreamwalk;
 
+/// A checkpoint loaded with `--config tiny-sd`, as `render --model FILE --config tiny-sd`.
+fn load_with_tiny_sd_config(path: &std::path::Path) -> StableDiffusion {
+    let options = SingleFileOptions {
+        config: Some(fixture("tiny-sd")),
+        prediction: None,
+    };
+    StableDiffusion::load_single_file(path, &options, None)
+        .unwrap_or_else(|e| panic!("{} loads with --config tiny-sd: {e}", path.display()))
+}
+
 fn single_file_model() -> StableDiffusion {
-    StableDiffusion::load_single_file(
-        &fixture("tiny-sd-single/model.safetensors"),
-        &SingleFileOptions {
-            config: Some(fixture("tiny-sd")),
-            prediction: None,
-        },
-        None,
-    )
-    .expect("the single-file checkpoint loads with --config tiny-sd")
+    load_with_tiny_sd_config(&fixture("tiny-sd-single/model.safetensors"))
 }
 
 #[test]
@@ -117,15 +119,7 @@ fn a_checkpoint_without_the_text_model_level_gives_the_same_model() {
             tensors.insert(flat, tensor);
         }
     });
-    let model = StableDiffusion::load_single_file(
-        &path,
-        &SingleFileOptions {
-            config: Some(fixture("tiny-sd")),
-            prediction: None,
-        },
-        None,
-    )
-    .expect("the flat text-encoder layout loads");
+    let model = load_with_tiny_sd_config(&path);
     let latents = model.endpoints(&e2e_request(), &mut |_| true).unwrap();
     let reference = single_file_model()
         .endpoints(&e2e_request(), &mut |_| true)
@@ -159,15 +153,7 @@ fn real_checkpoint_extras_are_ignored_and_f16_loads() {
             }
         }
     });
-    let model = StableDiffusion::load_single_file(
-        &path,
-        &SingleFileOptions {
-            config: Some(fixture("tiny-sd")),
-            prediction: None,
-        },
-        None,
-    )
-    .expect("f16 with extras loads");
+    let model = load_with_tiny_sd_config(&path);
     let latents = model.endpoints(&e2e_request(), &mut |_| true).unwrap();
     let reference = single_file_model()
         .endpoints(&e2e_request(), &mut |_| true)
