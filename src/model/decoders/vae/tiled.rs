@@ -156,7 +156,7 @@ impl VaeDecoder {
         let mut rect = region(root.step);
         let len = rect.area() * root.map.c;
         let mut x = root.map.crop(rect, ws.pool.take(len));
-        for s in root.step..=last {
+        for (s, gathered) in known.iter().enumerate().take(last + 1).skip(root.step) {
             let need = region(s);
             if need != rect {
                 let cropped = x.crop(need.within(&rect), ws.pool.take(need.area() * x.c));
@@ -170,7 +170,7 @@ impl VaeDecoder {
             let step = chain.steps[s];
             let stats = [0, 1].map(|half| match step {
                 Step::Resnet { .. } => Some(
-                    known[s][half]
+                    gathered[half]
                         .as_ref()
                         .expect("the plan gathers a GroupNorm's statistics before using them"),
                 ),
