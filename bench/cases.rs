@@ -2,6 +2,7 @@
 //! command line, the child protocol, the JSON and the table all go through [`Case::name`].
 
 use clap::ValueEnum;
+use dreamwalk::model::Tiling;
 
 /// What one bench case measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
@@ -19,6 +20,17 @@ pub enum Case {
     /// unless asked for).
     #[value(name = "sdvae_72x128")]
     Sdvae72x128,
+    /// AutoencoderKL (SD 1.5 config) decode of 270x480 latents (a 3840x2160 image) by
+    /// tiles, within a budget of 2.5 GiB of activations (target: peak RSS ≤ 3 GiB), vs
+    /// PyTorch's untiled `AutoencoderKL.decode` of the same (`bench/time_vae_untiled.py`,
+    /// which fails where it would need more than half the machine's memory). Slow (the
+    /// GroupNorms' statistics take passes over the tiles): not run unless asked for.
+    #[value(name = "sdvae_270x480_tiled")]
+    Sdvae270x480Tiled,
+    /// The same at 135x240 latents (1920x1080): beside the 4K case, the peak stays within
+    /// the budget whatever the image; the time is what grows.
+    #[value(name = "sdvae_135x240_tiled")]
+    Sdvae135x240Tiled,
     /// The post-decode path: 3 in-betweens + bicubic 1024x576 -> 3840x2160, through the
     /// real pipeline fed pre-made decoded frames (vs the original app's numpy + OpenCV).
     #[value(name = "4k_path")]
@@ -101,8 +113,27 @@ impl Case {
         match self {
             Case::Taesd72x128 | Case::Sdvae72x128 => Some((72, 128)),
             Case::Taesd64x64 | Case::Sdvae64x64 => Some((64, 64)),
+            Case::Sdvae270x480Tiled => Some((270, 480)),
+            Case::Sdvae135x240Tiled => Some((135, 240)),
             _ => None,
         }
+    }
+
+    /// How a VAE case bounds its decode's memory: the tiled cases as the app does past
+    /// its budget, with a budget of 2.5 GiB of activations (the weights and the process
+    /// add ~0.2 GiB: the target is 3 GiB of RSS); the others as the app does by default.
+    pub fn vae_tiling(self) -> Tiling {
+        match self {
+            Case::Sdvae270x480Tiled | Case::Sdvae135x240Tiled => Tiling::Auto {
+                budget_bytes: 5 << 29,
+            },
+            _ => Tiling::default(),
+        }
+    }
+
+    /// The VAE cases decoded by tiles (the reference is `bench/time_vae_untiled.py`).
+    pub fn is_tiled_vae(self) -> bool {
+        matches!(self, Case::Sdvae270x480Tiled | Case::Sdvae135x240Tiled)
     }
 
     /// What a keyframe case (UNet, text encoder) runs.
@@ -137,7 +168,13 @@ impl Case {
 
     /// The full VAE's cases (judged on peak RSS too).
     pub fn is_sdvae(self) -> bool {
-        matches!(self, Case::Sdvae64x64 | Case::Sdvae72x128)
+        matches!(
+            self,
+            Case::Sdvae64x64
+                | Case::Sdvae72x128
+                | Case::Sdvae270x480Tiled
+                | Case::Sdvae135x240Tiled
+        )
     }
 
     /// (warm-ups, timed runs) unless `--warmup` / `--runs` say otherwise.
@@ -145,6 +182,7 @@ impl Case {
         match self {
             Case::Taesd72x128 | Case::Taesd64x64 => (1, 5),
             Case::Sdvae64x64 | Case::Sdvae72x128 => (1, 3),
+            Case::Sdvae270x480Tiled | Case::Sdvae135x240Tiled => (0, 1),
             Case::FourKPath => (1, 5),
             Case::RenderRss => (0, 1),
             Case::GpuTaesd => (2, 10),

@@ -70,7 +70,10 @@ pub fn child(args: &BenchArgs) -> anyhow::Result<()> {
     let (warmup, runs) = args.runs_for(case);
     let result = match case {
         Case::Taesd72x128 | Case::Taesd64x64 => crate::decoders::child_taesd(case, warmup, runs)?,
-        Case::Sdvae64x64 | Case::Sdvae72x128 => crate::decoders::child_vae(case, warmup, runs)?,
+        Case::Sdvae64x64
+        | Case::Sdvae72x128
+        | Case::Sdvae270x480Tiled
+        | Case::Sdvae135x240Tiled => crate::decoders::child_vae(case, warmup, runs)?,
         Case::FourKPath => crate::four_k::child_4k_path(args, warmup, runs)?,
         Case::RenderRss => crate::render_rss::child_render_rss(args)?,
         Case::GpuTaesd => crate::gpu::child_gpu_taesd(args, warmup, runs)?,

@@ -13,6 +13,7 @@
 //!
 //! Run it with `cargo run --release --bin dreamwalk-bench -- --cases ...`.
 
+mod alloc;
 mod cases;
 mod child;
 mod decoders;
@@ -31,6 +32,10 @@ use anyhow::Context;
 use clap::Parser;
 
 use cases::{Case, DEFAULT_CASES};
+
+/// Counts live heap bytes, for the decoders' working buffers.
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
 use probe::{load_average, MachineInfo};
 use reference::Reference;
 use report::{summary_line, table, BenchReport};

@@ -14,6 +14,8 @@ use crate::BenchArgs;
 /// The reference scripts and whether Python can run them.
 pub struct Reference {
     dir: PathBuf,
+    /// This repository's own reference scripts (`bench/`), for what no shared one times.
+    own_dir: PathBuf,
     python: String,
     /// `Ok` when Python can run the script; the reason otherwise.
     decoders: Result<(), String>,
@@ -39,6 +41,7 @@ impl Reference {
             });
         let mut reference = Self {
             dir,
+            own_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench"),
             python: args.python.clone(),
             decoders: Err("--no-reference".to_string()),
             unet: Err("--no-reference".to_string()),
@@ -103,13 +106,26 @@ impl Reference {
             }
             _ if case.keyframe_work().is_some() => {
                 self.unet.clone()?;
-                self.run_timing_script("time_unet.py", args, case, (warmup, runs), &[])
+                let script = self.dir.join("time_unet.py");
+                self.run_timing_script(&script, args, case, (warmup, runs), &[])
+            }
+            _ if case.is_tiled_vae() => {
+                // PyTorch's own untiled decode of the same latents: no shared script times
+                // these sizes, so ours does (it fails cleanly when it would need more
+                // memory than half the machine's).
+                self.decoders.clone()?;
+                let (h, w) = case.latent_hw().unwrap_or_default();
+                let latent = format!("{h}x{w}");
+                let script = self.own_dir.join("time_vae_untiled.py");
+                let extra = ["--latent", latent.as_str()];
+                self.run_timing_script(&script, args, case, (warmup, runs), &extra)
             }
             _ => {
                 self.decoders.clone()?;
                 let runs_s = runs.to_string();
                 let slow = ["--slow-runs", runs_s.as_str()];
-                self.run_timing_script("time_decoders.py", args, case, (warmup, runs), &slow)
+                let script = self.dir.join("time_decoders.py");
+                self.run_timing_script(&script, args, case, (warmup, runs), &slow)
             }
         }
     }
@@ -119,7 +135,7 @@ impl Reference {
     /// process when it does, else its whole run's.
     fn run_timing_script(
         &self,
-        script: &str,
+        script: &Path,
         args: &BenchArgs,
         case: Case,
         (warmup, runs): (usize, usize),
@@ -130,7 +146,6 @@ impl Reference {
             std::process::id(),
             case.name()
         ));
-        let script = self.dir.join(script);
         let mut script_args = vec![
             "--cases".to_string(),
             case.name(),
@@ -146,7 +161,7 @@ impl Reference {
         ];
         script_args.extend(extra.iter().map(|a| a.to_string()));
         let label = format!("{} reference (PyTorch)", case.name());
-        let outcome = self.run_script(&label, &script, &script_args)?;
+        let outcome = self.run_script(&label, script, &script_args)?;
         let text = std::fs::read_to_string(&json)
             .map_err(|e| format!("no figures from {}: {e}", script.display()))?;
         let _ = std::fs::remove_file(&json);

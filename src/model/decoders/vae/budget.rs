@@ -22,8 +22,8 @@ pub struct DecodePlan {
     /// The largest activations the decode holds at once, bytes (an estimate from the
     /// layer sizes: its working buffer).
     pub estimated_bytes: u64,
-    /// The decode's multiply-adds over the whole-image decode's (1 when not tiled; halos
-    /// not counted).
+    /// The decode's multiply-adds over the whole-image decode's (1 when not tiled; the
+    /// tiles' halos counted).
     pub relative_work: f64,
 }
 
@@ -80,19 +80,25 @@ impl VaeDecoder {
             estimated_bytes: self.whole_image_bytes(h, w),
             relative_work: 1.0,
         };
-        let (tile, budget) = match tiling {
+        let plan = match tiling {
             Tiling::Off => return whole,
             Tiling::Auto { budget_bytes } if whole.estimated_bytes <= budget_bytes => return whole,
-            Tiling::Auto { budget_bytes } => (self.auto_tile(h, w, budget_bytes), budget_bytes),
-            Tiling::Tiles { tile, budget_bytes } => (tile.max(1), budget_bytes),
+            Tiling::Auto { budget_bytes } => self.auto_plan(h, w, budget_bytes),
+            Tiling::Tiles { tile, budget_bytes } => {
+                let image = self.image_bytes(h, w) + self.scratch_bytes();
+                plan_passes(&self.chain, (h, w), tile.max(1), image, budget_bytes)
+            }
         };
-        let plan = plan_passes(&self.chain, (h, w), tile, self.image_bytes(h, w), budget);
         let latent_px = (h * w) as f64;
         let chain_work: f64 = self.chain.work.iter().sum::<f64>() * latent_px;
         let total = self.flops(h, w);
         let relative_work = (total - chain_work + plan.work) / total;
         DecodePlan {
-            estimated_bytes: plan.peak_bytes.max(self.latent_level_bytes(h, w, true)),
+            // The tiles' phase (the plan counts the image and the scratch), or the latent
+            // level's before it.
+            estimated_bytes: plan.peak_bytes.max(
+                self.latent_level_bytes(h, w, true) + self.image_bytes(h, w) + self.scratch_bytes(),
+            ),
             relative_work,
             tiles: Some(plan),
         }
@@ -115,7 +121,16 @@ impl VaeDecoder {
             };
             peak = peak.max(live * 4);
         }
-        peak + self.image_bytes(h, w)
+        peak + self.image_bytes(h, w) + self.scratch_bytes()
+    }
+
+    /// What every decode holds besides its maps: the widest layer's Winograd weights (made
+    /// per call into one buffer) and each thread's transform buffers (kept between calls).
+    fn scratch_bytes(&self) -> u64 {
+        let widest = self.conv_in.out_channels_padded() as u64;
+        let threads = rayon::current_num_threads() as u64;
+        // 36 points; chunks of up to ~96 tiles of input and output channels per thread.
+        36 * widest * widest * 4 + threads * 36 * 96 * 2 * widest * 4
     }
 
     /// The latent level's largest activations: three maps in a resnet (the stream, conv1's
@@ -135,15 +150,20 @@ impl VaeDecoder {
         (self.config.out_channels * h * f * w * f * 4) as u64
     }
 
-    /// The largest tile whose buffers, with the latent level's output and the image, fit
-    /// `budget` (the smallest tried when none does).
-    fn auto_tile(&self, h: usize, w: usize, budget: u64) -> usize {
-        let fixed = self.image_bytes(h, w) + self.chain.map_bytes(0, h * w);
+    /// The plan of least work among the tile sizes whose buffers, with the latent level's
+    /// output and the image, fit `budget` (the smallest tile when none does): larger tiles
+    /// waste less on halos, smaller ones leave room for checkpoints.
+    fn auto_plan(&self, h: usize, w: usize, budget: u64) -> TilePlan {
+        let image = self.image_bytes(h, w) + self.scratch_bytes();
+        let fixed = image + self.chain.map_bytes(0, h * w);
         let longest = h.max(w);
+        let smallest = AUTO_TILES[AUTO_TILES.len() - 1].min(longest);
         AUTO_TILES
             .into_iter()
             .filter(|&tile| tile < longest)
-            .find(|&tile| fixed + self.chain.tile_bytes(tile) <= budget)
-            .unwrap_or(AUTO_TILES[AUTO_TILES.len() - 1].min(longest))
+            .filter(|&tile| fixed + self.chain.tile_bytes(tile) <= budget)
+            .map(|tile| plan_passes(&self.chain, (h, w), tile, image, budget))
+            .min_by(|a, b| a.work.total_cmp(&b.work))
+            .unwrap_or_else(|| plan_passes(&self.chain, (h, w), smallest, image, budget))
     }
 }

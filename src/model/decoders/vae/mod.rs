@@ -25,6 +25,7 @@
 //! decodes in bounded memory.
 
 mod budget;
+mod checkpoint;
 mod config;
 mod encoder;
 mod plan;

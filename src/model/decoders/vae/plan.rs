@@ -107,10 +107,9 @@ impl Chain {
         regions
     }
 
-    /// The largest buffers one tile of `tile` latent pixels holds at once, in bytes: the
-    /// regions of a tile inside a large image, every step of a pass to the image.
-    pub fn tile_bytes(&self, tile: usize) -> u64 {
-        // A tile with room around it: the halo is never cut by the image's edge.
+    /// The input region of every step for a tile of `tile` latent pixels far from the
+    /// image's edges (its halos whole), in a pass from the latent level to the image.
+    pub fn inner_tile_regions(&self, tile: usize) -> Vec<Option<Rect>> {
         let margin = 64;
         let side = tile + 2 * margin;
         let owned = Rect {
@@ -119,8 +118,16 @@ impl Chain {
             x0: margin,
             x1: margin + tile,
         };
-        let regions = self.regions(0, Point::Image, owned, (side, side));
+        self.regions(0, Point::Image, owned, (side, side))
+    }
+
+    /// The largest buffers one tile of `tile` latent pixels holds at once, in bytes: the
+    /// live maps of the heaviest step, or, where steps of different sizes alternate, the
+    /// five buffers the workspace's pool keeps grown to the largest map.
+    pub fn tile_bytes(&self, tile: usize) -> u64 {
+        let regions = self.inner_tile_regions(tile);
         let mut peak = 0u64;
+        let mut largest = 0u64;
         for (s, region) in regions.iter().enumerate() {
             let Some(region) = region else { continue };
             let px = region.area() as u64;
@@ -136,9 +143,35 @@ impl Chain {
                 Step::Upsample { .. } => px * cin + 4 * px * cout + before,
                 Step::Out => px * cin + before + px * cout,
             };
+            let output = match self.steps[s] {
+                Step::Upsample { .. } => 4 * px * cout,
+                _ => px * cout,
+            };
             peak = peak.max(live * 4);
+            largest = largest.max(px * cin * 4).max(output * 4);
         }
-        peak
+        peak.max(5 * largest)
+    }
+
+    /// Per step, the pixels the tiles of `tile` latent pixels compute over those of the
+    /// image: every boundary between two tiles adds a halo on each side.
+    pub fn halo_factors(&self, tile: usize, (h, w): (usize, usize)) -> Vec<f64> {
+        let regions = self.inner_tile_regions(tile);
+        (0..self.steps.len())
+            .map(|s| {
+                let Some(region) = regions[s] else {
+                    return 1.0;
+                };
+                let scale = self.scale[s];
+                // The halo on one side of a tile, in this step's pixels.
+                let halo = region.height().saturating_sub(tile * scale) as f64 / 2.0;
+                let axis = |len: usize| {
+                    let tiles = len.div_ceil(tile.max(1)) as f64;
+                    1.0 + (tiles - 1.0) * 2.0 * halo / (len * scale) as f64
+                };
+                axis(h) * axis(w)
+            })
+            .collect()
     }
 
     /// Bytes of the stream at the input of `step` over a whole latent map of `latent_px`.
@@ -174,6 +207,11 @@ pub(super) enum Point {
     Image,
 }
 
+/// What making one convolution's Winograd weights costs, per float made, in the FLOPs of
+/// convolution that take as long (measured: ~10 ms for 512 -> 512 channels, 9.4 M floats,
+/// against ~100 GFLOP/s of convolution).
+const WEIGHT_TRANSFORM: f64 = 100.0;
+
 /// One pass over all tiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Pass {
@@ -191,7 +229,7 @@ pub(super) enum Pass {
 pub(super) struct TilePlan {
     pub tile: usize,
     pub passes: Vec<Pass>,
-    /// FLOPs of all passes over the whole image (halos not counted).
+    /// FLOPs of all passes over the whole image, halos counted.
     pub work: f64,
     /// The largest activations held at once, bytes (estimated).
     pub peak_bytes: u64,
@@ -211,11 +249,29 @@ pub(super) fn plan_passes(
     let latent_px = latent_hw.0 * latent_hw.1;
     let tile_bytes = chain.tile_bytes(tile);
     let barriers = chain.barriers();
-    // Work of running steps from..to (exclusive) over the whole image.
-    let run = |from: usize, to: usize| chain.work[from..to].iter().sum::<f64>() * latent_px as f64;
+    let halo = chain.halo_factors(tile, latent_hw);
+    let tiles = (latent_hw.0.div_ceil(tile.max(1)) * latent_hw.1.div_ceil(tile.max(1))) as f64;
+    // Every tile's every convolution makes its Winograd weights anew (36 x cin x cout
+    // floats written; ~1 GFLOP of convolution's time for 512 -> 512 channels): what makes
+    // small tiles dear.
+    let transform = |cin: usize, cout: usize| WEIGHT_TRANSFORM * 36.0 * (cin * cout) as f64;
+    let (cin, cout) = (&chain.channels, &chain.out_channels);
+    let per_tile = |s: usize, first_half: bool| match (chain.steps[s], first_half) {
+        (Step::Resnet { .. }, false) => transform(cin[s], cout[s]) + transform(cout[s], cout[s]),
+        _ => transform(cin[s], cout[s]),
+    };
+    // Work of running steps from..to (exclusive) over the whole image, halos included.
+    let run = |from: usize, to: usize| {
+        (from..to)
+            .map(|s| chain.work[s] * halo[s] * latent_px as f64 + tiles * per_tile(s, false))
+            .sum::<f64>()
+    };
     let stats_work = |root: usize, b: Barrier| {
         let half = match b.middle {
-            true => chain.first_half_work[b.step] * latent_px as f64,
+            true => {
+                chain.first_half_work[b.step] * halo[b.step] * latent_px as f64
+                    + tiles * per_tile(b.step, true)
+            }
             false => 0.0,
         };
         run(root, b.step) + half
@@ -244,6 +300,14 @@ pub(super) fn plan_passes(
             .collect()
     };
     let root_bytes = |s: usize| chain.map_bytes(s, latent_px);
+    // A checkpoint pass frees the old checkpoint's rows as it goes past them, and makes the
+    // new one a row of tiles at a time: the two overlap over a row of tiles and its halo.
+    let regions = chain.inner_tile_regions(tile);
+    let overlap = |s: usize| {
+        let scale = chain.scale[s];
+        let halo = regions[s].map_or(0, |r| r.height().saturating_sub(tile * scale) / 2);
+        ((tile + 2 * halo.div_ceil(scale)) as f64 / latent_hw.0.max(1) as f64).min(1.0)
+    };
     // best[s]: least work to have checkpoint s stored with everything before it known.
     let mut best: Vec<Option<(f64, usize, u64)>> = vec![None; n + 1];
     best[0] = Some((0.0, 0, fixed_bytes + root_bytes(0) + tile_bytes));
@@ -253,11 +317,12 @@ pub(super) fn plan_passes(
                 continue;
             };
             // Checkpoints only where a step reads the stream (not mid-way through Out).
-            let stored = match next < n {
-                true => root_bytes(next),
-                false => 0,
-            };
-            let peak = fixed_bytes + root_bytes(root) + stored + tile_bytes;
+            let (old, stored) = (
+                root_bytes(root),
+                if next < n { root_bytes(next) } else { 0 },
+            );
+            let both = old.max(stored) + (old.min(stored) as f64 * overlap(root)) as u64;
+            let peak = fixed_bytes + both + tile_bytes;
             // Going straight from the latent level to the image is always allowed: it is
             // the least memory there is.
             if peak > budget_bytes && !(root == 0 && next == n) {

@@ -14,7 +14,7 @@
 //!   ([`Attention::forward_chunked`](crate::model::kernels::Attention)), so the stream, k
 //!   and v are its only whole maps. Its output `X0` is the first checkpoint.
 //! * **The steps after it** (upsamplers, resnets, `conv_norm_out`, `conv_out`: the
-//!   [`Chain`]) run on square tiles of the latent grid, each tile cut from the last
+//!   [`Chain`](super::plan::Chain)) run on square tiles of the latent grid, each tile cut from the last
 //!   checkpoint with the halo its receptive field needs (each 3x3 convolution reads one
 //!   pixel around, an upsampler half of that in its source) and cropped again before
 //!   every step, so no pixel outside what the target needs is computed.
@@ -25,28 +25,26 @@
 //!   exactly as over one map, [`GroupStats::merge`]); the next pass runs one GroupNorm
 //!   further with it. The last pass decodes the image. Every tile of every pass normalises
 //!   with the whole image's statistics, so the result is the plain decode's up to float
-//!   rounding (tested within 1e-3; ~1e-6 seen).
+//!   rounding (tested within 1e-3; ~2e-5 seen on outputs of magnitude ~2).
 //! * **Checkpoints buy back the recomputation.** With only `X0` kept, each of the SD VAE's
-//!   19 GroupNorms after the latent level costs a pass from `X0` (~11x the work of those
-//!   steps). Storing the stream at a later step as a whole-image checkpoint (gathering the
-//!   statistics of that step's first GroupNorm on the way) lets later passes start there;
-//!   [`plan_passes`](super::plan::plan_passes) picks the checkpoints that save the most
-//!   work among those that fit the memory budget. With a small budget none is kept, and the
-//!   memory is the tile's.
+//!   19 GroupNorms after the latent level costs a pass from `X0` (a 4K decode does ~10x
+//!   the whole decode's work). Storing the stream at a later step as a whole-image
+//!   checkpoint (gathering the statistics of that step's first GroupNorm on the way) lets
+//!   later passes start there; [`plan_passes`](super::plan::plan_passes) picks the tile
+//!   size and the checkpoints of least work among those that fit the memory budget (4K
+//!   within 2.5 GiB: seven, ~3.7x). A checkpoint is kept in bands of rows
+//!   ([`Checkpoint`]): the pass that makes the next one frees the old one's rows as it goes
+//!   past them, so the two are held together only over a row of tiles. With a small
+//!   budget none is kept, and the memory is the tile's.
 //!
 //! Tiles run one after another, each step's convolutions spread over the threads as in the
-//! plain decode (a tile holds thousands of Winograd tiles).
+//! plain decode (a tile holds hundreds to thousands of Winograd tiles).
 
+use super::checkpoint::Checkpoint;
 use super::plan::{Pass, Point, Step, TilePlan};
 use super::{VaeDecoder, Workspace};
 use crate::model::decoders::tiling::split;
 use crate::model::kernels::{Act, GroupStats, Rect};
-
-/// The stream stored over the whole image at the input of a step.
-struct Checkpoint {
-    step: usize,
-    map: Act,
-}
 
 /// Every GroupNorm's statistics gathered so far: `[input, middle]` per step.
 type Known = Vec<[Option<GroupStats>; 2]>;
@@ -65,17 +63,13 @@ impl VaeDecoder {
         let x0 = self.latent_level(latents, (h, w), true, ws);
         // The latent level's buffers are not the tiles' sizes: let them go.
         ws.pool.clear();
-        let tiles: Vec<Rect> = split(h, plan.tile)
-            .into_iter()
-            .flat_map(|(y0, y1)| {
-                split(w, plan.tile)
-                    .into_iter()
-                    .map(move |(x0, x1)| Rect { y0, y1, x0, x1 })
-            })
-            .collect();
+        let rows = split(h, plan.tile);
+        let columns = split(w, plan.tile);
+        let tiles_of =
+            |(y0, y1): (usize, usize)| columns.iter().map(move |&(x0, x1)| Rect { y0, y1, x0, x1 });
         let chain = &self.chain;
         let mut known: Known = vec![[None, None]; chain.steps.len()];
-        let mut root = Checkpoint { step: 0, map: x0 };
+        let mut root = Checkpoint::split(0, x0, &rows);
         for &pass in &plan.passes {
             match pass {
                 Pass::Stats(barrier) => {
@@ -86,46 +80,58 @@ impl VaeDecoder {
                     let norm = self.norm_at(chain.steps[barrier.step], barrier.middle);
                     let scale = chain.scale[barrier.step];
                     let mut total: Option<GroupStats> = None;
-                    for &tile in &tiles {
+                    for tile in rows.iter().flat_map(|&row| tiles_of(row)) {
                         let (act, rect) = self.run_tile(&root, point, tile, (h, w), &known, ws);
                         let stats = norm.rect_stats(&act, tile.scaled(scale).within(&rect));
-                        match &mut total {
-                            Some(total) => total.merge(&stats),
-                            None => total = Some(stats),
-                        }
+                        merge(&mut total, stats);
                         ws.pool.give(act.into_buffer());
                     }
                     known[barrier.step][usize::from(barrier.middle)] = total;
                 }
                 Pass::Checkpoint(step) => {
                     let scale = chain.scale[step];
-                    let (mh, mw, c) = (h * scale, w * scale, chain.channels[step]);
-                    let mut map = Act::reuse(Vec::new(), 1, mh, mw, c);
+                    let (mw, c) = (w * scale, chain.channels[step]);
+                    let mut next = Checkpoint::new(step, mw, c);
                     let norm = match chain.has_input_barrier(step) {
                         true => Some(self.norm_at(chain.steps[step], false)),
                         false => None,
                     };
+                    let point = Point::Input(step);
                     let mut total: Option<GroupStats> = None;
-                    for &tile in &tiles {
-                        let point = Point::Input(step);
-                        let (act, rect) = self.run_tile(&root, point, tile, (h, w), &known, ws);
-                        let owned = tile.scaled(scale);
-                        act.copy_to(owned.within(&rect), &mut map, (owned.y0, owned.x0));
-                        if let Some(norm) = norm {
-                            let stats = norm.rect_stats(&act, owned.within(&rect));
-                            match &mut total {
-                                Some(total) => total.merge(&stats),
-                                None => total = Some(stats),
+                    for (i, &row) in rows.iter().enumerate() {
+                        let band_rows = (row.1 - row.0) * scale;
+                        let mut band = Act::reuse(Vec::new(), 1, band_rows, mw, c);
+                        for tile in tiles_of(row) {
+                            let (act, rect) = self.run_tile(&root, point, tile, (h, w), &known, ws);
+                            let owned = tile.scaled(scale);
+                            let at = (owned.y0 - row.0 * scale, owned.x0);
+                            act.copy_to(owned.within(&rect), &mut band, at);
+                            if let Some(norm) = norm {
+                                merge(&mut total, norm.rect_stats(&act, owned.within(&rect)));
+                            }
+                            ws.pool.give(act.into_buffer());
+                        }
+                        next.push_band(row.0 * scale, band);
+                        // The rows of the old checkpoint above what the next row of tiles
+                        // reads are needed no more.
+                        if let Some(&below) = rows.get(i + 1) {
+                            let first = Rect {
+                                y0: below.0,
+                                y1: below.1,
+                                x0: 0,
+                                x1: columns[0].1,
+                            };
+                            let regions = chain.regions(root.step, point, first, (h, w));
+                            if let Some(need) = regions[root.step] {
+                                root.free_above(need.y0);
                             }
                         }
-                        ws.pool.give(act.into_buffer());
                     }
                     known[step][0] = total;
-                    // The old checkpoint is dropped here: later passes start from this one.
-                    root = Checkpoint { step, map };
+                    root = next;
                 }
                 Pass::Image => {
-                    for &tile in &tiles {
+                    for tile in rows.iter().flat_map(|&row| tiles_of(row)) {
                         self.image_tile(&root, tile, (h, w), &known, image, ws);
                     }
                 }
@@ -154,11 +160,9 @@ impl VaeDecoder {
         };
         let region = |s: usize| regions[s].expect("regions cover the root to the target");
         let mut rect = region(root.step);
-        let len = rect.area() * root.map.c;
-        let mut x = root.map.crop(rect, ws.pool.take(len));
-        // `s` indexes the steps, their regions and their statistics alike.
-        #[allow(clippy::needless_range_loop)]
-        for s in root.step..=last {
+        let len = rect.area() * chain.channels[root.step];
+        let mut x = root.crop(rect, ws.pool.take(len));
+        for (s, gathered) in known.iter().enumerate().take(last + 1).skip(root.step) {
             let need = region(s);
             if need != rect {
                 let cropped = x.crop(need.within(&rect), ws.pool.take(need.area() * x.c));
@@ -172,7 +176,7 @@ impl VaeDecoder {
             let step = chain.steps[s];
             let stats = [0, 1].map(|half| match step {
                 Step::Resnet { .. } => Some(
-                    known[s][half]
+                    gathered[half]
                         .as_ref()
                         .expect("the plan gathers a GroupNorm's statistics before using them"),
                 ),
@@ -232,5 +236,13 @@ impl VaeDecoder {
             }
         }
         ws.pool.give(planes);
+    }
+}
+
+/// Adds a tile's statistics to those gathered so far.
+fn merge(total: &mut Option<GroupStats>, stats: GroupStats) {
+    match total {
+        Some(total) => total.merge(&stats),
+        None => *total = Some(stats),
     }
 }
