@@ -185,7 +185,14 @@ impl UpscaleBar {
     }
 }
 
-/// "step 3/25, 6 of 9 tiles refining".
+/// Each line of `text` on stderr after "dreamwalk: ".
+fn print_lines(text: impl std::fmt::Display) {
+    for line in text.to_string().lines() {
+        eprintln!("dreamwalk: {line}");
+    }
+}
+
+/// "step 3/25, 6 of 9 tiles refining, 4 calls skipped".
 fn step_message(step: &TiledStep) -> String {
     let tiles = step.calls_total / step.steps.max(1);
     format!(
@@ -198,11 +205,11 @@ impl UpscaleProgress for UpscaleBar {
     fn started(&mut self, header: &UpscaleHeader) {
         match &self.display {
             UpscaleDisplay::Bar(bar) => {
-                bar.suspend(|| eprintln!("dreamwalk: {header}"));
+                bar.suspend(|| print_lines(header));
                 bar.set_length((header.tiles * header.steps) as u64);
                 bar.reset_eta();
             }
-            UpscaleDisplay::Lines { .. } => eprintln!("dreamwalk: {header}"),
+            UpscaleDisplay::Lines { .. } => print_lines(header),
         }
     }
 

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::args::ModelArgs;
 use super::values::TilingArg;
-use crate::model::tiled::Tiling;
+use crate::model::tiled::{NoiseStop, Tiling};
 use crate::usecase::UpscaleJob;
 
 /// Make a picture 4x larger with the Stable Diffusion x4 upscaler.
@@ -54,6 +54,10 @@ pub struct UpscaleArgs {
     /// stops refining, saving its UNet calls (default: every tile runs every step).
     #[arg(long, value_name = "SIGMA")]
     pub noise_threshold: Option<f64>,
+    /// Steps every tile runs before --noise-threshold may stop it (default: half of
+    /// --steps, rounded up: the first predictions are smooth everywhere).
+    #[arg(long, value_name = "N", requires = "noise_threshold")]
+    pub noise_min_steps: Option<usize>,
     /// Also write a map of the tiles (PNG of the output's size): red the share of the
     /// steps each ran, green its last noise estimate, blue the borders; the figures are in
     /// its comment.
@@ -103,7 +107,12 @@ impl UpscaleArgs {
             noise_level: self.noise_level,
             seed: self.seed,
             tiling,
-            noise_threshold: self.noise_threshold,
+            noise_stop: self.noise_threshold.map(|threshold| NoiseStop {
+                threshold,
+                min_steps: self
+                    .noise_min_steps
+                    .unwrap_or(NoiseStop::after_half(threshold, self.steps).min_steps),
+            }),
             out: self.out.clone(),
             noise_map: self.noise_map.clone(),
             overwrite: self.overwrite,

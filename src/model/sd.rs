@@ -14,7 +14,7 @@ use super::keyframe::{fit_image, image_tensor, ImageKeyframe, Keyframe};
 use super::lora::{Component, LoraSet};
 use super::schedulers::{denoise, img2img, Sampler, SamplerKind, SchedulerConfig};
 use super::text::{ClipTextEncoder, ClipTokenizer};
-use super::tiled::{denoise_tiled, TileLayout, TiledOutcome, TiledStep, Tiling};
+use super::tiled::{denoise_tiled, NoiseStop, TileLayout, TiledOutcome, TiledStep, Tiling};
 use super::unet::UNet2DConditionModel;
 use super::{ModelError, Result};
 use crate::frame::RgbaImage;
@@ -271,7 +271,7 @@ impl StableDiffusion {
 
     /// [`Self::sample`] over tiles of the latent (see [`super::tiled`]): each step the UNet
     /// predicts every tile of `tiling` on its own and the predictions are blended; with
-    /// `noise_threshold`, a tile whose predicted clean latents look clean stops refining.
+    /// `noise_stop`, a tile whose predicted clean latents look clean stops refining.
     /// With one tile covering the latent the result is [`Self::sample`]'s.
     #[allow(clippy::too_many_arguments)]
     pub fn sample_tiled(
@@ -282,7 +282,7 @@ impl StableDiffusion {
         steps: usize,
         guidance: f64,
         tiling: Tiling,
-        noise_threshold: Option<f64>,
+        noise_stop: Option<NoiseStop>,
         on_step: impl FnMut(&TiledStep),
     ) -> Result<(TiledOutcome, TileLayout)> {
         let context = self.context(prompt, negative, guidance)?;
@@ -298,7 +298,7 @@ impl StableDiffusion {
             init,
             guidance,
             &layout,
-            noise_threshold,
+            noise_stop,
             |_, x, t| self.unet.forward(x, t, &context),
             on_step,
         )?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::frame::RgbaImage;
-use crate::model::tiled::{describe_tiles, noise_map, TiledStep, Tiling};
+use crate::model::tiled::{describe_tiles, noise_map, NoiseStop, TiledStep, Tiling};
 use crate::model::x4::{
     read_low_res, read_max_noise_level, LowResPicture, X4Noise, X4Request, X4Upscaler,
 };
@@ -35,8 +35,8 @@ pub struct UpscaleJob {
     pub seed: u64,
     /// How the latent is cut into tiles.
     pub tiling: Tiling,
-    /// Tiles whose noise estimate falls below this stop refining.
-    pub noise_threshold: Option<f64>,
+    /// When a tile stops refining (`None`: every tile runs every step).
+    pub noise_stop: Option<NoiseStop>,
     /// The output PNG.
     pub out: PathBuf,
     /// Where to write the per-tile map of steps and noise (a PNG of the output's size).
@@ -149,12 +149,8 @@ pub fn check_upscale(job: &UpscaleJob) -> Result<LowResPicture> {
             )));
         }
     }
-    if let Some(threshold) = job.noise_threshold {
-        if !threshold.is_finite() || threshold < 0.0 {
-            return Err(ModelError::Invalid(format!(
-                "noise threshold {threshold}: give a number of at least 0"
-            )));
-        }
+    if let Some(stop) = &job.noise_stop {
+        stop.validate()?;
     }
     let picture = read_low_res(&job.image)?;
     let max_noise_level = read_max_noise_level(&job.model)?;
@@ -221,7 +217,7 @@ pub fn upscale_with(
         noise_level: job.noise_level,
         noise: X4Noise::Seed(job.seed),
         tiling: job.tiling,
-        noise_threshold: job.noise_threshold,
+        noise_stop: job.noise_stop,
     };
     let (w, h) = (picture.image.width, picture.image.height);
     let scale = upscaler.scale() as u32;
@@ -259,9 +255,16 @@ pub fn upscale_with(
             output.outcome.steps,
             upscaler.scale(),
         );
+        let stop = match &job.noise_stop {
+            Some(stop) => format!(
+                "tiles stop refining below noise {} after {} steps",
+                stop.threshold, stop.min_steps
+            ),
+            None => "no noise stop".to_string(),
+        };
         let legend = format!(
             "dreamwalk tile map of {}: red = share of the steps run, green = last noise \
-             estimate / the largest, blue = tile borders\n{}",
+             estimate / the largest, blue = tile borders; {stop}\n{}",
             job.out.display(),
             describe_tiles(&output.outcome.tiles, output.outcome.steps)
         );

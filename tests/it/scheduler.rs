@@ -341,3 +341,37 @@ fn invalid_configs_are_errors() {
     let x = Tensor::zeros((1, 4, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(sampler.step(&x, 2, &x).is_err(), "step index past the end");
 }
+
+#[test]
+fn predicted_original_is_the_clean_sample_and_output_for_original_its_inverse() {
+    use crate::support::fixtures::random;
+    let x0 = random(&[1, 4, 6, 5], 11, 1.0, 0.2);
+    let noise = random(&[1, 4, 6, 5], 12, 1.0, 0.0);
+    for prediction in [
+        PredictionType::Epsilon,
+        PredictionType::VPrediction,
+        PredictionType::Sample,
+    ] {
+        let config = SchedulerConfig::stable_diffusion(prediction);
+        for kind in [SamplerKind::Ddim, SamplerKind::Euler] {
+            let sampler = Sampler::new(&config, kind, 10).unwrap();
+            for step in [0, 4, 9] {
+                // The latents at this step, and the output an exact model would give there:
+                // from the same definitions the schedulers' step uses (DDIM: x = sqrt(a) x0 +
+                // sqrt(1 - a) eps; Euler: x = x0 + sigma eps, model input scaled).
+                let x = sampler.add_noise(&x0, &noise, step).unwrap();
+                let exact = sampler.output_for_original(&x0, step, &x).unwrap();
+                let back = sampler.predicted_original(&exact, step, &x).unwrap();
+                // f32 rounding through a division by sqrt(1 - a) or sigma (as small as
+                // ~0.03 at the last step).
+                let diff = max_abs_diff(&back, &x0);
+                assert!(diff < 1e-4, "{prediction:?} {kind:?} step {step}: {diff}");
+                if prediction == PredictionType::Epsilon {
+                    // The implied noise is the noise that was added.
+                    let diff = max_abs_diff(&exact, &noise);
+                    assert!(diff < 1e-3, "{kind:?} step {step}: eps off by {diff}");
+                }
+            }
+        }
+    }
+}

@@ -12,7 +12,7 @@ use dreamwalk::frame::RgbaImage;
 use dreamwalk::model::schedulers::denoise;
 use dreamwalk::model::sd::StableDiffusion;
 use dreamwalk::model::tiled::{
-    immerkaer_sigma, seam_ratio, TileLayout, TileRect, TiledOutcome, Tiling,
+    immerkaer_sigma, seam_ratio, NoiseStop, TileLayout, TileRect, TiledOutcome, Tiling,
 };
 use dreamwalk::model::x4::{X4Noise, X4Request, X4Upscaler};
 use dreamwalk::usecase::{upscale, UpscaleJob};
@@ -52,7 +52,7 @@ fn fixture_request(tiling: Tiling) -> X4Request {
             image_noise: case["image_noise"].clone(),
         },
         tiling,
-        noise_threshold: None,
+        noise_stop: None,
     }
 }
 
@@ -405,15 +405,19 @@ fn immerkaer_estimates_the_noise_of_a_flat_picture() {
 }
 
 /// What the noise stop did, checked against its own rule: a tile that ran fewer steps than
-/// all stopped because its estimate was below the threshold, one that ran all never was
-/// before its last step.
-fn check_stops(outcome: &TiledOutcome, threshold: f64) {
+/// all ran at least `min_steps` and stopped at an estimate below the threshold.
+fn check_stops(outcome: &TiledOutcome, stop: NoiseStop) {
     for (i, tile) in outcome.tiles.iter().enumerate() {
-        let noise = tile.noise.expect("tiles of at least 3x3 have an estimate");
+        assert_eq!(tile.noise_history.len(), tile.steps_run, "tile {i}");
         if tile.steps_run < outcome.steps {
-            assert!(noise < threshold, "tile {i} stopped at noise {noise}");
+            let noise = tile.noise.expect("tiles of at least 3x3 have an estimate");
+            assert!(noise < stop.threshold, "tile {i} stopped at noise {noise}");
+            assert!(
+                tile.steps_run >= stop.min_steps,
+                "tile {i}: {}",
+                tile.steps_run
+            );
         }
-        assert!(tile.steps_run >= 1);
     }
 }
 
@@ -425,30 +429,61 @@ fn a_tile_below_the_noise_threshold_stops_refining() {
         tile: h.min(w) * 2 / 3,
         overlap: 2,
     };
-    let run = |threshold: f64| {
+    let run = |stop: Option<NoiseStop>| {
         let request = X4Request {
-            noise_threshold: Some(threshold),
+            noise_stop: stop,
             ..fixture_request(tiling)
         };
         up.upscale(&request, |_| {}).unwrap()
     };
-    let never = run(0.0);
-    let total = never.outcome.calls_total();
+    let full = run(None);
+    let (steps, total) = (full.outcome.steps, full.outcome.calls_total());
+    let tiles = full.layout.tiles().len();
+    assert_eq!(full.outcome.calls_run(), total);
+    let min_steps = steps / 2;
+
+    // Past every estimate: each tile stops as soon as it may.
+    let always = NoiseStop {
+        threshold: 1e9,
+        min_steps,
+    };
+    let stopped = run(Some(always));
+    assert_eq!(stopped.outcome.calls_run(), tiles * min_steps);
+    assert_eq!(stopped.outcome.calls_saved(), tiles * (steps - min_steps));
+    check_stops(&stopped.outcome, always);
+    assert!(all_finite(&stopped.latents) && all_finite(&stopped.image));
+
+    // Below every estimate: nothing stops, and the result is the full run's.
+    let never = run(Some(NoiseStop {
+        threshold: 0.0,
+        min_steps: 0,
+    }));
     assert_eq!(never.outcome.calls_run(), total);
-    let always = run(f64::INFINITY);
-    let tiles = always.layout.tiles().len();
-    assert_eq!(always.outcome.calls_run(), tiles, "one step each");
-    assert_eq!(always.outcome.calls_saved(), total - tiles);
-    assert!(all_finite(&always.latents) && all_finite(&always.image));
-    check_stops(&always.outcome, f64::INFINITY);
-    // Between: the median of the final estimates of the full run stops some tiles.
-    let mut finals: Vec<f64> = never.outcome.tiles.iter().filter_map(|t| t.noise).collect();
-    finals.sort_by(f64::total_cmp);
-    let threshold = finals[finals.len() / 2];
-    let some = run(threshold);
-    check_stops(&some.outcome, threshold);
+    assert_eq!(max_abs_diff(&never.latents, &full.latents), 0.0);
+
+    // At the median of the estimates after `min_steps` steps: the tiles below it stop
+    // there (until then the run is the full one), the others may stop later.
+    let mut at_min: Vec<f64> = full
+        .outcome
+        .tiles
+        .iter()
+        .map(|t| t.noise_history[min_steps - 1])
+        .collect();
+    at_min.sort_by(f64::total_cmp);
+    let median = NoiseStop {
+        threshold: at_min[tiles / 2],
+        min_steps,
+    };
+    let some = run(Some(median));
+    check_stops(&some.outcome, median);
+    let quiet = at_min.iter().filter(|&&n| n < median.threshold).count();
+    assert!(quiet >= 1 && quiet < tiles, "{quiet} of {tiles}");
+    assert!(some.outcome.calls_saved() >= quiet * (steps - min_steps));
+    assert!(some.outcome.calls_run() > stopped.outcome.calls_run());
     eprintln!(
-        "noise stop at {threshold:.4}: {} of {total} UNet tile calls run, {} saved",
+        "noise stop at {:.4} after {min_steps} steps: {} of {total} UNet tile calls run, {} \
+         saved",
+        median.threshold,
         some.outcome.calls_run(),
         some.outcome.calls_saved()
     );
@@ -493,7 +528,6 @@ fn blended_tiles_leave_fainter_seams_than_quadrants() {
     let up = upscaler();
     let (w, h) = (48u32, 32u32);
     let image = dreamwalk::usecase::upscale::unit_tensor(&smooth_picture(w, h)).unwrap();
-    let s = settings();
     let run = |tiling: Tiling| {
         let request = X4Request {
             image: image.clone(),
@@ -501,7 +535,6 @@ fn blended_tiles_leave_fainter_seams_than_quadrants() {
             steps: 6,
             ..fixture_request(tiling)
         };
-        let _ = &s;
         up.upscale(&request, |_| {}).unwrap().to_rgba().unwrap()
     };
     let scale = up.scale() as u32;
@@ -564,7 +597,7 @@ fn job(dir: &Path, image: &Path) -> UpscaleJob {
             tile: 8,
             overlap: 2,
         },
-        noise_threshold: None,
+        noise_stop: None,
         out: dir.join("out.png"),
         noise_map: Some(dir.join("map.png")),
         overwrite: false,
@@ -624,6 +657,8 @@ fn upscale_command_writes_a_png_four_times_larger() {
             "2",
             "--noise-threshold",
             "1e9",
+            "--noise-min-steps",
+            "1",
         ])
         .arg("--noise-map")
         .arg(&map)
@@ -655,10 +690,12 @@ fn upscale_command_writes_a_png_four_times_larger() {
     );
 }
 
-/// Runs `dreamwalk upscale` with `args` after the model and an output in `dir`; returns
-/// whether it succeeded and its stderr, after checking that no output appeared on failure.
+/// Runs `dreamwalk upscale` on `image` with `args` (one step, untiled unless they say
+/// otherwise) to `dir/out.png`; returns whether it succeeded and its stderr, after checking
+/// that a refused run wrote nothing.
 fn run_upscale(dir: &Path, image: &Path, args: &[&str]) -> (bool, String) {
-    let out = dir.join("refused.png");
+    let out = dir.join("out.png");
+    let _ = std::fs::remove_file(&out);
     let output = dreamwalk()
         .arg("upscale")
         .arg("--model")
@@ -679,7 +716,6 @@ fn run_upscale(dir: &Path, image: &Path, args: &[&str]) -> (bool, String) {
     if !output.status.success() {
         assert!(!out.exists(), "a refused upscale wrote {}", out.display());
     }
-    let _ = std::fs::remove_file(&out);
     (output.status.success(), stderr)
 }
 
@@ -785,4 +821,92 @@ fn upscale_refuses_bad_input_before_any_work() {
     let (ok, stderr) = run_upscale(d, &grey, &[]);
     assert!(ok, "{stderr}");
     assert!(stderr.contains("greyscale"), "{stderr}");
+    let (width, height, _) = read_png_rgb(&d.join("out.png"));
+    assert_eq!((width, height), (48, 40));
+}
+
+/// The folder of `tiny-x4` copied to a temp dir with `edit` applied to one of its JSON
+/// files.
+fn edited_x4(
+    file: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::fixtures::copy_dir(&fixture("tiny-x4"), dir.path());
+    let path = dir.path().join(file);
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(value.as_object_mut().unwrap());
+    std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+    dir
+}
+
+#[test]
+fn x4_folders_as_the_real_repo_writes_them_load_and_wrong_ones_are_refused_by_key() {
+    // The original repo's VAE config has no scaling_factor (diffusers then uses 0.08333),
+    // and a model_index.json without max_noise_level means diffusers' 350.
+    let dir = edited_x4("vae/config.json", |vae| {
+        vae.remove("scaling_factor");
+    });
+    let index = dir.path().join("model_index.json");
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    value.as_object_mut().unwrap().remove("max_noise_level");
+    std::fs::write(&index, value.to_string()).unwrap();
+    let loaded = X4Upscaler::load(dir.path().to_str().unwrap()).unwrap();
+    assert_eq!(loaded.max_noise_level(), 350);
+    let case = case();
+    let latents = &case["final_latents"];
+    let same = max_abs_diff(
+        &loaded.decode(latents).unwrap(),
+        &upscaler().decode(latents).unwrap(),
+    );
+    assert_eq!(same, 0.0, "the VAE scale is 0.08333 either way");
+
+    for (file, key, edit) in [
+        (
+            "unet/config.json",
+            "in_channels",
+            Box::new(|m: &mut serde_json::Map<_, _>| {
+                m.insert("in_channels".into(), 4.into());
+            }) as Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>,
+        ),
+        (
+            "unet/config.json",
+            "num_class_embeds",
+            Box::new(|m: &mut serde_json::Map<_, _>| {
+                m.insert("num_class_embeds".into(), serde_json::Value::Null);
+            }),
+        ),
+        (
+            "model_index.json",
+            "_class_name",
+            Box::new(|m: &mut serde_json::Map<_, _>| {
+                m.insert("_class_name".into(), "StableDiffusionPipeline".into());
+            }),
+        ),
+        (
+            "model_index.json",
+            "max_noise_level",
+            Box::new(|m: &mut serde_json::Map<_, _>| {
+                m.insert("max_noise_level".into(), 5000.into());
+            }),
+        ),
+    ] {
+        let dir = edited_x4(file, edit);
+        let error = match X4Upscaler::load(dir.path().to_str().unwrap()) {
+            Ok(_) => panic!("{file} with a wrong `{key}` loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.contains(file.split('/').next().unwrap()) && error.contains(key),
+            "{error}"
+        );
+    }
+    // And a walk refuses the upscaler by name, pointing at `dreamwalk upscale`.
+    let error = match StableDiffusion::load(fixture("tiny-x4").to_str().unwrap(), None) {
+        Ok(_) => panic!("the x4 upscaler loaded as a walk model"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("dreamwalk upscale"), "{error}");
 }

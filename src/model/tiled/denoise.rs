@@ -17,6 +17,38 @@ use super::noise::noise_estimate;
 use crate::model::schedulers::{guided_prediction, Scheduler};
 use crate::model::{ModelError, Result};
 
+/// When a tile stops refining.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NoiseStop {
+    /// A tile whose predicted clean latents' noise estimate is below this stops.
+    pub threshold: f64,
+    /// Steps every tile runs before it may stop. The first predictions of the clean latents
+    /// are smooth everywhere (the model has not committed to any detail yet), so their
+    /// estimates are low even where detail is still to come.
+    pub min_steps: usize,
+}
+
+impl NoiseStop {
+    /// A stop at `threshold` once half of `steps` (rounded up) have run.
+    pub fn after_half(threshold: f64, steps: usize) -> Self {
+        Self {
+            threshold,
+            min_steps: steps.div_ceil(2),
+        }
+    }
+
+    /// Checks the values a person gives; the error names the value.
+    pub fn validate(&self) -> Result<()> {
+        if !self.threshold.is_finite() || self.threshold < 0.0 {
+            return Err(ModelError::Invalid(format!(
+                "noise threshold {}: give a number of at least 0",
+                self.threshold
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// What happened to one tile.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TileReport {
@@ -27,6 +59,8 @@ pub struct TileReport {
     /// The noise estimate of its predicted clean latents after the last step it ran
     /// (`None` for a tile under 3 x 3).
     pub noise: Option<f64>,
+    /// The estimate after each step it ran, in order (empty for a tile under 3 x 3).
+    pub noise_history: Vec<f64>,
 }
 
 /// Where a tiled loop stands after a step, for progress displays.
@@ -78,9 +112,9 @@ impl TiledOutcome {
 /// H, W) unit-variance noise with (H, W) the layout's size, scaled by the scheduler's
 /// `init_noise_sigma`; `predict(tile, input, t)` is the model on a tile's crop of the model
 /// input (doubled into a batch of 2B with guidance, as `denoise` does), and pairs it with
-/// that tile's crop of any spatial conditioning. With `noise_threshold`, a tile whose
-/// predicted clean latents' noise estimate falls below it stops refining (see the module
-/// docs). `on_step` is called after every step.
+/// that tile's crop of any spatial conditioning. With `noise_stop`, a tile that has run its
+/// `min_steps` and whose predicted clean latents' noise estimate is below its `threshold`
+/// stops refining (see the module docs). `on_step` is called after every step.
 ///
 /// With one tile covering the latent this is `denoise` exactly: the same inputs, the same
 /// guidance arithmetic, the same steps.
@@ -89,7 +123,7 @@ pub fn denoise_tiled(
     init_latents: &Tensor,
     guidance_scale: f64,
     layout: &TileLayout,
-    noise_threshold: Option<f64>,
+    noise_stop: Option<NoiseStop>,
     mut predict: impl FnMut(&TileRect, &Tensor, f64) -> Result<Tensor>,
     mut on_step: impl FnMut(&TiledStep),
 ) -> Result<TiledOutcome> {
@@ -100,6 +134,9 @@ pub fn denoise_tiled(
             layout.latent_hw()
         )));
     }
+    if let Some(stop) = &noise_stop {
+        stop.validate()?;
+    }
     let tiles = layout.tiles();
     let steps = scheduler.num_steps();
     let mut reports: Vec<TileReport> = tiles
@@ -108,6 +145,7 @@ pub fn denoise_tiled(
             rect,
             steps_run: 0,
             noise: None,
+            noise_history: Vec::new(),
         })
         .collect();
     // A stopped tile's kept clean latents.
@@ -134,9 +172,11 @@ pub fn denoise_tiled(
                     let report = &mut reports[k];
                     report.steps_run += 1;
                     report.noise = noise_estimate(&original)?;
+                    report.noise_history.extend(report.noise);
                     let quiet = matches!(
-                        (report.noise, noise_threshold),
-                        (Some(noise), Some(threshold)) if noise < threshold
+                        (report.noise, noise_stop),
+                        (Some(noise), Some(stop))
+                            if noise < stop.threshold && report.steps_run >= stop.min_steps
                     );
                     if quiet && step_index + 1 < steps {
                         kept[k] = Some(original);

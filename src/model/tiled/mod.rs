@@ -12,7 +12,7 @@ pub mod map;
 pub mod noise;
 pub mod seams;
 
-pub use denoise::{crop, denoise_tiled, TileReport, TiledOutcome, TiledStep};
+pub use denoise::{crop, denoise_tiled, NoiseStop, TileReport, TiledOutcome, TiledStep};
 pub use layout::{TileLayout, TileRect, Tiling};
 pub use map::{describe_tiles, noise_map};
 pub use noise::{immerkaer_sigma, noise_estimate};

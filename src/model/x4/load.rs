@@ -15,7 +15,7 @@ use crate::model::decoders::{AutoencoderKlConfig, VaeDecoder};
 use crate::model::schedulers::SchedulerConfig;
 use crate::model::sd::resolve_model;
 use crate::model::text::{ClipTextEncoder, ClipTokenizer};
-use crate::model::unet::UNet2DConditionModel;
+use crate::model::unet::{UNet2DConditionModel, UNetConfig};
 use crate::model::weights::{find_weights, in_file, mmap_var_builder, read_config};
 use crate::model::{ModelError, Result};
 
@@ -77,16 +77,25 @@ impl X4Upscaler {
     pub fn load(model: &str) -> Result<Self> {
         let (dir, index) = open_index(model)?;
         let device = Device::Cpu;
-        let tokenizer = ClipTokenizer::from_folder(&dir.join("tokenizer"))?;
-        let text_encoder = ClipTextEncoder::load(&dir.join("text_encoder"), &device)?;
-        let unet = UNet2DConditionModel::load(&dir.join("unet"), &device)?;
-        let scheduler =
-            SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
         let low_res_path = dir.join("low_res_scheduler").join("scheduler_config.json");
         let low_res_noise = LowResNoise::new(&SchedulerConfig::load(&low_res_path)?)
             .map_err(|e| ModelError::bad_file(&low_res_path, e))?;
+        check_noise_levels(&dir, &low_res_noise, index.max_noise_level)?;
         let vae = load_vae(&dir.join("vae"), &device)?;
-        check_parts(&dir, &unet, &vae, &low_res_noise, index.max_noise_level)?;
+        // The UNet's config against the pipeline before its weights are read, so a UNet of
+        // another kind is named by its key rather than by a tensor's shape.
+        let unet_config = dir.join("unet").join("config.json");
+        check_unet(
+            &unet_config,
+            &read_config(&unet_config)?,
+            vae.config().latent_channels,
+            index.max_noise_level,
+        )?;
+        let unet = UNet2DConditionModel::load(&dir.join("unet"), &device)?;
+        let tokenizer = ClipTokenizer::from_folder(&dir.join("tokenizer"))?;
+        let text_encoder = ClipTextEncoder::load(&dir.join("text_encoder"), &device)?;
+        let scheduler =
+            SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
         let name = Path::new(model)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -134,53 +143,8 @@ fn load_vae(dir: &Path, device: &Device) -> Result<VaeDecoder> {
     })
 }
 
-/// The parts fit together as the pipeline needs: the UNet takes the latents plus the
-/// image, has a class embedding for every noise level up to `max_noise_level`, and the
-/// low-res schedule has that many levels.
-fn check_parts(
-    dir: &Path,
-    unet: &UNet2DConditionModel,
-    vae: &VaeDecoder,
-    low_res: &LowResNoise,
-    max_noise_level: usize,
-) -> Result<()> {
-    let unet_config = dir.join("unet").join("config.json");
-    let latent_channels = vae.config().latent_channels;
-    let cfg = unet.config();
-    if cfg.in_channels != latent_channels + IMAGE_CHANNELS {
-        return Err(ModelError::Config {
-            path: unet_config,
-            key: "in_channels".into(),
-            message: format!(
-                "{}: the x4 upscaler's UNet takes {latent_channels} latent + {IMAGE_CHANNELS} \
-                 image channels",
-                cfg.in_channels
-            ),
-        });
-    }
-    if cfg.out_channels != latent_channels {
-        return Err(ModelError::Config {
-            path: unet_config,
-            key: "out_channels".into(),
-            message: format!(
-                "{}: the VAE's latents have {latent_channels} channels",
-                cfg.out_channels
-            ),
-        });
-    }
-    match cfg.num_class_embeds {
-        Some(n) if n > max_noise_level => {}
-        other => {
-            return Err(ModelError::Config {
-                path: unet_config,
-                key: "num_class_embeds".into(),
-                message: format!(
-                    "{other:?}: the x4 upscaler's UNet embeds the noise level as a class label, \
-                     so it needs more than max_noise_level ({max_noise_level}) classes"
-                ),
-            })
-        }
-    }
+/// The low-res schedule has a level for every noise level up to `max_noise_level`.
+fn check_noise_levels(dir: &Path, low_res: &LowResNoise, max_noise_level: usize) -> Result<()> {
     if low_res.levels() <= max_noise_level {
         return Err(ModelError::Config {
             path: dir.join("model_index.json"),
@@ -192,4 +156,51 @@ fn check_parts(
         });
     }
     Ok(())
+}
+
+/// The UNet fits the pipeline: it takes the latents plus the image, predicts latents, and
+/// has a class embedding for every noise level up to `max_noise_level`.
+fn check_unet(
+    path: &Path,
+    cfg: &UNetConfig,
+    latent_channels: usize,
+    max_noise_level: usize,
+) -> Result<()> {
+    let refuse = |key: &str, message: String| {
+        Err(ModelError::Config {
+            path: path.to_path_buf(),
+            key: key.into(),
+            message,
+        })
+    };
+    if cfg.in_channels != latent_channels + IMAGE_CHANNELS {
+        return refuse(
+            "in_channels",
+            format!(
+                "{}: the x4 upscaler's UNet takes {latent_channels} latent + {IMAGE_CHANNELS} \
+                 image channels",
+                cfg.in_channels
+            ),
+        );
+    }
+    if cfg.out_channels != latent_channels {
+        return refuse(
+            "out_channels",
+            format!(
+                "{}: the VAE's latents have {latent_channels} channels",
+                cfg.out_channels
+            ),
+        );
+    }
+    match cfg.num_class_embeds {
+        Some(n) if n > max_noise_level => Ok(()),
+        other => refuse(
+            "num_class_embeds",
+            format!(
+                "{}: the x4 upscaler's UNet embeds the noise level as a class label, so \
+                 it needs more than max_noise_level ({max_noise_level}) classes",
+                other.map_or("null".to_string(), |n| n.to_string())
+            ),
+        ),
+    }
 }

@@ -8,7 +8,7 @@ use crate::frame::{RgbaImage, MAX_IMAGE_SIDE};
 use crate::model::schedulers::{Sampler, SamplerKind};
 use crate::model::sd::seeded_noise;
 use crate::model::tiled::{
-    crop, denoise_tiled, TileLayout, TileRect, TiledOutcome, TiledStep, Tiling,
+    crop, denoise_tiled, NoiseStop, TileLayout, TileRect, TiledOutcome, TiledStep, Tiling,
 };
 use crate::model::{ModelError, Result};
 
@@ -48,9 +48,8 @@ pub struct X4Request {
     pub noise: X4Noise,
     /// How the latent is cut into tiles.
     pub tiling: Tiling,
-    /// A tile whose predicted clean latents' noise estimate falls below this stops
-    /// refining; `None`: every tile runs every step.
-    pub noise_threshold: Option<f64>,
+    /// When a tile stops refining; `None`: every tile runs every step.
+    pub noise_stop: Option<NoiseStop>,
 }
 
 /// What the denoising is conditioned on, made once per picture and prompt.
@@ -195,7 +194,7 @@ impl X4Upscaler {
         init_latents: &Tensor,
         steps: usize,
         tiling: Tiling,
-        noise_threshold: Option<f64>,
+        noise_stop: Option<NoiseStop>,
         on_step: impl FnMut(&TiledStep),
     ) -> Result<(TiledOutcome, TileLayout)> {
         let (_, _, h, w) = init_latents.dims4()?;
@@ -214,7 +213,7 @@ impl X4Upscaler {
             init_latents,
             conditioning.guidance,
             &layout,
-            noise_threshold,
+            noise_stop,
             |rect, x, t| self.predict(conditioning, rect, x, t),
             on_step,
         )?;
@@ -240,6 +239,9 @@ impl X4Upscaler {
             request.noise_level,
             request.tiling,
         )?;
+        if let Some(stop) = &request.noise_stop {
+            stop.validate()?;
+        }
         let (_, _, h, w) = request.image.dims4()?;
         let latent_channels = self.vae.config().latent_channels;
         let device = request.image.device();
@@ -277,7 +279,7 @@ impl X4Upscaler {
             &latents,
             request.steps,
             request.tiling,
-            request.noise_threshold,
+            request.noise_stop,
             on_step,
         )?;
         let image = self.decode(&outcome.latents)?;
