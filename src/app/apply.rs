@@ -82,6 +82,10 @@ pub(super) fn describe(error: &SettingsError) -> String {
             keyframe_name(n.saturating_sub(1))
         ),
         SettingsError::NoStepsBetween => "steps between keyframes must be at least 1".into(),
+        SettingsError::PromptMix { index, problem, .. } => format!(
+            "prompt {}: {problem}",
+            keyframe_name(index.saturating_sub(1))
+        ),
         other => other.to_string(),
     }
 }

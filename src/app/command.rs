@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::controls::{keyframe_name, KeyframeImage};
+use super::controls::{keyframe_name, KeyframeImage, MAX_STEPS_BETWEEN};
 use super::session::Session;
 use super::{Notice, ViewerApp};
 use crate::record::{RecordError, RecordOptions, RecordSummary};
@@ -35,6 +35,24 @@ pub enum Command {
     SetLoraStrength {
         index: usize,
         strength: f64,
+    },
+    /// Jump to this place along the walk, 0 (the first keyframe) to 1 (the last).
+    Seek(f64),
+    /// The keyframes' seed.
+    SetSeed(u64),
+    /// Steps between keyframes (the walk's speed: fewer is faster).
+    SetStepsBetween(usize),
+    /// Keyframe `keyframe`'s prompt (0-based), applied at once.
+    SetPrompt {
+        keyframe: usize,
+        text: String,
+    },
+    /// The weight of part `part` of keyframe `keyframe`'s prompt mix (both 0-based),
+    /// applied at once: the walk re-samples that keyframe while it plays.
+    SetMixWeight {
+        keyframe: usize,
+        part: usize,
+        weight: f64,
     },
 }
 
@@ -72,6 +90,69 @@ impl ViewerApp {
             }
             Command::AddImageKeyframe(path) => self.add_image_keyframe(path),
             Command::SetLoraStrength { index, strength } => self.set_lora_strength(index, strength),
+            Command::Seek(fraction) => {
+                if let Some(session) = self.model.session() {
+                    session.seek(fraction);
+                }
+            }
+            Command::SetSeed(seed) => self.form.controls.seed = seed,
+            Command::SetStepsBetween(steps) => {
+                self.form.controls.steps_between = steps.clamp(1, MAX_STEPS_BETWEEN);
+            }
+            Command::SetPrompt { .. } | Command::SetMixWeight { .. } => {
+                if let Err(problem) = self.edit_prompt(&command) {
+                    self.notice = Some(Notice::error(problem));
+                }
+            }
+        }
+    }
+
+    /// Carries out [`Command::SetPrompt`] and [`Command::SetMixWeight`]: the row's text
+    /// changes and is applied at once (that row only, so other rows' typing stays typing).
+    /// A keyframe or part that is not there is an error saying so.
+    pub(super) fn edit_prompt(&mut self, command: &Command) -> Result<(), String> {
+        match command {
+            Command::SetPrompt { keyframe, text } => self.form.set_prompt(*keyframe, text),
+            Command::SetMixWeight {
+                keyframe,
+                part,
+                weight,
+            } => self.form.set_mix_weight(*keyframe, *part, *weight),
+            _ => Ok(()),
+        }
+    }
+
+    /// Carries out the commands OSC messages brought since the last frame, here with the
+    /// buttons' (see [`super::osc`]). One naming a keyframe or part that is not there is
+    /// counted with the ignored messages; a notice tells of messages dropped.
+    pub(super) fn run_osc_commands(&mut self, ctx: &egui::Context) {
+        let commands = match &self.osc {
+            Some(osc) => {
+                osc.set_repaint(ctx);
+                osc.take_commands()
+            }
+            None => return,
+        };
+        for command in commands {
+            match command {
+                Command::SetPrompt { .. } | Command::SetMixWeight { .. } => {
+                    if let (Err(problem), Some(osc)) = (self.edit_prompt(&command), &self.osc) {
+                        osc.count_ignored(problem);
+                    }
+                }
+                other => self.run_command(ctx, other),
+            }
+        }
+        let Some(stats) = self.osc_stats() else {
+            return;
+        };
+        if stats.dropped() > self.osc_dropped_told {
+            self.osc_dropped_told = stats.dropped();
+            let last = stats.last_problem.unwrap_or_default();
+            self.notice = Some(Notice::error(format!(
+                "OSC: ignored {} malformed packets and {} messages so far; last: {last}",
+                stats.malformed, stats.ignored
+            )));
         }
     }
 

@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
-use super::controls::{Controls, KeyframeControl, KeyframeImage};
+use super::controls::{keyframe_name, Controls, KeyframeControl, KeyframeImage};
 use super::record_path::default_record_path;
+use crate::model::text::PromptMix;
 
 /// The window's form state.
 pub(super) struct Form {
@@ -57,6 +58,57 @@ impl Form {
     pub fn commit_text(&mut self) {
         self.controls.keyframes = self.keyframe_fields.clone();
         self.controls.negative = self.negative_field.clone();
+    }
+
+    /// Sets row `keyframe`'s prompt and applies it.
+    pub fn set_prompt(&mut self, keyframe: usize, text: &str) -> Result<(), String> {
+        let row = self.row(keyframe)?;
+        row.text = text.to_string();
+        self.commit_row(keyframe);
+        Ok(())
+    }
+
+    /// Sets the weight of part `part` of row `keyframe`'s prompt mix and applies it.
+    pub fn set_mix_weight(
+        &mut self,
+        keyframe: usize,
+        part: usize,
+        weight: f64,
+    ) -> Result<(), String> {
+        let name = keyframe_name(keyframe);
+        let row = self.row(keyframe)?;
+        let Some(mut mix) = PromptMix::parse(&row.text) else {
+            return Err(format!(
+                "prompt {name} is not a mix (write TEXT:WEIGHT | TEXT:WEIGHT)"
+            ));
+        };
+        let count = mix.parts.len();
+        let Some(slot) = mix.parts.get_mut(part) else {
+            return Err(format!(
+                "prompt {name} has no part {part} (its mix has {count}, counted from 0)"
+            ));
+        };
+        slot.weight = weight;
+        row.text = mix.to_text();
+        self.commit_row(keyframe);
+        Ok(())
+    }
+
+    fn row(&mut self, keyframe: usize) -> Result<&mut KeyframeControl, String> {
+        let count = self.keyframe_fields.len();
+        self.keyframe_fields.get_mut(keyframe).ok_or_else(|| {
+            format!("there is no keyframe {keyframe} (the walk has {count}, counted from 0)")
+        })
+    }
+
+    /// Applies row `keyframe` as typed, leaving other rows' typing uncommitted (all of it
+    /// when rows were added or removed since the last commit).
+    fn commit_row(&mut self, keyframe: usize) {
+        if self.keyframe_fields.len() == self.controls.keyframes.len() {
+            self.controls.keyframes[keyframe] = self.keyframe_fields[keyframe].clone();
+        } else {
+            self.commit_text();
+        }
     }
 
     /// Adds `image` as the last keyframe, committed (with what was typed) at once: adding a

@@ -23,6 +23,7 @@ mod interrupt;
 pub mod lap_gate;
 mod loading;
 mod notice;
+pub mod osc;
 mod picture;
 pub mod present;
 mod prompts_panel;
@@ -44,6 +45,7 @@ pub use command::Command;
 pub use controls::{keyframe_name, Controls, OutputSize};
 pub use lap_gate::LapGate;
 pub use loading::GpuTarget;
+pub use osc::{OscError, OscListener, OscStats};
 pub use record_path::default_record_path;
 pub use session::{PlayState, RecordingStatus, Session};
 
@@ -67,6 +69,9 @@ pub struct ViewerOptions {
     /// Decoded frame size (width, height) instead of the model's default; checked against
     /// the model once it loads.
     pub source: Option<(u32, u32)>,
+    /// Listen for OSC messages on this address ([`run`] binds it before the window opens;
+    /// see [`osc`] for the addresses).
+    pub osc: Option<std::net::SocketAddr>,
 }
 
 /// The eframe application: the window's state. Drawing is in [`ViewerApp::show`], actions in
@@ -94,6 +99,10 @@ pub struct ViewerApp {
     picture: picture::Picture,
     /// A screenshot to take, then close (the screenshot test).
     screenshot: Option<screenshot::Screenshot>,
+    /// The OSC listener, with `--osc`.
+    osc: Option<OscListener>,
+    /// OSC packets and messages dropped that the notice has told of.
+    osc_dropped_told: u64,
 }
 
 /// The window icon (see `assets/README.md`).
@@ -101,6 +110,8 @@ const ICON_PNG: &[u8] = include_bytes!("../../assets/icon.png");
 
 /// Opens the window and runs until it is closed (its close button, SIGINT or SIGTERM).
 pub fn run(options: ViewerOptions) -> anyhow::Result<()> {
+    // A port in use is refused before the window opens or the model loads.
+    let mut osc = options.osc.map(OscListener::bind).transpose()?;
     let mut viewport = egui::ViewportBuilder::default()
         .with_title("dreamwalk")
         .with_inner_size([1480.0, 860.0])
@@ -129,6 +140,9 @@ pub fn run(options: ViewerOptions) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!("Ctrl-C will not close the window cleanly: {e}"),
             }
             let mut app = ViewerApp::new(cc, options);
+            if let Some(listener) = osc.take() {
+                app = app.with_osc(listener);
+            }
             app.report_screenshot_failure_to(slot);
             Ok(Box::new(app))
         }),

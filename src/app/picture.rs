@@ -26,12 +26,14 @@ impl Picture {
         self.presenter.as_ref().is_some_and(Presenter::has_gpu)
     }
 
-    /// Draws the current frame and the heads-up display into `ui`.
+    /// Draws the current frame and the heads-up display into `ui`, with `extra_lines`
+    /// (the OSC listener's counts) under the display's own.
     pub fn show(
         &mut self,
         ui: &mut egui::Ui,
         render_state: Option<&egui_wgpu::RenderState>,
         model: &ModelState,
+        extra_lines: &[String],
     ) {
         self.rect = None;
         let area = ui.available_rect_before_wrap();
@@ -82,6 +84,7 @@ impl Picture {
             shown: shown.size,
             presenter: &presenter,
         });
+        self.hud.extend_from_slice(extra_lines);
         hud::draw(ui, area, &self.hud, stats.as_ref());
     }
 }

@@ -11,6 +11,7 @@ use super::command::Command;
 use super::controls::{keyframe_name, THUMBNAIL_SIDE};
 use super::form::Form;
 use crate::frame::RgbaImage;
+use crate::model::text::{MixPart, PromptMix};
 use crate::model::Fit;
 use crate::pipeline::KeyframeThumbnails;
 
@@ -73,6 +74,7 @@ pub(super) fn prompts(
                 remove = Some(i);
             }
         });
+        commands.extend(mix_weights(ui, i, &keyframe.text));
     }
     if let Some(i) = remove {
         form.keyframe_fields.remove(i);
@@ -124,6 +126,46 @@ pub(super) fn prompts(
         form.commit_text();
     }
     commands
+}
+
+/// One weight slider per part when row `keyframe`'s text is a mix of two or more prompts
+/// (`"a fox:0.7 | a wolf:0.3"`). They act live, like the sliders below: a moved weight is
+/// written into the row's text and applied, and the walk re-samples that keyframe in the
+/// background while it plays.
+fn mix_weights(ui: &mut egui::Ui, keyframe: usize, text: &str) -> Vec<Command> {
+    let Some(mix) = PromptMix::parse(text).filter(|mix| mix.parts.len() > 1) else {
+        return Vec::new();
+    };
+    let letter = keyframe_name(keyframe);
+    let mut commands = Vec::new();
+    ui.indent(("mix weights", keyframe), |ui| {
+        for (part, MixPart { text, weight }) in mix.parts.iter().enumerate() {
+            let mut value = *weight;
+            // Past 1 when the text asks for more; never below 0 (refused, by the settings).
+            let range = 0.0..=weight.max(1.0);
+            let slider = egui::Slider::new(&mut value, range)
+                .step_by(0.01)
+                .text(format!("weight {letter}{}: {}", part + 1, shortened(text)));
+            if ui.add(slider).changed() {
+                commands.push(Command::SetMixWeight {
+                    keyframe,
+                    part,
+                    weight: value,
+                });
+            }
+        }
+    });
+    commands
+}
+
+/// A part's text for its slider's label: at most 32 characters.
+fn shortened(text: &str) -> String {
+    const MAX_CHARS: usize = 32;
+    if text.chars().count() <= MAX_CHARS {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(MAX_CHARS - 1).collect();
+    format!("{}…", cut.trim_end())
 }
 
 /// Strength and fit of the image keyframes: they act live, like the sliders below.

@@ -155,6 +155,13 @@ impl Session {
         }
     }
 
+    /// Moves the walk to `fraction` (0 to 1) of its path: see [`Pipeline::seek`].
+    pub fn seek(&self, fraction: f64) {
+        if let Some(running) = &self.running {
+            running.pipeline.seek(fraction);
+        }
+    }
+
     /// The settings the pipeline runs with, when it runs.
     pub fn settings(&self) -> Option<Settings> {
         self.running.as_ref().map(|r| r.pipeline.settings())

@@ -60,7 +60,20 @@ impl ViewerApp {
             screenshot: options
                 .screenshot
                 .map(|(path, after)| Screenshot::new(path, after)),
+            osc: None,
+            osc_dropped_told: 0,
         }
+    }
+
+    /// Takes commands from `listener` (see [`super::osc`]) from the next frame on.
+    pub fn with_osc(mut self, listener: super::OscListener) -> Self {
+        self.osc = Some(listener);
+        self
+    }
+
+    /// What the OSC listener has seen, when there is one.
+    pub fn osc_stats(&self) -> Option<super::OscStats> {
+        self.osc.as_ref().map(super::OscListener::stats)
     }
 
     /// The session, once the model is loaded.
@@ -132,9 +145,12 @@ impl ViewerApp {
         for command in commands {
             self.run_command(&ctx, command);
         }
+        let osc_line: Vec<String> = self.osc_stats().map(|s| s.line()).into_iter().collect();
         egui::CentralPanel::default()
             .frame(egui::Frame::NONE.fill(egui::Color32::from_gray(8)))
-            .show(ui, |ui| self.picture.show(ui, render_state, &self.model));
+            .show(ui, |ui| {
+                self.picture.show(ui, render_state, &self.model, &osc_line)
+            });
         self.apply_controls();
         if let Some(screenshot) = &mut self.screenshot {
             let model_error = match &self.model {
@@ -188,6 +204,7 @@ impl ViewerApp {
                 ctx.request_repaint_after(Duration::from_millis(100));
             }
         }
+        self.run_osc_commands(ctx);
         let outcome = self.model.session_mut().and_then(Session::poll);
         self.report_recording(outcome);
         if let Some(session) = self.model.session() {

@@ -140,6 +140,11 @@ pub struct ViewerArgs {
     /// model's, 1024x576 for the demo model).
     #[arg(long, value_name = "WxH")]
     pub source: Option<Size>,
+    /// Listen for OSC control messages on this UDP address (e.g. 127.0.0.1:9000): play,
+    /// pause, position, speed, seed, a keyframe's prompt or mix weight (README lists the
+    /// addresses). A port in use is refused before the window opens.
+    #[arg(long, value_name = "IP:PORT")]
+    pub osc: Option<std::net::SocketAddr>,
 }
 
 impl ViewerArgs {
@@ -164,6 +169,7 @@ impl ViewerArgs {
             gpu_decode: self.gpu_decode.into(),
             gpu: None,
             source: self.source.map(Size::pair),
+            osc: self.osc,
         })
     }
 }

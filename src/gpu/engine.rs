@@ -207,6 +207,15 @@ impl Engine for GpuDecodedEngine {
         self.inner.decoded_size(image_size, decoder)
     }
 
+    fn keyframe_latents(
+        &self,
+        request: &EndpointRequest,
+        index: usize,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> Result<Tensor, EndpointError> {
+        self.inner.keyframe_latents(request, index, progress)
+    }
+
     fn endpoints(
         &self,
         request: &EndpointRequest,

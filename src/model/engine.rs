@@ -105,13 +105,31 @@ pub trait Engine: Send + Sync + 'static {
     /// The shape (1, latent channels, h/f, w/f) of one keyframe's latents for an image of
     /// `image_size` (width, height), `f` the decoder's factor: what `--init-latents` must be.
     fn latent_shape(&self, image_size: (u32, u32)) -> [usize; 4];
-    /// Samples one latent per keyframe. `progress` is called after each sampler step (once
-    /// for a picture used as it is) and returns `false` to cancel.
+    /// Samples the latents of keyframe `index` of `request` alone: the tensor
+    /// [`Self::endpoints`] gives for it (its noise is `seed + index` with
+    /// `seed_per_keyframe`), so a walk whose other keyframes did not change samples only
+    /// this one. `progress` is called after each sampler step (once for a picture used as it
+    /// is), with `keyframe: index`, and returns `false` to cancel.
+    fn keyframe_latents(
+        &self,
+        request: &EndpointRequest,
+        index: usize,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> Result<candle_core::Tensor, EndpointError>;
+    /// Samples one latent per keyframe, in walk order ([`Self::keyframe_latents`] for each).
+    /// `progress` is called after each sampler step and returns `false` to cancel.
     fn endpoints(
         &self,
         request: &EndpointRequest,
         progress: &mut dyn FnMut(SamplingProgress) -> bool,
-    ) -> Result<Vec<candle_core::Tensor>, EndpointError>;
+    ) -> Result<Vec<candle_core::Tensor>, EndpointError> {
+        if request.keyframes.is_empty() {
+            return Err(ModelError::Invalid("no keyframe to sample".into()).into());
+        }
+        (0..request.keyframes.len())
+            .map(|index| self.keyframe_latents(request, index, progress))
+            .collect()
+    }
     /// Decodes one latent (1, C, h, w) to an RGBA image.
     fn decode(
         &self,

@@ -25,12 +25,12 @@ const FACTOR: u32 = 8;
 ///   [`ScriptedEngine::premade`] hands out the frames it was given in turn, whatever the
 ///   latents, so a timed pipeline spends nothing on decoding.
 /// * [`ScriptedEngine::with_decode_delay`] makes every decode sleep first (a slow decoder).
-/// * [`ScriptedEngine::decodes`] and [`ScriptedEngine::endpoint_calls`] count the calls.
+/// * [`ScriptedEngine::decodes`] and [`ScriptedEngine::keyframes_sampled`] count the calls.
 pub struct ScriptedEngine {
     frames: Frames,
     decode_delay: Duration,
     decodes: AtomicU64,
-    endpoint_calls: AtomicU64,
+    keyframes_sampled: AtomicU64,
 }
 
 /// What a decode returns.
@@ -69,7 +69,7 @@ impl ScriptedEngine {
             frames,
             decode_delay: Duration::ZERO,
             decodes: AtomicU64::new(0),
-            endpoint_calls: AtomicU64::new(0),
+            keyframes_sampled: AtomicU64::new(0),
         }
     }
 
@@ -84,9 +84,10 @@ impl ScriptedEngine {
         self.decodes.load(Ordering::SeqCst)
     }
 
-    /// Calls of [`Engine::endpoints`] so far (cancelled ones included).
-    pub fn endpoint_calls(&self) -> u64 {
-        self.endpoint_calls.load(Ordering::SeqCst)
+    /// Keyframes sampled so far ([`Engine::keyframe_latents`] calls, cancelled ones
+    /// included): what the pipeline spends on sampling.
+    pub fn keyframes_sampled(&self) -> u64 {
+        self.keyframes_sampled.load(Ordering::SeqCst)
     }
 }
 
@@ -125,31 +126,28 @@ impl Engine for ScriptedEngine {
         }
     }
 
-    fn endpoints(
+    fn keyframe_latents(
         &self,
         request: &EndpointRequest,
+        k: usize,
         progress: &mut dyn FnMut(SamplingProgress) -> bool,
-    ) -> Result<Vec<Tensor>, EndpointError> {
-        self.endpoint_calls.fetch_add(1, Ordering::SeqCst);
+    ) -> Result<Tensor, EndpointError> {
+        self.keyframes_sampled.fetch_add(1, Ordering::SeqCst);
         let (w, h) = request.image_size;
         let shape = (1, 4, (h / FACTOR) as usize, (w / FACTOR) as usize);
-        let mut out = Vec::with_capacity(request.keyframes.len());
-        for k in 0..request.keyframes.len() {
-            for step in 1..=request.steps {
-                let p = SamplingProgress {
-                    keyframe: k,
-                    keyframes: request.keyframes.len(),
-                    step,
-                    steps: request.steps,
-                };
-                if !progress(p) {
-                    return Err(EndpointError::Cancelled);
-                }
+        for step in 1..=request.steps {
+            let p = SamplingProgress {
+                keyframe: k,
+                keyframes: request.keyframes.len(),
+                step,
+                steps: request.steps,
+            };
+            if !progress(p) {
+                return Err(EndpointError::Cancelled);
             }
-            let value = (k as u64 * 4 + request.seed) as f32;
-            out.push(Tensor::full(value, shape, &Device::Cpu)?);
         }
-        Ok(out)
+        let value = (k as u64 * 4 + request.seed) as f32;
+        Ok(Tensor::full(value, shape, &Device::Cpu)?)
     }
 
     fn decode(&self, latents: &Tensor, _decoder: DecoderKind) -> Result<RgbaImage> {

@@ -13,7 +13,8 @@ use super::keyframe::encoder::{EncoderLoader, ImageEncoder, LazyEncoder};
 use super::keyframe::{fit_image, image_tensor, ImageKeyframe, Keyframe};
 use super::lora::{Component, LoraSet};
 use super::schedulers::{denoise, img2img, Sampler, SamplerKind, SchedulerConfig};
-use super::text::{ClipTextEncoder, ClipTokenizer};
+use super::text::mix::blend;
+use super::text::{ClipTextEncoder, ClipTokenizer, PromptMix};
 use super::tiled::{denoise_tiled, NoiseStop, TileLayout, TiledOutcome, TiledStep, Tiling};
 use super::unet::UNet2DConditionModel;
 use super::{ModelError, Result};
@@ -188,11 +189,28 @@ impl StableDiffusion {
         Ok(())
     }
 
-    /// The prompt's CLIP embedding (1, 77, hidden).
+    /// The prompt's CLIP embedding (1, 77, hidden), of the text as it is.
     pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
         let ids = self.tokenizer.encode(text);
         let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
         Ok(self.text_encoder.forward(&ids)?.last_hidden_state)
+    }
+
+    /// What the UNet is conditioned on for a keyframe's `prompt` (1, 77, hidden): its
+    /// embedding, or for a mix (`"a fox:0.7 | a wolf:0.3"`, see [`PromptMix`]) the blend
+    /// of its parts' embeddings. A mix whose weights cannot run is refused, naming them.
+    pub fn conditioning(&self, prompt: &str) -> Result<Tensor> {
+        let Some(mix) = PromptMix::parse(prompt) else {
+            return self.encode_prompt(prompt);
+        };
+        mix.check()
+            .map_err(|e| ModelError::Invalid(format!("prompt \"{prompt}\": {e}")))?;
+        let parts = mix
+            .normalised()
+            .into_iter()
+            .map(|(text, weight)| Ok((self.encode_prompt(text)?, weight)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(blend(&parts)?)
     }
 
     /// Latent (height, width) for an image size, checked against the model's multiples.
@@ -216,7 +234,8 @@ impl StableDiffusion {
         }
     }
 
-    /// Samples latents for one prompt from `init` noise with the model's scheduler.
+    /// Samples latents for one prompt (or prompt mix) from `init` noise with the model's
+    /// scheduler.
     pub fn sample(
         &self,
         prompt: &str,
@@ -226,14 +245,22 @@ impl StableDiffusion {
         guidance: f64,
         on_step: impl FnMut(usize, usize) -> bool,
     ) -> std::result::Result<Tensor, EndpointError> {
-        self.run_sampler(
-            prompt,
-            negative,
-            Start::Noise(init),
-            steps,
-            guidance,
-            on_step,
-        )
+        let cond = self.conditioning(prompt)?;
+        self.sample_conditioned(&cond, negative, init, steps, guidance, on_step)
+    }
+
+    /// [`Self::sample`] from a conditioning already made (1, 77, hidden): a prompt's
+    /// embedding, or any blend of them. The negative prompt is encoded as it is.
+    pub fn sample_conditioned(
+        &self,
+        cond: &Tensor,
+        negative: &str,
+        init: &Tensor,
+        steps: usize,
+        guidance: f64,
+        on_step: impl FnMut(usize, usize) -> bool,
+    ) -> std::result::Result<Tensor, EndpointError> {
+        self.run_sampler(cond, negative, Start::Noise(init), steps, guidance, on_step)
     }
 
     /// img2img: `image_latents` (a picture encoded) noised with `noise` `strength` of the
@@ -257,15 +284,15 @@ impl StableDiffusion {
             noise,
             strength,
         };
-        self.run_sampler(prompt, negative, start, steps, guidance, on_step)
+        let cond = self.conditioning(prompt)?;
+        self.run_sampler(&cond, negative, start, steps, guidance, on_step)
     }
 
-    /// The UNet's text context: `[negative, prompt]` with guidance, else the prompt's alone.
-    fn context(&self, prompt: &str, negative: &str, guidance: f64) -> Result<Tensor> {
-        let cond = self.encode_prompt(prompt)?;
+    /// The UNet's text context: `[negative, cond]` with guidance, else `cond` alone.
+    fn context(&self, cond: &Tensor, negative: &str, guidance: f64) -> Result<Tensor> {
         Ok(match guidance > 1.0 {
-            true => Tensor::cat(&[&self.encode_prompt(negative)?, &cond], 0)?,
-            false => cond,
+            true => Tensor::cat(&[&self.encode_prompt(negative)?, cond], 0)?,
+            false => cond.clone(),
         })
     }
 
@@ -285,7 +312,7 @@ impl StableDiffusion {
         noise_stop: Option<NoiseStop>,
         on_step: impl FnMut(&TiledStep),
     ) -> Result<(TiledOutcome, TileLayout)> {
-        let context = self.context(prompt, negative, guidance)?;
+        let context = self.context(&self.conditioning(prompt)?, negative, guidance)?;
         let sampler = Sampler::new(
             &self.scheduler,
             SamplerKind::default_for(&self.scheduler),
@@ -305,17 +332,18 @@ impl StableDiffusion {
         Ok((outcome, layout))
     }
 
-    /// The guided sampling loop from `start`, cancelled when `on_step` returns `false`.
+    /// The guided sampling loop from `start`, conditioned on `cond`, cancelled when
+    /// `on_step` returns `false`. Guidance's unconditional half is `negative`'s embedding.
     fn run_sampler(
         &self,
-        prompt: &str,
+        cond: &Tensor,
         negative: &str,
         start: Start<'_>,
         steps: usize,
         guidance: f64,
         mut on_step: impl FnMut(usize, usize) -> bool,
     ) -> std::result::Result<Tensor, EndpointError> {
-        let context = self.context(prompt, negative, guidance)?;
+        let context = self.context(cond, negative, guidance)?;
         let kind = SamplerKind::default_for(&self.scheduler);
         let sampler = Sampler::new(&self.scheduler, kind, steps)?;
         let cancelled = std::cell::Cell::new(false);
@@ -558,53 +586,52 @@ impl Engine for StableDiffusion {
         ]
     }
 
-    fn endpoints(
+    fn keyframe_latents(
         &self,
         request: &EndpointRequest,
+        keyframe: usize,
         progress: &mut dyn FnMut(SamplingProgress) -> bool,
-    ) -> std::result::Result<Vec<Tensor>, EndpointError> {
-        if request.keyframes.is_empty() {
-            return Err(ModelError::Invalid("no keyframe to sample".into()).into());
-        }
+    ) -> std::result::Result<Tensor, EndpointError> {
+        let keyframes = request.keyframes.len();
+        let Some(source) = request.keyframes.get(keyframe) else {
+            return Err(ModelError::Invalid(format!(
+                "no keyframe {keyframe} in a request of {keyframes}"
+            ))
+            .into());
+        };
         if request.steps == 0 {
             return Err(ModelError::Invalid("sampler steps must be at least 1".into()).into());
         }
         let (h, w) = self.latent_hw(request.image_size)?;
         let shape = [1, self.unet.in_channels(), h, w];
-        let keyframes = request.keyframes.len();
-        let mut latents = Vec::with_capacity(keyframes);
-        for (keyframe, source) in request.keyframes.iter().enumerate() {
-            let report = |step, steps| {
-                progress(SamplingProgress {
-                    keyframe,
-                    keyframes,
-                    step,
-                    steps,
-                })
-            };
-            let sampled = match source {
-                Keyframe::Prompt(prompt) => {
-                    let init = self.initial_noise(request, &shape, keyframe)?;
-                    self.sample(
-                        prompt,
-                        &request.negative,
-                        &init,
-                        request.steps,
-                        request.guidance,
-                        report,
-                    )?
-                }
-                Keyframe::Image(image) => self.image_latents(
-                    image,
-                    request,
-                    &shape,
-                    || self.initial_noise(request, &shape, keyframe),
+        let report = |step, steps| {
+            progress(SamplingProgress {
+                keyframe,
+                keyframes,
+                step,
+                steps,
+            })
+        };
+        match source {
+            Keyframe::Prompt(prompt) => {
+                let init = self.initial_noise(request, &shape, keyframe)?;
+                self.sample(
+                    prompt,
+                    &request.negative,
+                    &init,
+                    request.steps,
+                    request.guidance,
                     report,
-                )?,
-            };
-            latents.push(sampled);
+                )
+            }
+            Keyframe::Image(image) => self.image_latents(
+                image,
+                request,
+                &shape,
+                || self.initial_noise(request, &shape, keyframe),
+                report,
+            ),
         }
-        Ok(latents)
     }
 
     fn decoded_size(&self, image_size: (u32, u32), decoder: DecoderKind) -> (u32, u32) {

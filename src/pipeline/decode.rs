@@ -61,6 +61,8 @@ pub(super) struct DecodeStage {
     /// A decode failed: wait for a settings change instead of failing in a loop.
     failed: bool,
     cache: DecodeCache,
+    /// A seek asked for before there was a walk to seek in.
+    pending_seek: Option<f64>,
 }
 
 impl DecodeStage {
@@ -87,6 +89,7 @@ impl DecodeStage {
                 bytes: 0,
                 budget,
             },
+            pending_seek: None,
         }
     }
 
@@ -109,6 +112,20 @@ impl DecodeStage {
         self.ended = false;
         self.failed = false;
         self.cache.clear();
+    }
+
+    /// Jumps to a place asked for by [`super::Pipeline::seek`], once there is a walk.
+    fn apply_seek(&mut self) {
+        if let Some(fraction) = self.shared.seek_to.lock().take() {
+            self.pending_seek = Some(fraction);
+        }
+        let Some(walk) = &self.walk else {
+            return;
+        };
+        if let Some(fraction) = self.pending_seek.take() {
+            self.sequence = walk.path_index_at_fraction(fraction) as u64;
+            self.ended = false;
+        }
     }
 
     /// Applies live walk and decoder settings; a change clears the cache.
@@ -154,6 +171,7 @@ impl DecodeStage {
                 self.install_keyframes(newest);
             }
             self.sync_settings();
+            self.apply_seek();
             let paused = self.shared.run_state.lock().paused;
             if self.ended && self.options.stop_at_end {
                 let _ = decoded.send(Decoded::End);

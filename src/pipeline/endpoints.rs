@@ -1,18 +1,92 @@
 //! The endpoint stage: samples keyframe latents for each request (the newest only), in the
 //! background, cancellable between sampler steps, and hands them to the decode stage.
+//!
+//! Only keyframes whose inputs changed are sampled: the latents of each keyframe sampled
+//! before are kept with what decided them ([`KeyframeInputs`]), so moving one prompt's mix
+//! weight, or adding a keyframe, costs one keyframe's sampling while the others are reused
+//! (the model is the pipeline's own, fixed for its life).
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use candle_core::{Tensor, TensorId};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::thumbnails::make_thumbnails;
 use super::{PipelineOptions, Shared};
-use crate::model::{EndpointError, EndpointRequest, Engine, SamplingProgress};
+use crate::model::{
+    EndpointError, EndpointRequest, Engine, Keyframe, ModelError, SamplingProgress,
+};
 
 /// New keyframe latents for a walk.
 pub(super) struct Keyframes {
     pub(super) generation: u64,
     pub(super) latents: Vec<candle_core::Tensor>,
+}
+
+/// Everything that decides one keyframe's latents on a given model.
+#[derive(Clone, Debug, PartialEq)]
+struct KeyframeInputs {
+    keyframe: Keyframe,
+    /// The seed of its noise (`seed + index` with `seed_per_keyframe`).
+    seed: u64,
+    negative: String,
+    steps: usize,
+    guidance: f64,
+    image_size: (u32, u32),
+    /// The initial latents by identity (clones of one load share it).
+    init_latents: Option<TensorId>,
+}
+
+impl KeyframeInputs {
+    fn of(request: &EndpointRequest, index: usize) -> Self {
+        Self {
+            keyframe: request.keyframes[index].clone(),
+            seed: if request.seed_per_keyframe {
+                request.seed.wrapping_add(index as u64)
+            } else {
+                request.seed
+            },
+            negative: request.negative.clone(),
+            steps: request.steps,
+            guidance: request.guidance,
+            image_size: request.image_size,
+            init_latents: request.init_latents.as_ref().map(Tensor::id),
+        }
+    }
+}
+
+/// The latents sampled lately, with their inputs, most recently used last; at most
+/// `capacity` (a keyframe's latents are small: 4 x 72 x 128 floats for 576x1024).
+struct SampledKeyframes {
+    entries: VecDeque<(KeyframeInputs, Tensor)>,
+    capacity: usize,
+}
+
+impl SampledKeyframes {
+    fn new() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            capacity: 32,
+        }
+    }
+
+    /// The latents sampled for `inputs`, marked as just used.
+    fn take_copy(&mut self, inputs: &KeyframeInputs) -> Option<Tensor> {
+        let at = self.entries.iter().position(|(known, _)| known == inputs)?;
+        let entry = self.entries.remove(at)?;
+        let latents = entry.1.clone();
+        self.entries.push_back(entry);
+        Some(latents)
+    }
+
+    fn keep(&mut self, inputs: KeyframeInputs, latents: Tensor) {
+        self.entries.retain(|(known, _)| *known != inputs);
+        self.entries.push_back((inputs, latents));
+        while self.entries.len() > self.capacity {
+            self.entries.pop_front();
+        }
+    }
 }
 
 pub(super) fn endpoint_thread(
@@ -23,6 +97,7 @@ pub(super) fn endpoint_thread(
     keyframes: Sender<Keyframes>,
     stop: Receiver<()>,
 ) {
+    let mut sampled = SampledKeyframes::new();
     loop {
         let mut next = select! {
             recv(requests) -> r => match r { Ok(r) => r, Err(_) => return },
@@ -34,24 +109,32 @@ pub(super) fn endpoint_thread(
         }
         let (generation, request) = next;
         let stats = &shared.stats;
-        let total = request.keyframes.len() * request.steps;
         let started = Instant::now();
-        let result = engine.endpoints(&request, &mut |p| {
-            let done = p.keyframe * p.steps + p.step;
-            stats.update(|s| {
-                s.endpoint_progress = Some((done, total));
-                s.phase = sampling_phase(&p, (done, total), started.elapsed());
-            });
-            // Cancel when a newer request waits or the pipeline stops.
-            requests.is_empty()
-                && stop.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected)
-        });
+        // Keep the walk's keyframes (and a few before them) however many it has.
+        sampled.capacity = sampled.capacity.max(2 * request.keyframes.len());
+        let result = sample_changed(
+            engine,
+            &request,
+            &mut sampled,
+            stats,
+            &mut |p, done, total| {
+                stats.update(|s| {
+                    s.endpoint_progress = Some((done, total));
+                    s.phase = sampling_phase(&p, (done, total), started.elapsed());
+                });
+                // Cancel when a newer request waits or the pipeline stops.
+                requests.is_empty()
+                    && stop.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected)
+            },
+        );
         stats.update(|s| s.endpoint_progress = None);
         match result {
-            Ok(latents) => {
-                let seconds = started.elapsed().as_secs_f64() / latents.len().max(1) as f64;
+            Ok((latents, sampled_count)) => {
                 stats.update(|s| {
-                    s.keyframe_seconds = Some(seconds);
+                    if sampled_count > 0 {
+                        let seconds = started.elapsed().as_secs_f64() / sampled_count as f64;
+                        s.keyframe_seconds = Some(seconds);
+                    }
                     s.generation = generation;
                     s.phase = "walking".into();
                 });
@@ -86,6 +169,40 @@ pub(super) fn endpoint_thread(
             }
         }
     }
+}
+
+/// The request's keyframe latents: those `sampled` has for the same inputs, the rest
+/// sampled (and kept there as each finishes, so a cancelled request keeps what it made).
+/// `progress(p, done, total)` counts steps over the keyframes sampled; it returns `false`
+/// to cancel. Returns the latents and how many keyframes were sampled.
+fn sample_changed(
+    engine: &dyn Engine,
+    request: &EndpointRequest,
+    sampled: &mut SampledKeyframes,
+    stats: &super::Stats,
+    progress: &mut dyn FnMut(SamplingProgress, usize, usize) -> bool,
+) -> Result<(Vec<Tensor>, usize), EndpointError> {
+    if request.keyframes.is_empty() {
+        return Err(ModelError::Invalid("no keyframe to sample".into()).into());
+    }
+    let inputs: Vec<KeyframeInputs> = (0..request.keyframes.len())
+        .map(|i| KeyframeInputs::of(request, i))
+        .collect();
+    let mut latents: Vec<Option<Tensor>> = inputs.iter().map(|k| sampled.take_copy(k)).collect();
+    let missing: Vec<usize> = (0..latents.len())
+        .filter(|&i| latents[i].is_none())
+        .collect();
+    let total = missing.len() * request.steps;
+    for (order, &index) in missing.iter().enumerate() {
+        let made = engine.keyframe_latents(request, index, &mut |p| {
+            progress(p, order * p.steps + p.step, total)
+        })?;
+        stats.update(|s| s.keyframes_sampled += 1);
+        sampled.keep(inputs[index].clone(), made.clone());
+        latents[index] = Some(made);
+    }
+    let latents = latents.into_iter().flatten().collect();
+    Ok((latents, missing.len()))
 }
 
 /// "sampling keyframe 1/2, step 3/20 · 12 s, about 68 s left": where sampling is, how long

@@ -96,6 +96,8 @@ struct Shared {
     ring: Arc<RingBuffer>,
     /// The newest sampling's keyframe thumbnails, when the options ask for them.
     thumbnails: Mutex<Option<Arc<KeyframeThumbnails>>>,
+    /// A place to jump to ([`Pipeline::seek`]), taken by the decode stage.
+    seek_to: Mutex<Option<f64>>,
 }
 
 #[derive(Default)]
@@ -132,6 +134,7 @@ impl Pipeline {
             stats,
             ring,
             thumbnails: Mutex::new(None),
+            seek_to: Mutex::new(None),
         });
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (request_tx, request_rx) = bounded::<(u64, EndpointRequest)>(4);
@@ -241,6 +244,18 @@ impl Pipeline {
         if let Some(request) = new_request {
             self.request_endpoints(request);
         }
+        let _ = self.wake.try_send(());
+    }
+
+    /// Moves the walk to `fraction` (0 to 1, clamped) of the way along its path: 0 is the
+    /// first keyframe, 1 the last (the first again on an endless loop); a walk that had
+    /// ended plays on from there. The frames already made (the ring's, a few) are shown
+    /// first. Before the first keyframes arrive, they start there.
+    pub fn seek(&self, fraction: f64) {
+        if fraction.is_nan() {
+            return;
+        }
+        *self.shared.seek_to.lock() = Some(fraction.clamp(0.0, 1.0));
         let _ = self.wake.try_send(());
     }
 

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use crate::model::schedulers::img2img_first_step;
+use crate::model::text::{MixError, PromptMix};
 use crate::model::{DecoderKind, EndpointRequest, Engine, Keyframe};
 use crate::upscale::UpscaleMode;
 use crate::walk::WalkSettings;
@@ -89,6 +90,14 @@ pub enum SettingsError {
     /// The model cannot encode pictures (no VAE encoder, no TAESD encoder): why.
     #[error("this model cannot turn pictures into keyframes: {0}")]
     ImageEncoder(String),
+    /// A keyframe whose prompt is a mix that cannot run (`"a fox:0 | a wolf:0"`): which
+    /// (1-based), its prompt, and which part or weight is wrong.
+    #[error("keyframe {index} (\"{prompt}\"): {problem}")]
+    PromptMix {
+        index: usize,
+        prompt: String,
+        problem: MixError,
+    },
     /// An image keyframe that cannot run: which (1-based), its file, and why.
     #[error("keyframe {index} ({}): {problem}", path.display())]
     ImageKeyframe {
@@ -109,6 +118,7 @@ impl Settings {
         if let Some(i) = endpoints.keyframes.iter().position(empty) {
             return Err(SettingsError::EmptyPrompt(i + 1));
         }
+        check_prompt_mixes(endpoints)?;
         if self.walk.steps_between == 0 {
             return Err(SettingsError::NoStepsBetween);
         }
@@ -156,6 +166,7 @@ impl Settings {
 impl Settings {
     /// What will run but not as the user may think, one sentence each: prompts longer than
     /// the text encoder reads (CLIP reads 77 tokens, its start and end tokens included).
+    /// Each part of a prompt mix is read on its own, so each is counted.
     pub fn warnings(&self, engine: &dyn Engine) -> Vec<String> {
         let limit = crate::model::MAX_PROMPT_TOKENS;
         self.endpoints
@@ -163,7 +174,15 @@ impl Settings {
             .iter()
             .enumerate()
             .filter_map(|(i, keyframe)| {
-                let tokens = engine.prompt_tokens(keyframe.prompt())?;
+                let prompt = keyframe.prompt();
+                let texts = match PromptMix::parse(prompt) {
+                    Some(mix) => mix.parts.into_iter().map(|p| p.text).collect(),
+                    None => vec![prompt.to_string()],
+                };
+                let tokens = texts
+                    .iter()
+                    .filter_map(|text| engine.prompt_tokens(text))
+                    .max()?;
                 (tokens > limit).then(|| {
                     format!(
                         "prompt {} is {tokens} tokens: the text encoder reads only the first \
@@ -174,6 +193,27 @@ impl Settings {
             })
             .collect()
     }
+}
+
+/// The rules for prompt mixes (`"a fox:0.7 | a wolf:0.3"`): every part has text, every
+/// weight is 0 or more, and they sum to more than 0. An image keyframe's prompt is checked
+/// when it is used (strength above 0).
+fn check_prompt_mixes(endpoints: &EndpointRequest) -> Result<(), SettingsError> {
+    for (i, keyframe) in endpoints.keyframes.iter().enumerate() {
+        let used = match keyframe {
+            Keyframe::Prompt(_) => true,
+            Keyframe::Image(image) => image.strength > 0.0,
+        };
+        let Some(mix) = PromptMix::parse(keyframe.prompt()).filter(|_| used) else {
+            continue;
+        };
+        mix.check().map_err(|problem| SettingsError::PromptMix {
+            index: i + 1,
+            prompt: keyframe.prompt().to_string(),
+            problem,
+        })?;
+    }
+    Ok(())
 }
 
 /// The rules for image keyframes: a picture with pixels, a strength in [0, 1] that, above 0,

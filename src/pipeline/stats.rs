@@ -30,6 +30,9 @@ pub struct StatsSnapshot {
     /// Seconds per keyframe of the last finished sampling (text encoding and every sampler
     /// step).
     pub keyframe_seconds: Option<f64>,
+    /// Keyframes sampled since the pipeline started (those whose inputs did not change
+    /// are reused, not sampled again).
+    pub keyframes_sampled: u64,
     /// Keyframe pair and eased-before time of the last decoded frame.
     pub position: (usize, f64),
     pub generation: u64,

@@ -1,12 +1,15 @@
 //! `--save-latents`: an [`Engine`] wrapper that writes the keyframe latents the walk gets
 //! from the engine (`keyframe_0`, `keyframe_1`, ...) to a safetensors file as they are
-//! sampled, so the walk's own latents are saved and nothing is sampled twice.
+//! sampled, so the walk's own latents are saved and nothing is sampled twice. The pipeline
+//! samples keyframe by keyframe ([`Engine::keyframe_latents`]): the file is written once
+//! every keyframe of a request has its latents.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Tensor;
+use parking_lot::Mutex;
 
 use crate::frame::{FrameImage, RgbaImage};
 use crate::model::{
@@ -18,11 +21,17 @@ use crate::model::{
 pub struct SavingLatents {
     inner: Arc<dyn Engine>,
     path: PathBuf,
+    /// The request being sampled and its keyframes' latents so far.
+    sampled: Mutex<Option<(EndpointRequest, Vec<Option<Tensor>>)>>,
 }
 
 impl SavingLatents {
     pub fn new(inner: Arc<dyn Engine>, path: PathBuf) -> Self {
-        Self { inner, path }
+        Self {
+            inner,
+            path,
+            sampled: Mutex::new(None),
+        }
     }
 }
 
@@ -95,13 +104,30 @@ impl Engine for SavingLatents {
         self.inner.latent_shape(image_size)
     }
 
-    fn endpoints(
+    fn keyframe_latents(
         &self,
         request: &EndpointRequest,
+        index: usize,
         progress: &mut dyn FnMut(SamplingProgress) -> bool,
-    ) -> Result<Vec<Tensor>, EndpointError> {
-        let latents = self.inner.endpoints(request, progress)?;
-        save_keyframes(&latents, &self.path)?;
+    ) -> Result<Tensor, EndpointError> {
+        let latents = self.inner.keyframe_latents(request, index, progress)?;
+        let complete = {
+            let mut sampled = self.sampled.lock();
+            let slots = match &mut *sampled {
+                Some((same, slots)) if same == request => slots,
+                other => {
+                    let slots = vec![None; request.keyframes.len()];
+                    &mut other.insert((request.clone(), slots)).1
+                }
+            };
+            if let Some(slot) = slots.get_mut(index) {
+                *slot = Some(latents.clone());
+            }
+            slots.iter().cloned().collect::<Option<Vec<Tensor>>>()
+        };
+        if let Some(all) = complete {
+            save_keyframes(&all, &self.path)?;
+        }
         Ok(latents)
     }
 

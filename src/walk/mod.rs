@@ -313,6 +313,15 @@ impl Walk {
         }
     }
 
+    /// The path index `fraction` of the way along the walk's forward path (0: the first
+    /// keyframe; 1: the last, or for an endless loop the first again), to seek to. It is
+    /// also the sequence index that plays it next, in every loop mode.
+    pub fn path_index_at_fraction(&self, fraction: f64) -> usize {
+        let steps = self.segments() * self.settings.steps_between;
+        let index = (fraction.clamp(0.0, 1.0) * steps as f64).round() as usize;
+        index % self.path_len()
+    }
+
     /// The path index nearest to the same place on a path with other settings, so a
     /// live change of steps keeps the walk where it is.
     pub fn carry_over(&self, path_index: usize, new: &Walk) -> usize {

@@ -16,7 +16,7 @@ use egui_kittest::Harness;
 
 use crate::support::y4m::split_header;
 
-fn harness() -> Harness<'static, ViewerApp> {
+pub(crate) fn harness() -> Harness<'static, ViewerApp> {
     let mut app = ViewerApp::headless(ViewerOptions::default());
     assert!(
         app.wait_for_model(Duration::from_secs(60)),
@@ -28,7 +28,11 @@ fn harness() -> Harness<'static, ViewerApp> {
 }
 
 /// Steps the UI until `done` holds, in real time (frames come from pipeline threads).
-fn step_until(harness: &mut Harness<'_, ViewerApp>, what: &str, done: impl Fn(&ViewerApp) -> bool) {
+pub(crate) fn step_until(
+    harness: &mut Harness<'_, ViewerApp>,
+    what: &str,
+    done: impl Fn(&ViewerApp) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !done(harness.state()) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -38,7 +42,7 @@ fn step_until(harness: &mut Harness<'_, ViewerApp>, what: &str, done: impl Fn(&V
     harness.step();
 }
 
-fn settings(harness: &Harness<'_, ViewerApp>) -> Settings {
+pub(crate) fn settings(harness: &Harness<'_, ViewerApp>) -> Settings {
     harness
         .state()
         .session()
@@ -46,13 +50,13 @@ fn settings(harness: &Harness<'_, ViewerApp>) -> Settings {
         .expect("the walk runs")
 }
 
-fn frames_shown(app: &ViewerApp) -> u64 {
+pub(crate) fn frames_shown(app: &ViewerApp) -> u64 {
     app.session()
         .and_then(|s| s.stats())
         .map_or(0, |s| s.frames_shown)
 }
 
-fn set_text(harness: &mut Harness<'_, ViewerApp>, label: &str, text: &str) {
+pub(crate) fn set_text(harness: &mut Harness<'_, ViewerApp>, label: &str, text: &str) {
     harness.get_by_label(label).focus();
     harness.run_steps(1);
     // Select all, then type over it.
@@ -64,7 +68,7 @@ fn set_text(harness: &mut Harness<'_, ViewerApp>, label: &str, text: &str) {
     harness.run_steps(2);
 }
 
-fn click(harness: &mut Harness<'_, ViewerApp>, button: &str) {
+pub(crate) fn click(harness: &mut Harness<'_, ViewerApp>, button: &str) {
     harness.get_by_role_and_label(Role::Button, button).click();
     harness.run_steps(2);
 }
@@ -85,7 +89,7 @@ fn choose(harness: &mut Harness<'_, ViewerApp>, combo: &str, option: &str) {
     harness.run_steps(2);
 }
 
-fn set_slider(harness: &mut Harness<'_, ViewerApp>, label: &str, value: f64) {
+pub(crate) fn set_slider(harness: &mut Harness<'_, ViewerApp>, label: &str, value: f64) {
     // The number box beside each slider (and the seed's) takes the value.
     harness
         .get_by_role_and_label(Role::SpinButton, label)
