@@ -68,7 +68,7 @@ impl Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Render a walk headless to a PNG sequence or a video file.
-    Render(RenderArgs),
+    Render(Box<RenderArgs>),
     /// Make a picture 4x larger with the Stable Diffusion x4 upscaler (--model required).
     Upscale(super::upscale::UpscaleArgs),
 }
@@ -329,6 +329,8 @@ pub struct RenderArgs {
     /// in-betweens); --loop still says the path.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["inbetween", "laps", "steps_between"])]
     pub audio: Option<PathBuf>,
+    #[command(flatten)]
+    pub hires: super::hires::HiresArgs,
 }
 
 impl RenderArgs {

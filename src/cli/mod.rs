@@ -5,6 +5,7 @@
 //! and [`crate::app`].
 
 mod args;
+mod hires;
 mod progress;
 mod upscale;
 mod values;
@@ -17,8 +18,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::gpu::GpuDecode;
 use anyhow::Context;
 use signal_hook::consts::{SIGINT, SIGTERM};
+use values::GpuDecodeArg;
 
 /// Logs to stderr at INFO (or as `RUST_LOG` says), with wgpu and naga kept below WARN and
 /// symphonia quiet (the audio's errors are reported once, by name).
@@ -65,12 +68,31 @@ fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
     {
         eprintln!("dreamwalk: note: {reason}");
     }
-    let (engine, note) = crate::usecase::headless_engine(&model.source(), args.gpu_decode.into())?;
+    let hires = args.hires.source()?;
+    let gpu_decode = match &hires {
+        // The frames are the x4 VAE's, decoded on the CPU.
+        Some(_) if args.gpu_decode == GpuDecodeArg::On => {
+            anyhow::bail!("--gpu-decode on decodes TAESD; --hires x4 frames are the x4 upscaler's VAE decodes")
+        }
+        Some(hires) => {
+            hires.check()?;
+            GpuDecode::Off
+        }
+        None => args.gpu_decode.into(),
+    };
+    let (engine, note) = crate::usecase::headless_engine(&model.source(), gpu_decode)?;
     if let Some(note) = note {
         eprintln!("dreamwalk: {note}");
     }
+    let engine = match &hires {
+        Some(hires) => crate::usecase::with_hires(engine, hires)?,
+        None => engine,
+    };
     let job = args.job(&*engine, keyframes, audio)?;
-    if args.decoder.is_none() && job.settings.decoder != crate::model::DecoderKind::Taesd {
+    if args.decoder.is_none()
+        && hires.is_none()
+        && job.settings.decoder != crate::model::DecoderKind::Taesd
+    {
         eprintln!(
             "dreamwalk: this model has no TAESD decoder: decoding with its {} ({})",
             job.settings.decoder.label(),

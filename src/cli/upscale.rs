@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::args::ModelArgs;
 use super::values::TilingArg;
-use crate::model::tiled::{NoiseStop, Tiling};
+use crate::model::tiled::NoiseStop;
 use crate::usecase::UpscaleJob;
 
 /// Make a picture 4x larger with the Stable Diffusion x4 upscaler.
@@ -89,14 +89,7 @@ impl UpscaleArgs {
         if let Some((flag, _)) = unused.iter().find(|(_, given)| *given) {
             bail!("{flag} is not used by upscale (it applies to walk models)");
         }
-        let tiling = match self.tiling {
-            TilingArg::Blended => Tiling::Blended {
-                tile: self.tile,
-                overlap: self.tile_overlap,
-            },
-            TilingArg::Quadrants => Tiling::Quadrants,
-            TilingArg::None => Tiling::Whole,
-        };
+        let tiling = self.tiling.tiling(self.tile, self.tile_overlap);
         Ok(UpscaleJob {
             model: name.clone(),
             image: self.image.clone(),

@@ -125,3 +125,15 @@ pub enum TilingArg {
     /// The whole picture at once (memory grows with its size).
     None,
 }
+
+impl TilingArg {
+    /// The library's tiling: `tile` and `overlap` (latent pixels) size blended tiles.
+    pub fn tiling(self, tile: usize, overlap: usize) -> crate::model::tiled::Tiling {
+        use crate::model::tiled::Tiling;
+        match self {
+            TilingArg::Blended => Tiling::Blended { tile, overlap },
+            TilingArg::Quadrants => Tiling::Quadrants,
+            TilingArg::None => Tiling::Whole,
+        }
+    }
+}

@@ -13,8 +13,8 @@ use super::keyframe::encoder::{EncoderLoader, ImageEncoder, LazyEncoder};
 use super::keyframe::{fit_image, image_tensor, ImageKeyframe, Keyframe};
 use super::lora::{Component, LoraSet};
 use super::schedulers::{denoise, img2img, Sampler, SamplerKind, SchedulerConfig};
-use super::text::mix::blend;
-use super::text::{ClipTextEncoder, ClipTokenizer, PromptMix};
+use super::text::mix::embed_mixed;
+use super::text::{ClipTextEncoder, ClipTokenizer};
 use super::tiled::{denoise_tiled, NoiseStop, TileLayout, TiledOutcome, TiledStep, Tiling};
 use super::unet::UNet2DConditionModel;
 use super::{ModelError, Result};
@@ -197,20 +197,10 @@ impl StableDiffusion {
     }
 
     /// What the UNet is conditioned on for a keyframe's `prompt` (1, 77, hidden): its
-    /// embedding, or for a mix (`"a fox:0.7 | a wolf:0.3"`, see [`PromptMix`]) the blend
+    /// embedding, or for a mix (`"a fox:0.7 | a wolf:0.3"`, see [`PromptMix`](super::text::PromptMix)) the blend
     /// of its parts' embeddings. A mix whose weights cannot run is refused, naming them.
     pub fn conditioning(&self, prompt: &str) -> Result<Tensor> {
-        let Some(mix) = PromptMix::parse(prompt) else {
-            return self.encode_prompt(prompt);
-        };
-        mix.check()
-            .map_err(|e| ModelError::Invalid(format!("prompt \"{prompt}\": {e}")))?;
-        let parts = mix
-            .normalised()
-            .into_iter()
-            .map(|(text, weight)| Ok((self.encode_prompt(text)?, weight)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(blend(&parts)?)
+        embed_mixed(prompt, |text| self.encode_prompt(text))
     }
 
     /// Latent (height, width) for an image size, checked against the model's multiples.

@@ -3,12 +3,14 @@
 //! the bench call these; none of them builds another's arguments to reach them.
 
 pub mod audio_walk;
+pub mod hires;
 pub mod load;
 pub mod render;
 pub mod save_latents;
 pub mod upscale;
 
 pub use audio_walk::{audio_timeline, AudioWalkError};
+pub use hires::{with_hires, HiresSource};
 pub use load::{headless_engine, load_engine, ModelSource};
 pub use render::{
     keyframe_labels, render, render_until, RenderError, RenderHeader, RenderJob, RenderProgress,

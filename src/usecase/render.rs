@@ -87,6 +87,10 @@ pub struct RenderSummary {
     pub record: RecordSummary,
     /// The pipeline's figures at the end.
     pub stats: StatsSnapshot,
+    /// The whole render's wall time, sampling included.
+    pub elapsed: Duration,
+    /// The process's peak resident memory (Linux's `VmHWM`), where it can be read.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 impl std::fmt::Display for RenderSummary {
@@ -108,6 +112,18 @@ impl std::fmt::Display for RenderSummary {
         )?;
         if let Some(seconds) = stats.keyframe_seconds {
             write!(f, "\n  keyframes sampled in {seconds:.1} s each")?;
+        }
+        write!(f, "\n  {:.1} s in all", self.elapsed.as_secs_f64())?;
+        if self.frames_written > 0 {
+            let per_frame = self.elapsed.as_secs_f64() / self.frames_written as f64;
+            write!(f, " ({per_frame:.2} s per frame)")?;
+        }
+        if let Some(bytes) = self.peak_rss_bytes {
+            write!(
+                f,
+                ", peak memory {:.2} GiB",
+                bytes as f64 / (1u64 << 30) as f64
+            )?;
         }
         Ok(())
     }
@@ -166,6 +182,7 @@ pub fn render_until(
     progress: &mut dyn RenderProgress,
     stop: &AtomicBool,
 ) -> Result<RenderSummary, RenderError> {
+    let started = Instant::now();
     let settings = &job.settings;
     settings.validate(&*engine)?;
     crate::pipeline::check_laps(job.laps)?;
@@ -270,7 +287,18 @@ pub fn render_until(
         interrupted,
         record,
         stats,
+        elapsed: started.elapsed(),
+        peak_rss_bytes: peak_rss_bytes(),
     })
+}
+
+/// This process's peak resident memory so far (`VmHWM` in `/proc/self/status`); `None`
+/// where there is no such file.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// How a file's comment names the keyframes: each prompt, or "image photo.png".

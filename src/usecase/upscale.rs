@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::frame::RgbaImage;
 use crate::model::tiled::{describe_tiles, noise_map, NoiseStop, TiledStep, Tiling};
 use crate::model::x4::{
-    read_low_res, read_max_noise_level, LowResPicture, X4Noise, X4Request, X4Upscaler,
+    read_low_res, read_max_noise_level, unit_tensor, LowResPicture, X4Noise, X4Request, X4Upscaler,
 };
 use crate::model::{ModelError, Result};
 use crate::record::write_png;
@@ -278,23 +278,6 @@ pub fn upscale_with(
         noise_map: job.noise_map.clone(),
         elapsed: started.elapsed(),
     })
-}
-
-/// An RGBA picture as the pipeline's (1, 3, h, w) tensor in [0, 1] (`byte / 255`, as
-/// diffusers' image processor).
-pub fn unit_tensor(image: &RgbaImage) -> Result<candle_core::Tensor> {
-    let (w, h) = (image.width as usize, image.height as usize);
-    let mut planes = vec![0f32; 3 * w * h];
-    for (i, p) in image.pixels.chunks_exact(4).enumerate() {
-        for c in 0..3 {
-            planes[c * w * h + i] = f32::from(p[c]) / 255.0;
-        }
-    }
-    Ok(candle_core::Tensor::from_vec(
-        planes,
-        (1, 3, h, w),
-        &candle_core::Device::Cpu,
-    )?)
 }
 
 fn write(path: &Path, image: &RgbaImage, comment: &str) -> Result<()> {

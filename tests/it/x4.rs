@@ -527,7 +527,7 @@ fn smooth_picture(w: u32, h: u32) -> RgbaImage {
 fn blended_tiles_leave_fainter_seams_than_quadrants() {
     let up = upscaler();
     let (w, h) = (48u32, 32u32);
-    let image = dreamwalk::usecase::upscale::unit_tensor(&smooth_picture(w, h)).unwrap();
+    let image = dreamwalk::model::x4::unit_tensor(&smooth_picture(w, h)).unwrap();
     let run = |tiling: Tiling| {
         let request = X4Request {
             image: image.clone(),

@@ -170,6 +170,26 @@ pub fn blend(parts: &[(Tensor, f64)]) -> candle_core::Result<Tensor> {
     }
 }
 
+/// The conditioning of `prompt`: `encode(prompt)` for a plain prompt; for a mix, each
+/// part's `encode` blended by [`blend`] with the normalised weights. A mix whose weights
+/// [`PromptMix::check`] refuses is an error naming the prompt.
+pub fn embed_mixed(
+    prompt: &str,
+    mut encode: impl FnMut(&str) -> crate::model::Result<Tensor>,
+) -> crate::model::Result<Tensor> {
+    let Some(mix) = PromptMix::parse(prompt) else {
+        return encode(prompt);
+    };
+    mix.check()
+        .map_err(|e| crate::model::ModelError::Invalid(format!("prompt \"{prompt}\": {e}")))?;
+    let parts = mix
+        .normalised()
+        .into_iter()
+        .map(|(text, weight)| Ok((encode(text)?, weight)))
+        .collect::<crate::model::Result<Vec<_>>>()?;
+    Ok(blend(&parts)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,3 +98,20 @@ fn conversions(image: &DynamicImage) -> std::result::Result<Vec<String>, String>
     }
     Ok(notes)
 }
+
+/// An RGBA picture as the pipeline's (1, 3, h, w) tensor in [0, 1] (`byte / 255`, as
+/// diffusers' image processor).
+pub fn unit_tensor(image: &RgbaImage) -> Result<candle_core::Tensor> {
+    let (w, h) = (image.width as usize, image.height as usize);
+    let mut planes = vec![0f32; 3 * w * h];
+    for (i, p) in image.pixels.chunks_exact(4).enumerate() {
+        for c in 0..3 {
+            planes[c * w * h + i] = f32::from(p[c]) / 255.0;
+        }
+    }
+    Ok(candle_core::Tensor::from_vec(
+        planes,
+        (1, 3, h, w),
+        &candle_core::Device::Cpu,
+    )?)
+}

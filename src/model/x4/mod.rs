@@ -15,11 +15,12 @@
 //! take bounded memory. [`X4Upscaler::denoise`] is the reusable piece (a walk can upscale a
 //! keyframe's decoded picture with it); [`X4Upscaler::upscale`] is the whole pipeline.
 //!
-//! Files: `load` (the diffusers folder: `model_index.json`'s `max_noise_level`, the UNet's
+//! Files: `hires` (a walk in the x4 latent space: [`HiresEngine`]), `load` (the diffusers folder: `model_index.json`'s `max_noise_level`, the UNet's
 //! class embedding and 7 input channels, `low_res_scheduler`), `low_res` (the DDPM noise
 //! of the low-res picture), `pipeline` (conditioning, denoising, decoding), `input`
 //! (reading and checking the picture a person gives).
 
+mod hires;
 mod input;
 mod load;
 mod low_res;
@@ -30,10 +31,11 @@ use crate::model::schedulers::SchedulerConfig;
 use crate::model::text::{ClipTextEncoder, ClipTokenizer};
 use crate::model::unet::UNet2DConditionModel;
 
-pub use input::{read_low_res, LowResPicture, MAX_LOW_RES_SIDE, MIN_LOW_RES_SIDE};
+pub use hires::{HiresEngine, HiresOptions};
+pub use input::{read_low_res, unit_tensor, LowResPicture, MAX_LOW_RES_SIDE, MIN_LOW_RES_SIDE};
 pub use load::{read_max_noise_level, X4_PIPELINE};
 pub use low_res::LowResNoise;
-pub use pipeline::{check_settings, X4Conditioning, X4Noise, X4Output, X4Request};
+pub use pipeline::{check_settings, rgba_of_unit, X4Conditioning, X4Noise, X4Output, X4Request};
 
 /// The x4 upscaler's parts, ready to run on the CPU.
 pub struct X4Upscaler {

@@ -5,8 +5,10 @@ use candle_core::{DType, Tensor};
 
 use super::X4Upscaler;
 use crate::frame::{RgbaImage, MAX_IMAGE_SIDE};
+use crate::model::decoders::Tiling as DecodeTiling;
 use crate::model::schedulers::{Sampler, SamplerKind};
 use crate::model::sd::seeded_noise;
+use crate::model::text::mix::embed_mixed;
 use crate::model::tiled::{
     crop, denoise_tiled, NoiseStop, TileLayout, TileRect, TiledOutcome, TiledStep, Tiling,
 };
@@ -81,21 +83,23 @@ pub struct X4Output {
 impl X4Output {
     /// The image as 8-bit RGBA, `round(255 v)` as the pipeline's PIL conversion.
     pub fn to_rgba(&self) -> Result<RgbaImage> {
-        let (_, _, h, w) = self.image.dims4()?;
-        let planes = self
-            .image
-            .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .to_vec3::<f32>()?;
-        let mut image = RgbaImage::new(w as u32, h as u32);
-        for (i, px) in image.pixels.chunks_exact_mut(4).enumerate() {
-            let (y, x) = (i / w, i % w);
-            for (c, plane) in planes.iter().enumerate() {
-                px[c] = (plane[y][x].clamp(0.0, 1.0) * 255.0).round() as u8;
-            }
-        }
-        Ok(image)
+        rgba_of_unit(&self.image)
     }
+}
+
+/// A (1, 3, h, w) image in [0, 1] as 8-bit RGBA, `round(255 v)` as the pipeline's PIL
+/// conversion.
+pub fn rgba_of_unit(image: &Tensor) -> Result<RgbaImage> {
+    let (_, _, h, w) = image.dims4()?;
+    let planes = image.squeeze(0)?.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+    let mut rgba = RgbaImage::new(w as u32, h as u32);
+    for (i, px) in rgba.pixels.chunks_exact_mut(4).enumerate() {
+        let (y, x) = (i / w, i % w);
+        for (c, plane) in planes.iter().enumerate() {
+            px[c] = (plane[y][x].clamp(0.0, 1.0) * 255.0).round() as u8;
+        }
+    }
+    Ok(rgba)
 }
 
 impl X4Upscaler {
@@ -129,7 +133,7 @@ impl X4Upscaler {
         noise_level: usize,
         image_noise: &Tensor,
     ) -> Result<X4Conditioning> {
-        let cond = self.encode_prompt(prompt)?;
+        let cond = self.prompt_embedding(prompt)?;
         let context = if guidance > 1.0 {
             Tensor::cat(&[&self.encode_prompt(negative)?, &cond], 0)?
         } else {
@@ -145,6 +149,12 @@ impl X4Upscaler {
             noise_level,
             guidance,
         })
+    }
+
+    /// The embedding of `prompt`, a plain prompt or a mix of weighted parts (`"a fox:0.7 |
+    /// a wolf:0.3"`, blended as the walk's model blends them).
+    fn prompt_embedding(&self, prompt: &str) -> Result<Tensor> {
+        embed_mixed(prompt, |text| self.encode_prompt(text))
     }
 
     /// The prompt's CLIP embedding (1, 77, hidden).
@@ -223,6 +233,13 @@ impl X4Upscaler {
     /// The VAE's image of `latents`, values in [0, 1] (the pipeline's `/ 2 + 0.5`, clamped).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let decoded = self.vae.decode(latents)?;
+        Ok(decoded.affine(0.5, 0.5)?.clamp(0f32, 1f32)?)
+    }
+
+    /// [`Self::decode`] with its memory bounded as `tiling` says (the same values within
+    /// float rounding).
+    pub fn decode_with(&self, latents: &Tensor, tiling: DecodeTiling) -> Result<Tensor> {
+        let decoded = self.vae.decode_with(latents, tiling)?;
         Ok(decoded.affine(0.5, 0.5)?.clamp(0f32, 1f32)?)
     }
 
