@@ -3,6 +3,23 @@
 //! Layout: `ftyp`, `moov`, `mdat` for the finished file (`+faststart`, the index first), or
 //! `ftyp`, `mdat`, `moov` when the index had to be appended. All samples form one chunk
 //! (constant frame duration, no B-frames, so no `ctts` or edit list is needed).
+//!
+//! Why our own boxes and not a muxer crate (checked December 2026):
+//! * `muxide` 0.2.5 keeps every encoded sample in memory until `finish` (its `SampleInfo`
+//!   holds each frame's bytes) and writes nothing before then: a long 4K render would hold
+//!   gigabytes, and a render killed before finishing would leave no file at all. Its
+//!   `mdat` size is 32-bit, so an output past 4 GiB is refused. Its fragmented writer
+//!   streams, but only video, and fragmented MP4 gives up the index-first layout players
+//!   and editors open fastest.
+//! * `mp4` 0.14 (no release since 2023) writes the index after the samples only.
+//! * Neither brings an audio encoder: this path exists for machines without ffmpeg, and
+//!   there is no well-kept pure-Rust AAC encoder, so a sound track is refused here by name
+//!   either way ([`super::audio_plan`]).
+//!
+//! Here samples stream to the partial file as they are encoded (memory stays at one frame),
+//! the `mdat` header is 64-bit, and finishing puts the index first (or appends it when the
+//! disk has no room for the copy, [`super::builtin`]); a Ctrl-C'd render is finished the
+//! same way, so what was made is kept.
 
 /// Bytes of the `mdat` header: always the 64-bit form, so its length does not depend on the
 /// payload's and it can be patched in place.
