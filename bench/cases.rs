@@ -76,6 +76,16 @@ pub enum Case {
     /// The SD 1.5 text encoder (CLIP ViT-L/14 text, 12 layers, 768 wide), 77 tokens.
     #[value(name = "clip_sd15")]
     ClipSd15,
+    /// The SD x4 upscaler at full size (seeded random weights) on a 540x960 picture: one
+    /// denoising step over blended tiles of 128, then the 4x decode to 2160x3840 by tiles
+    /// (target: peak RSS ≤ 6 GiB). No reference: diffusers' pipeline cannot run the
+    /// untiled 540x960 latent here. Slow (tens of minutes): not run unless asked for.
+    #[value(name = "x4_540x960")]
+    X4_540x960,
+    /// The same on a 270x480 picture (to 1080x1920): beside the 4K case, the peak follows
+    /// the tile, not the picture.
+    #[value(name = "x4_270x480")]
+    X4_270x480,
 }
 
 /// What a keyframe case runs: the UNet or the text encoder of a family, at a batch and
@@ -128,6 +138,15 @@ impl Case {
                 budget_bytes: 5 << 29,
             },
             _ => Tiling::default(),
+        }
+    }
+
+    /// Picture (h, w) of an x4 upscaler case.
+    pub fn x4_hw(self) -> Option<(usize, usize)> {
+        match self {
+            Case::X4_540x960 => Some((540, 960)),
+            Case::X4_270x480 => Some((270, 480)),
+            _ => None,
         }
     }
 
@@ -191,6 +210,7 @@ impl Case {
             Case::UnetTurbo64x64 | Case::UnetTurbo72x128 => (1, 3),
             Case::UnetSd1564x64Cfg | Case::UnetSd1572x128Cfg => (1, 3),
             Case::ClipSd2 | Case::ClipSd15 => (1, 5),
+            Case::X4_540x960 | Case::X4_270x480 => (0, 1),
         }
     }
 }

@@ -85,6 +85,7 @@ pub fn child(args: &BenchArgs) -> anyhow::Result<()> {
         | Case::UnetSd1572x128Cfg
         | Case::ClipSd2
         | Case::ClipSd15 => crate::keyframe::child_keyframe(case, warmup, runs)?,
+        Case::X4_540x960 | Case::X4_270x480 => crate::x4::child_x4(case, warmup, runs)?,
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())

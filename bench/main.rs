@@ -25,6 +25,7 @@ mod reference;
 mod render_rss;
 mod report;
 mod side_by_side;
+mod x4;
 
 use std::path::PathBuf;
 

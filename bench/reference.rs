@@ -104,6 +104,10 @@ impl Reference {
             Case::FourKPath | Case::RenderRss | Case::GpuTaesd | Case::Gpu4k | Case::GpuWalk => {
                 Err("not a decoder case".to_string())
             }
+            _ if case.x4_hw().is_some() => Err(
+                "no reference: diffusers' x4 pipeline denoises the whole latent at once"
+                    .to_string(),
+            ),
             _ if case.keyframe_work().is_some() => {
                 self.unet.clone()?;
                 let script = self.dir.join("time_unet.py");
