@@ -80,7 +80,10 @@ pub fn summary_line(report: &CaseReport) -> String {
         return format!("{}: {}", report.case, render_peaks(report).join(", "));
     }
     let ours = report.ours.as_ref().map_or(String::new(), |t| {
-        format!("ours min {:.2} {}", t.min_ms, report.unit)
+        let rss = t
+            .peak_rss_mb
+            .map_or(String::new(), |mb| format!(", peak RSS {mb:.0} MiB"));
+        format!("ours min {:.2} {}{rss}", t.min_ms, report.unit)
     });
     let theirs = match (&report.reference, &report.reference_skipped) {
         (Some(t), _) => format!(", reference min {:.2} {}", t.min_ms, report.unit),
