@@ -109,6 +109,13 @@ impl std::fmt::Display for RenderSummary {
         if let Some(seconds) = stats.keyframe_seconds {
             write!(f, "\n  keyframes sampled in {seconds:.1} s each")?;
         }
+        if let Some(seconds) = stats.diffuse_seconds {
+            let n = stats.positions_diffused;
+            write!(
+                f,
+                "\n  diffused {n} in-between positions in {seconds:.1} s each"
+            )?;
+        }
         Ok(())
     }
 }
