@@ -56,7 +56,10 @@ impl FixedLatents {
         t: f64,
     ) -> (Option<&(f64, Tensor)>, Option<&(f64, Tensor)>) {
         let places = self.in_segment(segment);
-        let before = places.iter().rev().find(|(known, _)| *known < t - SAME_PLACE);
+        let before = places
+            .iter()
+            .rev()
+            .find(|(known, _)| *known < t - SAME_PLACE);
         let after = places.iter().find(|(known, _)| *known > t + SAME_PLACE);
         (before, after)
     }
