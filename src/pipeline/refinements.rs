@@ -138,6 +138,9 @@ pub(super) fn refine_walk(
         if done >= total {
             return Ok(());
         }
+        if !keep_going() {
+            return Err(EndpointError::Cancelled);
+        }
         let made = refiner.step(engine, &walk, diffuse, &mut |p| {
             stats.update(|s| {
                 s.phase = format!(

@@ -7,10 +7,13 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
+/// Latents fixed at a linear time `t` in a keyframe pair (0 < t < 1).
+pub type FixedPlace = (f64, Tensor);
+
 /// Fixed latents per keyframe pair, each at its linear time `t` in the pair (0 < t < 1).
 #[derive(Clone, Debug, Default)]
 pub struct FixedLatents {
-    by_segment: BTreeMap<usize, Vec<(f64, Tensor)>>,
+    by_segment: BTreeMap<usize, Vec<FixedPlace>>,
 }
 
 /// Two places closer than this are one place (path positions are `j / steps_between`).
@@ -27,7 +30,7 @@ impl FixedLatents {
     }
 
     /// The fixed latents of pair `segment`, by time.
-    pub fn in_segment(&self, segment: usize) -> &[(f64, Tensor)] {
+    pub fn in_segment(&self, segment: usize) -> &[FixedPlace] {
         self.by_segment.get(&segment).map_or(&[], Vec::as_slice)
     }
 
@@ -50,11 +53,7 @@ impl FixedLatents {
 
     /// The nearest fixed places strictly before and after `t` in pair `segment`: `None`
     /// on a side means the pair's keyframe there (t = 0 or 1).
-    pub fn neighbours(
-        &self,
-        segment: usize,
-        t: f64,
-    ) -> (Option<&(f64, Tensor)>, Option<&(f64, Tensor)>) {
+    pub fn neighbours(&self, segment: usize, t: f64) -> (Option<&FixedPlace>, Option<&FixedPlace>) {
         let places = self.in_segment(segment);
         let before = places
             .iter()

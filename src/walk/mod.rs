@@ -11,7 +11,7 @@ mod timeline;
 
 use candle_core::{DType, Tensor};
 
-pub use fixed::FixedLatents;
+pub use fixed::{FixedLatents, FixedPlace};
 pub use timeline::{Timeline, TimelineError};
 
 /// How latents are interpolated between two keyframes.

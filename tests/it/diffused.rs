@@ -364,3 +364,36 @@ fn refine_replaces_a_position_while_the_walk_plays() {
     assert!(session.stats().unwrap().frames_shown > 0);
     session.stop();
 }
+
+#[test]
+fn the_refine_toggle_reaches_the_walk_and_its_counts_show() {
+    use crate::viewer::{click, harness, settings, step_until};
+    use egui_kittest::kittest::Queryable;
+    let mut harness = harness();
+    click(&mut harness, "Play");
+    step_until(&mut harness, "the first frame", |app| {
+        app.session().and_then(|s| s.current_frame()).is_some()
+    });
+    assert_eq!(settings(&harness).diffuse, 0);
+    harness.get_by_label("Refine").click();
+    harness.run_steps(2);
+    // The form's 3 per pair, on the walk's one pair (ping-pong between A and B).
+    step_until(&mut harness, "Refine in the walk's settings", |app| {
+        app.session()
+            .and_then(|s| s.settings())
+            .is_some_and(|s| s.diffuse == 3)
+    });
+    step_until(&mut harness, "the refined count", |app| {
+        app.session()
+            .and_then(|s| s.stats())
+            .is_some_and(|s| s.refined.is_some_and(|(_, total)| total == 3))
+    });
+    harness.get_by_label("Refine").click();
+    harness.run_steps(2);
+    step_until(&mut harness, "Refine off", |app| {
+        app.session()
+            .and_then(|s| s.settings())
+            .is_some_and(|s| s.diffuse == 0)
+    });
+    click(&mut harness, "Stop");
+}
