@@ -86,6 +86,7 @@ pub fn run_4k_path(
         target_fps: 30.0,
         upscale: UpscaleMode::Cpu,
         output_size,
+        diffuse: 0,
     };
     settings.validate(&*engine)?;
     let options = PipelineOptions {

@@ -115,6 +115,7 @@ fn render_job(
         target_fps: f64::from(fps),
         upscale: UpscaleMode::Cpu,
         output_size: (3840, 2160),
+        diffuse: 0,
     };
     settings.validate(engine)?;
     Ok(RenderJob {

@@ -42,6 +42,9 @@ pub enum Command {
     SetSeed(u64),
     /// Steps between keyframes (the walk's speed: fewer is faster).
     SetStepsBetween(usize),
+    /// Refine on or off: diffused in-betweens made in the background while the walk plays,
+    /// each replacing its slerp when the walk next passes it.
+    SetRefine(bool),
     /// Keyframe `keyframe`'s prompt (0-based), applied at once.
     SetPrompt {
         keyframe: usize,
@@ -99,6 +102,7 @@ impl ViewerApp {
             Command::SetStepsBetween(steps) => {
                 self.form.controls.steps_between = steps.clamp(1, MAX_STEPS_BETWEEN);
             }
+            Command::SetRefine(on) => self.form.controls.refine = on,
             Command::SetPrompt { .. } | Command::SetMixWeight { .. } => {
                 if let Err(problem) = self.edit_prompt(&command) {
                     self.notice = Some(Notice::error(problem));

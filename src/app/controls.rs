@@ -121,6 +121,11 @@ pub struct Controls {
     pub interp: Interp,
     pub easing: Easing,
     pub loop_mode: LoopMode,
+    /// Refine: diffused in-betweens made while the walk plays.
+    pub refine: bool,
+    /// Diffused in-betweens per keyframe pair when refining (fewer when the pair has
+    /// fewer positions between its keyframes).
+    pub refine_positions: usize,
     pub decoder: DecoderKind,
     pub upscale: UpscaleMode,
     pub output: OutputSize,
@@ -132,6 +137,7 @@ pub const MAX_INBETWEENS: usize = 15;
 pub const FPS_RANGE: std::ops::RangeInclusive<u32> = 1..=60;
 pub const MAX_SAMPLER_STEPS: usize = 100;
 pub const MAX_GUIDANCE: f64 = 20.0;
+pub const MAX_REFINE_POSITIONS: usize = 15;
 
 impl Controls {
     /// What the window starts with for a model.
@@ -154,6 +160,8 @@ impl Controls {
             // Linger a little at each keyframe, where the images are the prompts'.
             easing: Easing::InOut,
             loop_mode: LoopMode::PingPong,
+            refine: false,
+            refine_positions: 3,
             decoder: DecoderKind::Taesd,
             upscale: UpscaleMode::Gpu,
             output: OutputSize::P2160,
@@ -184,6 +192,10 @@ impl Controls {
             target_fps: f64::from(self.target_fps),
             upscale: self.upscale,
             output_size: self.output.size(),
+            diffuse: match self.refine {
+                true => (self.refine_positions.max(1)).min(self.steps_between.saturating_sub(1)),
+                false => 0,
+            },
         }
     }
 }

@@ -4,7 +4,8 @@
 
 use super::command::Command;
 use super::controls::{
-    OutputSize, FPS_RANGE, MAX_GUIDANCE, MAX_INBETWEENS, MAX_SAMPLER_STEPS, MAX_STEPS_BETWEEN,
+    OutputSize, FPS_RANGE, MAX_GUIDANCE, MAX_INBETWEENS, MAX_REFINE_POSITIONS, MAX_SAMPLER_STEPS,
+    MAX_STEPS_BETWEEN,
 };
 use super::form::Form;
 use super::session::Session;
@@ -36,7 +37,7 @@ pub(super) fn controls_panel(
     ui.separator();
     commands.extend(keyframes(ui, form, context.session));
     ui.separator();
-    walk(ui, form);
+    commands.extend(walk(ui, form, context.session));
     ui.separator();
     frames(ui, form, context.session);
     ui.separator();
@@ -81,8 +82,8 @@ fn keyframes(ui: &mut egui::Ui, form: &mut Form, session: Option<&Session>) -> V
     commands
 }
 
-/// Steps between keyframes, interpolation, easing, loop.
-fn walk(ui: &mut egui::Ui, form: &mut Form) {
+/// Steps between keyframes, interpolation, easing, loop, Refine.
+fn walk(ui: &mut egui::Ui, form: &mut Form, session: Option<&Session>) -> Option<Command> {
     let controls = &mut form.controls;
     ui.heading("Walk");
     ui.add(
@@ -112,6 +113,29 @@ fn walk(ui: &mut egui::Ui, form: &mut Form) {
             (LoopMode::Endless, "endless"),
         ],
     );
+    let controls = &mut form.controls;
+    let mut command = None;
+    ui.horizontal(|ui| {
+        let mut refine = controls.refine;
+        if ui
+            .toggle_value(&mut refine, "Refine")
+            .on_hover_text(
+                "Sample in-betweens for real while the walk plays: each replaces its slerp \
+                 the next time the walk passes it",
+            )
+            .clicked()
+        {
+            command = Some(Command::SetRefine(refine));
+        }
+        ui.add(
+            egui::Slider::new(&mut controls.refine_positions, 1..=MAX_REFINE_POSITIONS)
+                .text("per pair"),
+        );
+    });
+    if let Some((done, total)) = session.and_then(Session::stats).and_then(|s| s.refined) {
+        ui.label(format!("refined {done} of {total}"));
+    }
+    command
 }
 
 /// In-betweens (fixed or auto) and the target frame rate.

@@ -65,10 +65,13 @@ pub(super) fn lines(input: &HudInput<'_>) -> Vec<String> {
             "{:.1} / {} fps · decode {:.0} ms · {inbetween_time}{upscale_time}",
             s.shown_fps, settings.target_fps, s.decode_ms
         ));
-        let keyframe_time = s
+        let mut keyframe_time = s
             .keyframe_seconds
             .map(|seconds| format!(" · keyframe {seconds:.1} s"))
             .unwrap_or_default();
+        if let Some((done, total)) = s.refined {
+            keyframe_time.push_str(&format!(" · refined {done} of {total}"));
+        }
         lines.push(format!(
             "buffer {}/{} · underruns {} · frame {} · {} in-betweens{keyframe_time}",
             s.buffer_fill, s.buffer_capacity, s.underruns, frame.index, s.inbetweens

@@ -271,6 +271,11 @@ pub struct RenderArgs {
     /// In-between frames per decoded frame: 0 to 15, or `auto`.
     #[arg(long, default_value = "3")]
     pub inbetween: Inbetweens,
+    /// Walk positions per keyframe pair sampled for real (blended prompts, slerped noise,
+    /// the model's sampler) instead of slerped, placed where the decoded frames differ
+    /// most; the slerp fills the rest between them. Below --steps-between.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "audio")]
+    pub diffuse: usize,
     #[arg(long, value_enum, default_value_t = InterpArg::Slerp)]
     pub interp: InterpArg,
     #[arg(long, value_enum, default_value_t = EasingArg::Linear)]
@@ -450,6 +455,7 @@ impl RenderArgs {
             target_fps: f64::from(self.fps),
             upscale: self.upscale.into(),
             output_size: self.size.pair(),
+            diffuse: self.diffuse,
         };
         settings.validate(engine)?;
         Ok(RenderJob {

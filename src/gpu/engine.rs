@@ -255,6 +255,20 @@ impl Engine for GpuDecodedEngine {
         self.inner.taesd()
     }
 
+    fn can_diffuse(&self) -> bool {
+        self.inner.can_diffuse()
+    }
+
+    fn diffused_latents(
+        &self,
+        request: &EndpointRequest,
+        pair: (usize, usize),
+        t: f64,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> Result<Tensor, EndpointError> {
+        self.inner.diffused_latents(request, pair, t, progress)
+    }
+
     fn decoder_description(&self, decoder: DecoderKind) -> String {
         match (decoder, self.failure.lock().as_deref()) {
             (DecoderKind::Taesd, None) => match self.frames {

@@ -130,6 +130,30 @@ pub trait Engine: Send + Sync + 'static {
             .map(|index| self.keyframe_latents(request, index, progress))
             .collect()
     }
+    /// Whether [`Self::diffused_latents`] can run on this model (`render --diffuse`, the
+    /// viewer's Refine).
+    fn can_diffuse(&self) -> bool {
+        false
+    }
+    /// Samples a walk position between keyframes `pair.0` and `pair.1` of `request` at
+    /// fraction `t` (0 is `pair.0`, 1 is `pair.1`), as a keyframe is sampled: the two
+    /// prompts' conditioning blended (weights `1 - t`, `t`), the two keyframes' initial
+    /// noises slerped at `t`, then the model's own sampler, steps and guidance.
+    /// `progress` is called after each sampler step with `keyframe: pair.0` and returns
+    /// `false` to cancel. Models that cannot say so (the default).
+    fn diffused_latents(
+        &self,
+        _request: &EndpointRequest,
+        _pair: (usize, usize),
+        _t: f64,
+        _progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> Result<candle_core::Tensor, EndpointError> {
+        Err(ModelError::Invalid(format!(
+            "{} cannot sample in-betweens (diffused positions)",
+            self.name()
+        ))
+        .into())
+    }
     /// Decodes one latent (1, C, h, w) to an RGBA image.
     fn decode(
         &self,

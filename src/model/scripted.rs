@@ -15,6 +15,10 @@ use crate::frame::RgbaImage;
 /// Latent pixels per image pixel side (as TAESD and the VAE: 8).
 const FACTOR: u32 = 8;
 
+/// How far a diffused position's latents sit above the straight line between its keyframes
+/// (grey frames 20 levels lighter than the slerp's), so a test can tell them apart.
+pub const DIFFUSED_BUMP: f64 = 1.0;
+
 /// An [`Engine`] whose outputs are known in advance.
 ///
 /// * Endpoints: keyframe `k` (a prompt or a picture alike) is a latent (1, 4, h/8, w/8) full
@@ -25,12 +29,16 @@ const FACTOR: u32 = 8;
 ///   [`ScriptedEngine::premade`] hands out the frames it was given in turn, whatever the
 ///   latents, so a timed pipeline spends nothing on decoding.
 /// * [`ScriptedEngine::with_decode_delay`] makes every decode sleep first (a slow decoder).
-/// * [`ScriptedEngine::decodes`] and [`ScriptedEngine::keyframes_sampled`] count the calls.
+/// * Diffused positions (grey frames only): the straight line between the two keyframes'
+///   values at `t`, plus [`DIFFUSED_BUMP`]; the same steps reported as a keyframe's.
+/// * [`ScriptedEngine::decodes`], [`ScriptedEngine::keyframes_sampled`] and
+///   [`ScriptedEngine::positions_diffused`] count the calls.
 pub struct ScriptedEngine {
     frames: Frames,
     decode_delay: Duration,
     decodes: AtomicU64,
     keyframes_sampled: AtomicU64,
+    diffused: AtomicU64,
 }
 
 /// What a decode returns.
@@ -70,6 +78,7 @@ impl ScriptedEngine {
             decode_delay: Duration::ZERO,
             decodes: AtomicU64::new(0),
             keyframes_sampled: AtomicU64::new(0),
+            diffused: AtomicU64::new(0),
         }
     }
 
@@ -82,6 +91,12 @@ impl ScriptedEngine {
     /// Decodes finished so far.
     pub fn decodes(&self) -> u64 {
         self.decodes.load(Ordering::SeqCst)
+    }
+
+    /// Diffused positions sampled so far ([`Engine::diffused_latents`] calls, cancelled
+    /// ones included).
+    pub fn positions_diffused(&self) -> u64 {
+        self.diffused.load(Ordering::SeqCst)
     }
 
     /// Keyframes sampled so far ([`Engine::keyframe_latents`] calls, cancelled ones
@@ -148,6 +163,47 @@ impl Engine for ScriptedEngine {
         }
         let value = (k as u64 * 4 + request.seed) as f32;
         Ok(Tensor::full(value, shape, &Device::Cpu)?)
+    }
+
+    fn can_diffuse(&self) -> bool {
+        matches!(self.frames, Frames::LatentMeanGrey)
+    }
+
+    fn diffused_latents(
+        &self,
+        request: &EndpointRequest,
+        (from, to): (usize, usize),
+        t: f64,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> Result<Tensor, EndpointError> {
+        if !self.can_diffuse() {
+            return Err(super::ModelError::Invalid(format!(
+                "{} cannot sample in-betweens (diffused positions)",
+                self.name()
+            ))
+            .into());
+        }
+        self.diffused.fetch_add(1, Ordering::SeqCst);
+        let (w, h) = request.image_size;
+        let shape = (1, 4, (h / FACTOR) as usize, (w / FACTOR) as usize);
+        for step in 1..=request.steps {
+            let p = SamplingProgress {
+                keyframe: from,
+                keyframes: request.keyframes.len(),
+                step,
+                steps: request.steps,
+            };
+            if !progress(p) {
+                return Err(EndpointError::Cancelled);
+            }
+        }
+        let value = |k: usize| (k as u64 * 4 + request.seed) as f64;
+        let lerped = (1.0 - t) * value(from) + t * value(to);
+        Ok(Tensor::full(
+            (lerped + DIFFUSED_BUMP) as f32,
+            shape,
+            &Device::Cpu,
+        )?)
     }
 
     fn decode(&self, latents: &Tensor, _decoder: DecoderKind) -> Result<RgbaImage> {

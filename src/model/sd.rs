@@ -407,7 +407,7 @@ impl StableDiffusion {
 
     /// The noise keyframe `keyframe` starts from: the request's initial latents, else
     /// seeded noise (`seed + keyframe` with `seed_per_keyframe`).
-    fn initial_noise(
+    pub(super) fn initial_noise(
         &self,
         request: &EndpointRequest,
         shape: &[usize; 4],
@@ -622,6 +622,20 @@ impl Engine for StableDiffusion {
                 report,
             ),
         }
+    }
+
+    fn can_diffuse(&self) -> bool {
+        true
+    }
+
+    fn diffused_latents(
+        &self,
+        request: &EndpointRequest,
+        pair: (usize, usize),
+        t: f64,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> std::result::Result<Tensor, EndpointError> {
+        self.sample_diffused(request, pair, t, progress)
     }
 
     fn decoded_size(&self, image_size: (u32, u32), decoder: DecoderKind) -> (u32, u32) {

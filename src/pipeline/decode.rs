@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use super::endpoints::Keyframes;
+use super::endpoints::{FromEndpoints, Keyframes};
+use super::refinements::{ReceivedRefinements, Refinement};
 use super::{PipelineOptions, Shared};
 use crate::frame::FrameImage;
 use crate::model::{DecoderKind, Engine};
 use crate::pipeline::{FrameSource, Inbetweens};
-use crate::walk::Walk;
+use crate::walk::{FixedLatents, Walk, WalkSettings};
 
 /// What the decode stage sends the in-between stage.
 pub(super) enum Decoded {
@@ -35,6 +36,18 @@ impl DecodeCache {
     fn clear(&mut self) {
         self.frames.clear();
         self.bytes = 0;
+    }
+
+    /// Forgets the frames `stale` says are (a refined pair's: its slerps changed).
+    fn remove_where(&mut self, stale: impl Fn(usize) -> bool) {
+        let bytes = &mut self.bytes;
+        self.frames.retain(|&index, image| {
+            let keep = !stale(index);
+            if !keep {
+                *bytes -= image.byte_len();
+            }
+            keep
+        });
     }
 
     fn insert(&mut self, path_index: usize, image: &FrameImage) {
@@ -63,6 +76,8 @@ pub(super) struct DecodeStage {
     cache: DecodeCache,
     /// A seek asked for before there was a walk to seek in.
     pending_seek: Option<f64>,
+    /// The current generation's diffused in-betweens; the walk holds those its settings use.
+    refined: ReceivedRefinements,
 }
 
 impl DecodeStage {
@@ -71,7 +86,10 @@ impl DecodeStage {
         shared: Arc<Shared>,
         options: PipelineOptions,
     ) -> Self {
-        let decoder = shared.settings.lock().decoder;
+        let (decoder, diffuse) = {
+            let settings = shared.settings.lock();
+            (settings.decoder, settings.diffuse)
+        };
         let budget = options.cache_budget_bytes;
         Self {
             engine,
@@ -90,13 +108,51 @@ impl DecodeStage {
                 budget,
             },
             pending_seek: None,
+            refined: ReceivedRefinements::new(diffuse),
         }
+    }
+
+    /// The diffused in-betweens a walk with `settings` uses (none for a timed walk).
+    fn fixed_for(&self, settings: &WalkSettings) -> FixedLatents {
+        match self.options.timeline {
+            Some(_) => FixedLatents::default(),
+            None => self.refined.fixed_for(settings),
+        }
+    }
+
+    fn receive(&mut self, message: FromEndpoints) {
+        match message {
+            FromEndpoints::Keyframes(keyframes) => self.install_keyframes(keyframes),
+            FromEndpoints::Refined(refinement) => self.add_refinement(refinement),
+        }
+    }
+
+    /// A diffused in-between made while the walk plays: in the walk (when its settings use
+    /// it), and its pair's cached frames forgotten, so the walk shows it when it next
+    /// passes there.
+    fn add_refinement(&mut self, refinement: Refinement) {
+        let Some(segment) = self.refined.add(refinement) else {
+            return;
+        };
+        let Some(walk) = self.walk.take() else {
+            return;
+        };
+        let fixed = self.fixed_for(walk.settings());
+        let changed = fixed.in_segment(segment).len() != walk.fixed().in_segment(segment).len();
+        let walk = walk.with_fixed(fixed);
+        if changed {
+            self.cache
+                .remove_where(|index| walk.position(index).segment == segment);
+        }
+        self.walk = Some(walk);
     }
 
     fn install_keyframes(&mut self, keyframes: Keyframes) {
         let settings = self.shared.settings.lock().walk;
-        let walk =
-            Walk::new(keyframes.latents, settings).with_timeline(self.options.timeline.clone());
+        self.refined.reset(keyframes.generation, keyframes.refined);
+        let walk = Walk::new(keyframes.latents, settings)
+            .with_timeline(self.options.timeline.clone())
+            .with_fixed(self.fixed_for(&settings));
         // Keep the walk where it is unless it had ended: then play the new one from the start.
         self.sequence = match (&self.walk, self.ended) {
             (Some(old), false) => {
@@ -130,19 +186,27 @@ impl DecodeStage {
 
     /// Applies live walk and decoder settings; a change clears the cache.
     fn sync_settings(&mut self) {
-        let (walk_settings, decoder) = {
+        let (walk_settings, decoder, diffuse) = {
             let s = self.shared.settings.lock();
-            (s.walk, s.decoder)
+            (s.walk, s.decoder, s.diffuse)
         };
         if decoder != self.decoder {
             self.decoder = decoder;
             self.failed = false;
             self.cache.clear();
         }
+        if self.refined.set_diffuse(diffuse) {
+            if let Some(walk) = self.walk.take() {
+                let fixed = self.fixed_for(walk.settings());
+                self.walk = Some(walk.with_fixed(fixed));
+                self.cache.clear();
+            }
+        }
         if let Some(walk) = &self.walk {
             if *walk.settings() != walk_settings {
                 let new = Walk::new(walk.keyframes().to_vec(), walk_settings)
-                    .with_timeline(self.options.timeline.clone());
+                    .with_timeline(self.options.timeline.clone())
+                    .with_fixed(self.fixed_for(&walk_settings));
                 let here = walk
                     .path_index_at(self.sequence.saturating_sub(1))
                     .unwrap_or(0);
@@ -161,14 +225,14 @@ impl DecodeStage {
 
     pub(super) fn run(
         mut self,
-        keyframes: Receiver<Keyframes>,
+        from_endpoints: Receiver<FromEndpoints>,
         wake: Receiver<()>,
         decoded: Sender<Decoded>,
         stop: Receiver<()>,
     ) {
         loop {
-            if let Some(newest) = keyframes.try_iter().last() {
-                self.install_keyframes(newest);
+            for message in from_endpoints.try_iter() {
+                self.receive(message);
             }
             self.sync_settings();
             self.apply_seek();
@@ -180,8 +244,8 @@ impl DecodeStage {
             if paused || self.walk.is_none() || self.ended || self.failed {
                 self.shared.stats.update(|s| s.playing = false);
                 select! {
-                    recv(keyframes) -> k => match k {
-                        Ok(k) => self.install_keyframes(k),
+                    recv(from_endpoints) -> m => match m {
+                        Ok(m) => self.receive(m),
                         Err(_) => return,
                     },
                     recv(wake) -> _ => {},

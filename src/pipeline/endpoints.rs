@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use candle_core::{Tensor, TensorId};
 use crossbeam_channel::{select, Receiver, Sender};
 
+use super::refinements::{refine_walk, Refinement, WalkRefiner};
 use super::thumbnails::make_thumbnails;
 use super::{PipelineOptions, Shared};
 use crate::model::{
@@ -22,6 +23,15 @@ use crate::model::{
 pub(super) struct Keyframes {
     pub(super) generation: u64,
     pub(super) latents: Vec<candle_core::Tensor>,
+    /// Diffused in-betweens made before the walk starts (a render's).
+    pub(super) refined: Vec<Refinement>,
+}
+
+/// What the endpoint thread sends the decode stage, in the order made.
+pub(super) enum FromEndpoints {
+    Keyframes(Keyframes),
+    /// A diffused in-between made while the walk plays (the viewer's Refine).
+    Refined(Refinement),
 }
 
 /// Everything that decides one keyframe's latents on a given model.
@@ -94,81 +104,173 @@ pub(super) fn endpoint_thread(
     shared: &Shared,
     options: &PipelineOptions,
     requests: Receiver<(u64, EndpointRequest)>,
-    keyframes: Sender<Keyframes>,
+    refine_nudge: Receiver<()>,
+    to_decode: Sender<FromEndpoints>,
     stop: Receiver<()>,
 ) {
     let mut sampled = SampledKeyframes::new();
+    // The current walk's refiners (its diffused in-betweens).
+    let mut refiner: Option<WalkRefiner> = None;
+    let stopped = || stop.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected);
     loop {
-        let mut next = select! {
-            recv(requests) -> r => match r { Ok(r) => r, Err(_) => return },
+        let next = select! {
+            recv(requests) -> r => match r { Ok(r) => Some(r), Err(_) => return },
+            recv(refine_nudge) -> r => match r { Ok(()) => None, Err(_) => return },
             recv(stop) -> _ => return,
         };
-        // Only the newest settings matter.
-        while let Ok(newer) = requests.try_recv() {
-            next = newer;
-        }
-        let (generation, request) = next;
-        let stats = &shared.stats;
-        let started = Instant::now();
-        // Keep the walk's keyframes (and a few before them) however many it has.
-        sampled.capacity = sampled.capacity.max(2 * request.keyframes.len());
-        let result = sample_changed(
-            engine,
-            &request,
-            &mut sampled,
-            stats,
-            &mut |p, done, total| {
-                stats.update(|s| {
-                    s.endpoint_progress = Some((done, total));
-                    s.phase = sampling_phase(&p, (done, total), started.elapsed());
-                });
-                // Cancel when a newer request waits or the pipeline stops.
-                requests.is_empty()
-                    && stop.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected)
-            },
-        );
-        stats.update(|s| s.endpoint_progress = None);
-        match result {
-            Ok((latents, sampled_count)) => {
-                stats.update(|s| {
-                    if sampled_count > 0 {
-                        let seconds = started.elapsed().as_secs_f64() / sampled_count as f64;
-                        s.keyframe_seconds = Some(seconds);
+        if let Some(mut next) = next {
+            // Only the newest settings matter.
+            while let Ok(newer) = requests.try_recv() {
+                next = newer;
+            }
+            match sample_walk(
+                engine,
+                shared,
+                options,
+                next,
+                &mut sampled,
+                &requests,
+                &stop,
+            ) {
+                Outcome::Walk(made, request) => {
+                    let (generation, latents) = (made.generation, made.latents.clone());
+                    select! {
+                        send(to_decode, FromEndpoints::Keyframes(made)) -> r => if r.is_err() { return },
+                        recv(stop) -> _ => return,
                     }
-                    s.generation = generation;
-                    s.phase = "walking".into();
-                });
-                let walk = Keyframes {
-                    generation,
-                    latents: latents.clone(),
-                };
-                select! {
-                    send(keyframes, walk) -> r => if r.is_err() { return },
-                    recv(stop) -> _ => return,
+                    if let Some(side) = options.keyframe_thumbnails {
+                        // After the walk has its keyframes: the thumbnails never delay it.
+                        match make_thumbnails(
+                            engine,
+                            generation,
+                            &request.keyframes,
+                            &latents,
+                            side,
+                        ) {
+                            Ok(made) => *shared.thumbnails.lock() = Some(std::sync::Arc::new(made)),
+                            Err(e) => tracing::warn!("keyframe thumbnails failed: {e}"),
+                        }
+                    }
+                    refiner = Some(WalkRefiner::new(generation, request, latents));
                 }
-                if let Some(side) = options.keyframe_thumbnails {
-                    // After the walk has its keyframes: the thumbnails never delay it.
-                    match make_thumbnails(engine, generation, &request.keyframes, &latents, side) {
-                        Ok(made) => *shared.thumbnails.lock() = Some(std::sync::Arc::new(made)),
-                        Err(e) => tracing::warn!("keyframe thumbnails failed: {e}"),
+                Outcome::Cancelled => continue,
+                Outcome::Failed => {
+                    if options.stop_at_end {
+                        // Nothing will ever be walked: let the consumer see the end (and the error).
+                        shared.ring.close();
+                        return;
                     }
+                    continue;
                 }
             }
-            Err(EndpointError::Cancelled) => {}
+        }
+        if options.stop_at_end {
+            continue; // a render's in-betweens were made before its walk
+        }
+        let Some(refiner) = refiner.as_mut() else {
+            continue;
+        };
+        // The viewer's Refine: one position at a time while the walk plays, each handed to
+        // the decode stage as it is made; a newer request or Refine turned off cancels.
+        let keep_going = || requests.is_empty() && !stopped() && shared.settings.lock().diffuse > 0;
+        let mut deliver = |refinement| {
+            select! {
+                send(to_decode, FromEndpoints::Refined(refinement)) -> r => r.is_ok(),
+                recv(stop) -> _ => false,
+            }
+        };
+        match refine_walk(engine, shared, refiner, &keep_going, &mut deliver) {
+            Ok(()) | Err(EndpointError::Cancelled) => {}
+            Err(EndpointError::Model(e)) => report_failure(shared, "diffusing in-betweens", &e),
+        }
+    }
+}
+
+/// What sampling a request came to.
+enum Outcome {
+    /// The walk's keyframes (and, for a render, its diffused in-betweens), with the request.
+    Walk(Keyframes, EndpointRequest),
+    Cancelled,
+    /// The model failed; the stats say why.
+    Failed,
+}
+
+/// Samples a request's keyframes (those not sampled before); a render (`stop_at_end`) also
+/// makes every diffused in-between its settings ask for, before its walk starts.
+fn sample_walk(
+    engine: &dyn Engine,
+    shared: &Shared,
+    options: &PipelineOptions,
+    (generation, request): (u64, EndpointRequest),
+    sampled: &mut SampledKeyframes,
+    requests: &Receiver<(u64, EndpointRequest)>,
+    stop: &Receiver<()>,
+) -> Outcome {
+    let stats = &shared.stats;
+    let started = Instant::now();
+    // Cancel when a newer request waits or the pipeline stops.
+    let keep_going = || {
+        requests.is_empty() && stop.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected)
+    };
+    // Keep the walk's keyframes (and a few before them) however many it has.
+    sampled.capacity = sampled.capacity.max(2 * request.keyframes.len());
+    let result = sample_changed(engine, &request, sampled, stats, &mut |p, done, total| {
+        stats.update(|s| {
+            s.endpoint_progress = Some((done, total));
+            s.phase = sampling_phase(&p, (done, total), started.elapsed());
+        });
+        keep_going()
+    });
+    stats.update(|s| s.endpoint_progress = None);
+    let (latents, sampled_count) = match result {
+        Ok(made) => made,
+        Err(EndpointError::Cancelled) => return Outcome::Cancelled,
+        Err(EndpointError::Model(e)) => {
+            report_failure(shared, "sampling", &e);
+            return Outcome::Failed;
+        }
+    };
+    stats.update(|s| {
+        if sampled_count > 0 {
+            let seconds = started.elapsed().as_secs_f64() / sampled_count as f64;
+            s.keyframe_seconds = Some(seconds);
+        }
+    });
+    let mut refined = Vec::new();
+    if options.stop_at_end {
+        let mut refiner = WalkRefiner::new(generation, request.clone(), latents.clone());
+        let mut keep = |r| {
+            refined.push(r);
+            true
+        };
+        match refine_walk(engine, shared, &mut refiner, &keep_going, &mut keep) {
+            Ok(()) => {}
+            Err(EndpointError::Cancelled) => return Outcome::Cancelled,
             Err(EndpointError::Model(e)) => {
-                tracing::warn!("sampling endpoints failed: {e}");
-                stats.update(|s| {
-                    s.last_error = Some(e.to_string());
-                    s.phase = "sampling failed".into();
-                });
-                if options.stop_at_end {
-                    // Nothing will ever be walked: let the consumer see the end (and the error).
-                    shared.ring.close();
-                    return;
-                }
+                report_failure(shared, "diffusing in-betweens", &e);
+                return Outcome::Failed;
             }
         }
     }
+    stats.update(|s| {
+        s.generation = generation;
+        s.phase = "walking".into();
+    });
+    let walk = Keyframes {
+        generation,
+        latents,
+        refined,
+    };
+    Outcome::Walk(walk, request)
+}
+
+/// The model failed at `what`: logged, and kept for the window and the render to show.
+fn report_failure(shared: &Shared, what: &str, error: &ModelError) {
+    tracing::warn!("{what} failed: {error}");
+    shared.stats.update(|s| {
+        s.last_error = Some(error.to_string());
+        s.phase = format!("{what} failed");
+    });
 }
 
 /// The request's keyframe latents: those `sampled` has for the same inputs, the rest

@@ -22,6 +22,9 @@ mod decode;
 pub mod display;
 mod endpoints;
 pub mod inbetween;
+pub mod placement;
+pub mod refine;
+mod refinements;
 pub mod ring;
 mod settings;
 pub mod stats;
@@ -37,7 +40,7 @@ use parking_lot::Mutex;
 use crate::model::{EndpointRequest, Engine};
 use crate::walk::Timeline;
 use decode::{DecodeStage, Decoded};
-use endpoints::{endpoint_thread, Keyframes};
+use endpoints::{endpoint_thread, FromEndpoints};
 use inbetween::inbetween_thread;
 pub use inbetween::Inbetweens;
 pub use ring::{Closed, Frame, FrameSource, Popped, RingBuffer, RingPolicy};
@@ -113,6 +116,8 @@ pub struct Pipeline {
     requests: Sender<(u64, EndpointRequest)>,
     /// Nudges the decode thread (settings changed, resumed).
     wake: Sender<()>,
+    /// Nudges the endpoint thread to make (or stop making) diffused in-betweens.
+    refine_nudge: Sender<()>,
     /// Dropped to stop: every thread's `select!` on it wakes.
     stop: Option<Sender<()>>,
     stop_rx: Receiver<()>,
@@ -138,7 +143,8 @@ impl Pipeline {
         });
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (request_tx, request_rx) = bounded::<(u64, EndpointRequest)>(4);
-        let (keyframes_tx, keyframes_rx) = bounded::<Keyframes>(1);
+        let (keyframes_tx, keyframes_rx) = bounded::<FromEndpoints>(2);
+        let (refine_tx, refine_rx) = bounded::<()>(1);
         let (wake_tx, wake_rx) = bounded::<()>(1);
         let (decoded_tx, decoded_rx) = bounded::<Decoded>(4);
         let workers = options.upscale_workers.max(1);
@@ -162,6 +168,7 @@ impl Pipeline {
                         &shared,
                         &options,
                         request_rx,
+                        refine_rx,
                         keyframes_tx,
                         stop_rx,
                     )
@@ -203,6 +210,7 @@ impl Pipeline {
             engine,
             requests: request_tx,
             wake: wake_tx,
+            refine_nudge: refine_tx,
             stop: Some(stop_tx),
             stop_rx,
             generation: Mutex::new(0),
@@ -235,14 +243,20 @@ impl Pipeline {
     /// Changes settings live. New endpoints are sampled if anything that decides them
     /// changed; everything else acts from the next frame.
     pub fn update_settings(&self, change: impl FnOnce(&mut Settings)) {
-        let new_request = {
+        let (new_request, refine_changed) = {
             let mut settings = self.shared.settings.lock();
-            let before = settings.endpoints.clone();
+            let before = (settings.endpoints.clone(), settings.diffuse, settings.walk);
             change(&mut settings);
-            (settings.endpoints != before).then(|| settings.endpoints.clone())
+            let refine_changed =
+                settings.diffuse != before.1 || (settings.diffuse > 0 && settings.walk != before.2);
+            let request = (settings.endpoints != before.0).then(|| settings.endpoints.clone());
+            (request, refine_changed)
         };
         if let Some(request) = new_request {
             self.request_endpoints(request);
+        } else if refine_changed {
+            // A full nudge channel already asks the endpoint thread to look again.
+            let _ = self.refine_nudge.try_send(());
         }
         let _ = self.wake.try_send(());
     }

@@ -38,6 +38,11 @@ pub struct Settings {
     pub upscale: UpscaleMode,
     /// Output size (width, height) when upscaling.
     pub output_size: (u32, u32),
+    /// Diffused in-betweens per keyframe pair: walk positions sampled for real (blended
+    /// conditioning, slerped noise) instead of slerped, placed where the decoded frames
+    /// differ most; 0 for none. Below `steps_between`, on a model that can, between prompt
+    /// keyframes.
+    pub diffuse: usize,
 }
 
 /// Why a set of [`Settings`] cannot run, in words a user can act on.
@@ -97,6 +102,30 @@ pub enum SettingsError {
         index: usize,
         prompt: String,
         problem: MixError,
+    },
+    /// More diffused in-betweens per pair than the pair has positions between its keyframes.
+    #[error(
+        "--diffuse {diffuse}: a keyframe pair walked in {steps_between} steps has \
+         {} positions between its keyframes, so --diffuse must be below --steps-between",
+        steps_between.saturating_sub(1)
+    )]
+    DiffuseCount {
+        diffuse: usize,
+        steps_between: usize,
+    },
+    /// Diffused in-betweens asked of a model that cannot sample them (its name).
+    #[error("--diffuse {diffuse}: {model} cannot sample in-betweens")]
+    DiffuseModel { diffuse: usize, model: String },
+    /// Diffused in-betweens next to a picture keyframe: which (1-based) and its file.
+    #[error(
+        "--diffuse {diffuse}: keyframe {index} is a picture ({}); in-betweens are diffused \
+         only between prompt keyframes (a picture has no prompt to blend)",
+        path.display()
+    )]
+    DiffusePicture {
+        diffuse: usize,
+        index: usize,
+        path: PathBuf,
     },
     /// An image keyframe that cannot run: which (1-based), its file, and why.
     #[error("keyframe {index} ({}): {problem}", path.display())]
@@ -158,6 +187,40 @@ impl Settings {
             engine
                 .check_image_encoder()
                 .map_err(|e| SettingsError::ImageEncoder(e.to_string()))?;
+        }
+        self.check_diffuse(engine)
+    }
+
+    /// The rules for diffused in-betweens: fewer per pair than its inner positions, on a
+    /// model that can sample them, between prompt keyframes only.
+    fn check_diffuse(&self, engine: &dyn Engine) -> Result<(), SettingsError> {
+        let diffuse = self.diffuse;
+        if diffuse == 0 {
+            return Ok(());
+        }
+        if diffuse >= self.walk.steps_between {
+            return Err(SettingsError::DiffuseCount {
+                diffuse,
+                steps_between: self.walk.steps_between,
+            });
+        }
+        if !engine.can_diffuse() {
+            return Err(SettingsError::DiffuseModel {
+                diffuse,
+                model: engine.name(),
+            });
+        }
+        let keyframes = &self.endpoints.keyframes;
+        if let Some((i, image)) = keyframes
+            .iter()
+            .enumerate()
+            .find_map(|(i, k)| Some((i, k.image()?)))
+        {
+            return Err(SettingsError::DiffusePicture {
+                diffuse,
+                index: i + 1,
+                path: image.path.clone(),
+            });
         }
         Ok(())
     }

@@ -33,6 +33,12 @@ pub struct StatsSnapshot {
     /// Keyframes sampled since the pipeline started (those whose inputs did not change
     /// are reused, not sampled again).
     pub keyframes_sampled: u64,
+    /// `(made, asked)` diffused in-betweens of the current walk (`None`: none asked).
+    pub refined: Option<(usize, usize)>,
+    /// Diffused in-betweens sampled since the pipeline started.
+    pub positions_diffused: u64,
+    /// Mean seconds per diffused in-between (sampling and the decode that places the next).
+    pub diffuse_seconds: Option<f64>,
     /// Keyframe pair and eased-before time of the last decoded frame.
     pub position: (usize, f64),
     pub generation: u64,

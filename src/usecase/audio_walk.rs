@@ -17,6 +17,11 @@ pub enum AudioWalkError {
          would smear the beats): in-betweens must be 0"
     )]
     Inbetweens,
+    #[error(
+        "with a sound track every frame has its own place, not one of --steps-between's: \
+         --diffuse {0} needs a walk by steps (no sound track)"
+    )]
+    Diffuse(usize),
     #[error(transparent)]
     Audio(#[from] crate::audio::AudioError),
     #[error("the sound track's timeline: {0}")]
@@ -26,8 +31,8 @@ pub enum AudioWalkError {
 /// The timeline `soundtrack` gives a walk with `settings` at `fps`: as many frames as the
 /// sound lasts (`round(seconds x fps)`), a walk played once going from the first keyframe
 /// to the last, a loop (endless, ping-pong) making one lap that ends one advance before its
-/// start, as the sound may loop too. Refuses laps other than 1 and in-betweens (every frame
-/// is its own decode).
+/// start, as the sound may loop too. Refuses laps other than 1, in-betweens (every frame
+/// is its own decode) and diffused in-betweens (they sit on the steps' grid).
 pub fn audio_timeline(
     soundtrack: &Soundtrack,
     settings: &Settings,
@@ -39,6 +44,9 @@ pub fn audio_timeline(
     }
     if settings.inbetweens != Inbetweens::Fixed(0) {
         return Err(AudioWalkError::Inbetweens);
+    }
+    if settings.diffuse > 0 {
+        return Err(AudioWalkError::Diffuse(settings.diffuse));
     }
     let closed = settings.walk.loop_mode != LoopMode::Once;
     let progress = soundtrack.walk_progress(fps, closed)?;

@@ -113,6 +113,13 @@ impl std::fmt::Display for RenderSummary {
         if let Some(seconds) = stats.keyframe_seconds {
             write!(f, "\n  keyframes sampled in {seconds:.1} s each")?;
         }
+        if let Some(seconds) = stats.diffuse_seconds {
+            let n = stats.positions_diffused;
+            write!(
+                f,
+                "\n  diffused {n} in-between positions in {seconds:.1} s each"
+            )?;
+        }
         write!(f, "\n  {:.1} s in all", self.elapsed.as_secs_f64())?;
         if self.frames_written > 0 {
             let per_frame = self.elapsed.as_secs_f64() / self.frames_written as f64;

@@ -159,6 +159,20 @@ impl Engine for SavingLatents {
         self.inner.taesd()
     }
 
+    fn can_diffuse(&self) -> bool {
+        self.inner.can_diffuse()
+    }
+
+    fn diffused_latents(
+        &self,
+        request: &EndpointRequest,
+        pair: (usize, usize),
+        t: f64,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> Result<Tensor, EndpointError> {
+        self.inner.diffused_latents(request, pair, t, progress)
+    }
+
     fn decoder_description(&self, decoder: DecoderKind) -> String {
         self.inner.decoder_description(decoder)
     }

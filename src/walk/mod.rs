@@ -6,10 +6,12 @@
 //! ping-pong loop decodes each position once. A timed walk ([`Timeline`]) instead places
 //! each frame where its timeline says, one frame per position.
 
+mod fixed;
 mod timeline;
 
 use candle_core::{DType, Tensor};
 
+pub use fixed::{FixedLatents, FixedPlace};
 pub use timeline::{Timeline, TimelineError};
 
 /// How latents are interpolated between two keyframes.
@@ -136,6 +138,8 @@ pub struct Walk {
     settings: WalkSettings,
     /// A timed walk's frames (then `steps_between` plays no part).
     timeline: Option<Timeline>,
+    /// Latents sampled for real inside keyframe pairs (diffused in-betweens).
+    fixed: FixedLatents,
 }
 
 impl Walk {
@@ -150,7 +154,21 @@ impl Walk {
                 ..settings
             },
             timeline: None,
+            fixed: FixedLatents::default(),
         }
+    }
+
+    /// This walk with latents fixed inside its keyframe pairs (diffused in-betweens): a
+    /// position between fixed places is interpolated between the nearest ones, a fixed
+    /// place is its latents as they are.
+    pub fn with_fixed(mut self, fixed: FixedLatents) -> Self {
+        self.fixed = fixed;
+        self
+    }
+
+    /// The latents fixed inside keyframe pairs.
+    pub fn fixed(&self) -> &FixedLatents {
+        &self.fixed
     }
 
     /// This walk timed by `timeline` (or by steps again, for `None`): frame `i` is where the
@@ -304,9 +322,20 @@ impl Walk {
         if k == 1 {
             return Ok(self.keyframes[0].clone());
         }
-        let v0 = &self.keyframes[position.segment];
-        let v1 = &self.keyframes[(position.segment + 1) % k];
-        let t = self.settings.easing.apply(position.t);
+        let segment = position.segment;
+        if let Some(fixed) = self.fixed.at(segment, position.t) {
+            return Ok(fixed.clone());
+        }
+        // Between the nearest fixed places (the pair's keyframes when none is fixed), at
+        // the share of the eased time between them: with nothing fixed, the eased time.
+        let ease = |t: f64| self.settings.easing.apply(t);
+        let (before, after) = self.fixed.neighbours(segment, position.t);
+        let (t0, v0) = before.map_or((0.0, &self.keyframes[segment]), |(t, v)| (*t, v));
+        let (t1, v1) = after.map_or((1.0, &self.keyframes[(segment + 1) % k]), |(t, v)| (*t, v));
+        let t = match before.is_none() && after.is_none() {
+            true => ease(position.t),
+            false => (ease(position.t) - ease(t0)) / (ease(t1) - ease(t0)),
+        };
         match self.settings.interp {
             Interp::Slerp => slerp(t, v0, v1),
             Interp::Lerp => lerp(t, v0, v1),

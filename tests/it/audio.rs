@@ -236,6 +236,7 @@ fn settings(loop_mode: LoopMode) -> Settings {
         target_fps: f64::from(FPS),
         upscale: UpscaleMode::None,
         output_size: (32, 16),
+        diffuse: 0,
     }
 }
 

@@ -210,6 +210,7 @@ fn settings(upscale: UpscaleMode) -> Settings {
         target_fps: 30.0,
         upscale,
         output_size: (200, 100),
+        diffuse: 0,
     }
 }
 

@@ -366,6 +366,7 @@ fn settings_refuse_pictures_that_cannot_run() {
             target_fps: 30.0,
             upscale: dreamwalk::upscale::UpscaleMode::None,
             output_size: (64, 48),
+            diffuse: 0,
         };
         settings.walk.steps_between = 2;
         settings.validate(&engine)

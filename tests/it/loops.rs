@@ -46,6 +46,7 @@ fn settings(steps: usize, inbetweens: usize, loop_mode: LoopMode, fps: f64) -> S
         target_fps: fps,
         upscale: UpscaleMode::None,
         output_size: (32, 16),
+        diffuse: 0,
     }
 }
 

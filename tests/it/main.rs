@@ -11,6 +11,7 @@ mod support;
 mod audio;
 mod bench;
 mod clip;
+mod diffused;
 mod e2e;
 mod encoders;
 mod gpu_bicubic;

@@ -39,6 +39,7 @@ fn settings(steps_between: usize, inbetweens: usize, loop_mode: LoopMode) -> Set
         target_fps: 30.0,
         upscale: UpscaleMode::Cpu,
         output_size: (64, 40),
+        diffuse: 0,
     }
 }
 

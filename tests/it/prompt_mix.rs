@@ -281,6 +281,7 @@ fn scripted_settings() -> Settings {
         target_fps: 30.0,
         upscale: UpscaleMode::None,
         output_size: (32, 16),
+        diffuse: 0,
     }
 }
 
