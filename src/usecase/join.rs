@@ -111,9 +111,9 @@ pub enum JoinError {
     )]
     Mismatch {
         path: PathBuf,
-        got: SegmentFormat,
+        got: Box<SegmentFormat>,
         first: PathBuf,
-        expected: SegmentFormat,
+        expected: Box<SegmentFormat>,
     },
     #[error("joining into {}: ffmpeg failed: {reason}; nothing was written there", out.display())]
     Ffmpeg { out: PathBuf, reason: String },
@@ -152,9 +152,9 @@ pub fn join(job: &JoinJob) -> Result<JoinSummary, JoinError> {
         if got != expected {
             return Err(JoinError::Mismatch {
                 path: segment.clone(),
-                got,
+                got: Box::new(got),
                 first: first.clone(),
-                expected,
+                expected: Box::new(expected),
             });
         }
     }
