@@ -130,6 +130,7 @@ fn render_job(
         },
         save_latents: None,
         audio: None,
+        frames: None,
     })
 }
 

@@ -18,7 +18,7 @@ use crate::model::{
 };
 use crate::pipeline::{check_laps, Inbetweens, Settings, MAX_IMAGE_SIDE};
 use crate::record::RecordOptions;
-use crate::usecase::{ModelSource, RenderJob};
+use crate::usecase::{FrameRange, ModelSource, RenderJob, SegmentError};
 use crate::walk::WalkSettings;
 
 /// Walk the latent space of Stable Diffusion between prompts, in real time.
@@ -71,6 +71,8 @@ pub enum Command {
     Render(Box<RenderArgs>),
     /// Make a picture 4x larger with the Stable Diffusion x4 upscaler (--model required).
     Upscale(super::upscale::UpscaleArgs),
+    /// Make one video of a walk's segments (`render --frames`), without encoding again.
+    Join(super::join::JoinArgs),
 }
 
 /// Which weights to run.
@@ -336,6 +338,13 @@ pub struct RenderArgs {
     pub audio: Option<PathBuf>,
     #[command(flatten)]
     pub hires: super::hires::HiresArgs,
+    /// Render only output frames FIRST..LAST of the walk (0-based, both included; FIRST..
+    /// runs to the end), byte-identical to the same frames of the whole render: one segment
+    /// of a walk split over many machines. A PNG folder names them by these indices, so the
+    /// segments may share it; `dreamwalk join` makes one video of .mp4 segments. Needs a
+    /// fixed --inbetween (not auto).
+    #[arg(long, value_name = "FIRST..LAST")]
+    pub frames: Option<FrameRange>,
 }
 
 impl RenderArgs {
@@ -398,7 +407,23 @@ impl RenderArgs {
             crf: self.crf,
             overwrite: self.overwrite,
             audio: self.audio.clone(),
+            // The end of `FIRST..` is known once the walk is counted: until then, any frame
+            // from FIRST on is the segment's.
+            segment: self
+                .frames
+                .map(|range| range.first..=range.last.unwrap_or(u64::MAX)),
             ..Default::default()
+        }
+    }
+
+    /// Refuses `--frames` with `--inbetween auto` before anything loads (the rest of the
+    /// range is checked against the walk's length when the render starts).
+    pub fn check_frames(&self) -> Result<(), SegmentError> {
+        match self.frames {
+            Some(range) if self.audio.is_none() && self.inbetween == Inbetweens::Auto => {
+                Err(SegmentError::AutoInbetweens { range })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -465,6 +490,7 @@ impl RenderArgs {
             record: self.record_options(),
             save_latents: self.save_latents.clone(),
             audio,
+            frames: self.frames,
         })
     }
 }

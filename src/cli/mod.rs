@@ -1,16 +1,19 @@
 //! The command line, and nothing else: clap's argument structs, their conversion into the
 //! library's types, and the terminal's progress display. `dreamwalk` opens the viewer,
-//! `dreamwalk render` runs the same engine headless, `dreamwalk upscale` makes a picture 4x
+//! `dreamwalk render` runs the same engine headless (or one segment of its frames),
+//! `dreamwalk join` makes one video of segments, `dreamwalk upscale` makes a picture 4x
 //! larger; the work itself is in [`crate::usecase`]
 //! and [`crate::app`].
 
 mod args;
 mod hires;
+mod join;
 mod progress;
 mod upscale;
 mod values;
 
 pub use args::{Cli, Command, KeyframeArg, ModelArgs, RenderArgs, Size, ViewerArgs};
+pub use join::JoinArgs;
 pub use progress::{RenderBar, UpscaleBar};
 pub use upscale::UpscaleArgs;
 
@@ -46,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Some(Command::Render(args)) => render(args, &cli.model),
         Some(Command::Upscale(args)) => upscale(args, &cli.model).map(|()| ExitCode::SUCCESS),
+        Some(Command::Join(args)) => join(args).map(|()| ExitCode::SUCCESS),
         None => run_viewer(&cli.model, &cli.viewer).map(|()| ExitCode::SUCCESS),
     }
 }
@@ -57,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// and the exit code is 128 + the signal. A second one exits at once; whatever is under the
 /// output's name is still whole (unfinished files stay under their temporary names).
 fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
+    args.check_frames()?;
     let keyframes = args.read_keyframes()?;
     // A sound track that cannot time the walk (unreadable, not audio, silent) fails before
     // the model loads, and so does a bad --out (unknown extension, .gif without ffmpeg, an
@@ -137,6 +142,19 @@ fn upscale(args: &UpscaleArgs, model: &ModelArgs) -> anyhow::Result<()> {
     let summary = crate::usecase::upscale(&job, &mut progress);
     progress.finish();
     eprintln!("dreamwalk: {}", summary?);
+    Ok(())
+}
+
+/// `dreamwalk join`: checks every segment, joins them, prints what was written.
+fn join(args: &JoinArgs) -> anyhow::Result<()> {
+    let job = args.job();
+    eprintln!(
+        "dreamwalk: joining {} segments into {}",
+        job.segments.len(),
+        job.out.display()
+    );
+    let summary = crate::usecase::join(&job)?;
+    eprintln!("dreamwalk: {summary}");
     Ok(())
 }
 

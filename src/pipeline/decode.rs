@@ -161,7 +161,8 @@ impl DecodeStage {
                     .unwrap_or(0);
                 old.carry_over(here, &walk) as u64
             }
-            _ => 0,
+            // A span of the stream starts at the decoded frame its first frame is or follows.
+            _ => self.options.span.map_or(0, |span| span.first_decoded()),
         };
         self.walk = Some(walk);
         self.generation = keyframes.generation;
@@ -268,6 +269,12 @@ impl DecodeStage {
     /// loop's last lap, the frame its closing in-betweens lead to.
     fn next_frame(&mut self) -> Option<Decoded> {
         let walk = self.walk.as_ref()?;
+        if let Some(span) = &self.options.span {
+            if self.sequence > span.last_decoded() {
+                self.ended = true;
+                return None;
+            }
+        }
         let past_end =
             self.options.stop_at_end && self.sequence >= walk.frames_in_laps(self.options.laps);
         // In-betweens close the loop only where there are any (no decode otherwise).

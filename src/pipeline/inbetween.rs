@@ -8,6 +8,7 @@ use std::time::Instant;
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::decode::Decoded;
+use super::span::{FrameSpan, Place};
 use super::upscale::Job;
 use super::{FrameSource, Shared};
 pub use crate::frame::blend::{blend, Divider, MAX_INBETWEENS};
@@ -62,14 +63,17 @@ impl Inbetweens {
     }
 }
 
+/// Numbers the frames from 0, or with a `span` from where its first decoded frame is in the
+/// whole stream, sending on only the span's frames and returning after its last.
 pub(super) fn inbetween_thread(
     shared: &Shared,
+    span: Option<FrameSpan>,
     decoded: Receiver<Decoded>,
     jobs: Sender<Job>,
     stop: Receiver<()>,
 ) {
     let mut previous: Option<FrameImage> = None;
-    let mut next_index = 0u64;
+    let mut next_index = span.map_or(0, |span| span.first_counted());
     let send = |job: Job| -> bool {
         select! {
             send(jobs, job) -> r => r.is_ok(),
@@ -99,6 +103,14 @@ pub(super) fn inbetween_thread(
         shared.stats.update(|s| s.inbetweens = count);
         if let Some(prev) = previous.as_ref().filter(|p| p.size() == image.size()) {
             for j in 0..count {
+                match FrameSpan::place(span.as_ref(), next_index) {
+                    Place::Before => {
+                        next_index += 1;
+                        continue;
+                    }
+                    Place::After => return,
+                    Place::Inside => {}
+                }
                 let started = Instant::now();
                 // Frames on the GPU give an in-between the present shader blends (no work
                 // here); the time recorded is then only the bookkeeping.
@@ -133,6 +145,14 @@ pub(super) fn inbetween_thread(
             continue;
         }
         previous = Some(image.clone());
+        match FrameSpan::place(span.as_ref(), next_index) {
+            Place::Before => {
+                next_index += 1;
+                continue;
+            }
+            Place::After => return,
+            Place::Inside => {}
+        }
         let job = Job {
             index: next_index,
             image,

@@ -27,6 +27,7 @@ pub mod refine;
 mod refinements;
 pub mod ring;
 mod settings;
+mod span;
 pub mod stats;
 mod thumbnails;
 mod upscale;
@@ -47,6 +48,7 @@ pub use ring::{Closed, Frame, FrameSource, Popped, RingBuffer, RingPolicy};
 pub use settings::{
     check_laps, Settings, SettingsError, MAX_GUIDANCE, MAX_IMAGE_SIDE, MAX_LAPS, MAX_SAMPLER_STEPS,
 };
+pub use span::{stream_frames, FrameSpan};
 pub use stats::{Stats, StatsSnapshot};
 pub use thumbnails::KeyframeThumbnails;
 use upscale::{upscale_worker, Job};
@@ -72,6 +74,10 @@ pub struct PipelineOptions {
     ///
     /// [`Walk::with_timeline`]: crate::walk::Walk::with_timeline
     pub timeline: Option<Timeline>,
+    /// With `stop_at_end`: make only these frames of the stream (numbered as in the whole
+    /// stream), decoding from where they start; `None` makes them all. Needs
+    /// `Inbetweens::Fixed(span.inbetweens)` in the settings.
+    pub span: Option<FrameSpan>,
 }
 
 impl Default for PipelineOptions {
@@ -85,6 +91,7 @@ impl Default for PipelineOptions {
             cache_budget_bytes: 512 << 20,
             keyframe_thumbnails: None,
             timeline: None,
+            span: None,
         }
     }
 }
@@ -129,7 +136,12 @@ impl Pipeline {
     /// Starts every stage and asks for the first endpoints.
     pub fn start(engine: Arc<dyn Engine>, settings: Settings, options: PipelineOptions) -> Self {
         let stats = Arc::new(Stats::default());
-        let ring = Arc::new(RingBuffer::new(options.ring_capacity, options.policy, 0));
+        let first_index = options.span.map_or(0, |span| span.first);
+        let ring = Arc::new(RingBuffer::new(
+            options.ring_capacity,
+            options.policy,
+            first_index,
+        ));
         stats.update(|s| s.buffer_capacity = ring.capacity());
         let first_request = settings.endpoints.clone();
         let shared = Arc::new(Shared {
@@ -191,10 +203,10 @@ impl Pipeline {
             ));
         }
         {
-            let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
+            let (shared, stop_rx, span) = (shared.clone(), stop_rx.clone(), options.span);
             threads.push(spawn(
                 "inbetweens",
-                Box::new(move || inbetween_thread(&shared, decoded_rx, job_tx, stop_rx)),
+                Box::new(move || inbetween_thread(&shared, span, decoded_rx, job_tx, stop_rx)),
             ));
         }
         let live_workers = Arc::new(Mutex::new(workers));

@@ -95,10 +95,13 @@ pub fn audio_plan(path: &Path, opts: &RecordOptions) -> Result<AudioPlan, Record
     })
 }
 
-/// ffmpeg's arguments for the sound track as a second input, read for `seconds` at most (the
-/// video's length, so a recording cut short has as much sound as pictures).
-pub(super) fn input_args(audio: &Path, seconds: f64) -> Vec<OsString> {
+/// ffmpeg's arguments for the sound track as a second input, read from `start_seconds` (a
+/// segment's start; 0 for a whole walk) for `seconds` at most (the video's length, so a
+/// recording cut short has as much sound as pictures).
+pub(super) fn input_args(audio: &Path, start_seconds: f64, seconds: f64) -> Vec<OsString> {
     vec![
+        "-ss".into(),
+        format!("{start_seconds:.6}").into(),
         "-t".into(),
         format!("{seconds:.6}").into(),
         "-i".into(),

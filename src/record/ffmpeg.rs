@@ -64,7 +64,7 @@ pub(super) fn remux_path(output: &Path) -> PathBuf {
 /// The ffmpeg to run: `opts.ffmpeg`, else `$DREAMWALK_FFMPEG`, else `ffmpeg` on `PATH`;
 /// `None` when there is none (the built-in encoder is used then). A program named explicitly
 /// that cannot be found is an error rather than a silent fallback.
-pub(super) fn locate(opts: &RecordOptions) -> Result<Option<PathBuf>, RecordError> {
+pub fn locate(opts: &RecordOptions) -> Result<Option<PathBuf>, RecordError> {
     if let Some(program) = &opts.ffmpeg {
         return resolve(program.as_os_str(), "RecordOptions::ffmpeg").map(Some);
     }
@@ -180,6 +180,9 @@ pub(super) struct FfmpegSink {
     comment: Option<String>,
     /// The sound track muxed in when finishing, and its codec ("AAC", "Opus").
     audio: Option<(PathBuf, &'static str)>,
+    /// Where in the sound track the video starts, in seconds: a segment's first frame's time
+    /// ([`RecordOptions::segment`]), else 0.
+    audio_start_seconds: f64,
     encoding: Option<Encoding>,
     frames_sent: u64,
     /// A failure already reported by `write_frame`, so `finish` only salvages.
@@ -216,6 +219,10 @@ impl FfmpegSink {
             target,
             comment: opts.comment.clone(),
             audio,
+            audio_start_seconds: opts
+                .segment
+                .as_ref()
+                .map_or(0.0, |numbers| *numbers.start() as f64 / f64::from(opts.fps)),
             encoding: None,
             frames_sent: 0,
             failed: false,
@@ -504,7 +511,7 @@ impl FfmpegSink {
         let mut args: Vec<OsString> = vec!["-i".into(), self.part.clone().into()];
         match self.audio.as_ref().filter(|_| with_audio) {
             Some((path, codec)) => {
-                args.extend(audio::input_args(path, seconds));
+                args.extend(audio::input_args(path, self.audio_start_seconds, seconds));
                 args.extend(audio::mux_args(codec));
             }
             None => args.extend(["-map", "0", "-c", "copy"].map(OsString::from)),

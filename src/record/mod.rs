@@ -103,7 +103,7 @@ use parking_lot::Mutex;
 use crate::frame::RgbaImage;
 
 pub use audio::{audio_plan, AudioPlan};
-pub use ffmpeg::partial_path;
+pub use ffmpeg::{locate as locate_ffmpeg, partial_path};
 pub use gif::MAX_GIF_FPS;
 pub use png_seq::{write_png, PngError};
 pub use webm::Vp9;

@@ -74,6 +74,12 @@ pub struct RecordOptions {
     /// sequence and the built-in MP4 encoder hold no sound: they are written without it, and
     /// [`audio_plan`](super::audio_plan) says so before any work.
     pub audio: Option<PathBuf>,
+    /// The walk's frames this output holds when it is one segment of a walk rendered in
+    /// parts (`render --frames`), numbered as in the whole walk: a PNG sequence names its
+    /// files by these numbers and, without `overwrite`, refuses only to replace them (the
+    /// segments of a walk may share a folder), deleting no other file; a sound track is
+    /// read from the segment's first frame's time on. `None`: a whole walk.
+    pub segment: Option<std::ops::RangeInclusive<u64>>,
 }
 
 impl Default for RecordOptions {
@@ -91,6 +97,7 @@ impl Default for RecordOptions {
             comment: None,
             overwrite: false,
             audio: None,
+            segment: None,
         }
     }
 }
@@ -248,7 +255,16 @@ pub fn check_output(path: &Path, opts: &RecordOptions) -> Result<OutputFormat, R
         }
     }
     if !opts.overwrite {
-        refuse_existing(path, format)?;
+        match &opts.segment {
+            Some(numbers) if format == OutputFormat::PngSequence => {
+                if png_seq::holds_any_of(path, numbers) {
+                    return Err(RecordError::Exists {
+                        path: path.to_path_buf(),
+                    });
+                }
+            }
+            _ => refuse_existing(path, format)?,
+        }
     }
     // A sound track that is no file, or an ffmpeg without its encoder.
     super::audio_plan(path, opts)?;

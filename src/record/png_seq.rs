@@ -7,15 +7,20 @@ use super::{Encoder, FrameSink, RecordError, RecordOptions};
 use crate::frame::RgbaImage;
 
 /// Writes `frame_000000.png`, ... into a folder, or `name_000000.png`, ... beside `name.png`.
-/// Numbers count the recording's frames from 0, whatever the walk's frame indices. Each file
-/// is written under a temporary name and renamed when whole. With
+/// Numbers count the recording's frames from 0, or for one segment of a walk
+/// ([`RecordOptions::segment`]) are the walk's frame indices, so the segments of a walk can
+/// share a folder. Each file is written under a temporary name and renamed when whole. With
 /// [`RecordOptions::overwrite`], frames of an older sequence numbered past the new one's last
 /// are deleted when it finishes with at least one frame (a run that wrote none leaves the old
-/// sequence as it was).
+/// sequence as it was); a segment deletes nothing (the frames past it are other segments').
 pub(super) struct PngSequenceSink {
     dir: PathBuf,
     prefix: String,
+    /// The first file's number: 0, or a segment's first frame index.
+    first_number: u64,
     frames: u64,
+    /// A segment, which leaves other frames in the folder alone.
+    segment: bool,
     overwrite: bool,
     /// Stored in each file as a `Comment` text chunk.
     comment: Option<String>,
@@ -38,7 +43,9 @@ impl PngSequenceSink {
         Ok(Self {
             dir,
             prefix,
+            first_number: opts.segment.as_ref().map_or(0, |numbers| *numbers.start()),
             frames: 0,
+            segment: opts.segment.is_some(),
             overwrite: opts.overwrite,
             comment: opts.comment.clone(),
         })
@@ -74,7 +81,7 @@ impl FrameSink for PngSequenceSink {
     }
 
     fn write_frame(&mut self, frame: &RgbaImage) -> Result<(), RecordError> {
-        let path = self.frame_path(self.frames);
+        let path = self.frame_path(self.first_number + self.frames);
         write_png(&path, frame, self.comment.as_deref())
             .map_err(|e| RecordError::failed(&path, e.to_string()))?;
         self.frames += 1;
@@ -82,7 +89,7 @@ impl FrameSink for PngSequenceSink {
     }
 
     fn finish(&mut self) -> Result<String, RecordError> {
-        let removed = if self.overwrite && self.frames > 0 {
+        let removed = if self.overwrite && self.frames > 0 && !self.segment {
             self.remove_stale_frames()
         } else {
             0
@@ -95,8 +102,8 @@ impl FrameSink for PngSequenceSink {
             0 => "no frames".to_string(),
             n => format!(
                 "{n} PNG files, {} to {}{stale}",
-                self.frame_path(0).display(),
-                self.frame_path(n - 1).display()
+                self.frame_path(self.first_number).display(),
+                self.frame_path(self.first_number + n - 1).display()
             ),
         })
     }
@@ -146,6 +153,19 @@ pub(super) fn holds_frames(path: &Path) -> bool {
     entries
         .flatten()
         .any(|entry| frame_number(&entry.file_name().to_string_lossy(), &prefix).is_some())
+}
+
+/// Whether a segment of a PNG sequence written to `path` would replace one of its own frames
+/// (`numbers`): files of other segments may be there.
+pub(super) fn holds_any_of(path: &Path, numbers: &std::ops::RangeInclusive<u64>) -> bool {
+    let (dir, prefix) = layout(path);
+    let Ok(entries) = fs::read_dir(probe_dir(&dir)) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        frame_number(&entry.file_name().to_string_lossy(), &prefix)
+            .is_some_and(|number| numbers.contains(&number))
+    })
 }
 
 /// Why [`write_png`] failed.

@@ -10,7 +10,8 @@ use crate::audio::Soundtrack;
 use crate::frame::FrameError;
 use crate::model::Engine;
 use crate::pipeline::{
-    Pipeline, PipelineOptions, Popped, RingPolicy, Settings, SettingsError, StatsSnapshot,
+    FrameSpan, Pipeline, PipelineOptions, Popped, RingPolicy, Settings, SettingsError,
+    StatsSnapshot,
 };
 use crate::record::{RecordError, RecordOptions, RecordSummary, Recorder};
 use crate::upscale::UpscaleMode;
@@ -34,6 +35,10 @@ pub struct RenderJob {
     /// each frame goes, its length the walk's) and is muxed into the output where the format
     /// can hold it. Needs in-betweens 0 and one lap.
     pub audio: Option<Soundtrack>,
+    /// Render only these frames of the walk ([`super::segment_span`]), byte-identical to the
+    /// same frames of the whole render: one segment of a walk rendered on many machines.
+    /// `None` renders it all.
+    pub frames: Option<super::FrameRange>,
 }
 
 /// What a render is about to do, for its first line.
@@ -47,6 +52,8 @@ pub struct RenderHeader {
     /// Size of the frames written, before any `--record-size` resize.
     pub frame_size: (u32, u32),
     pub out: PathBuf,
+    /// The frames a segment renders (`None`: the whole walk).
+    pub span: Option<FrameSpan>,
 }
 
 impl std::fmt::Display for RenderHeader {
@@ -60,7 +67,11 @@ impl std::fmt::Display for RenderHeader {
             self.frame_size.0,
             self.frame_size.1,
             self.out.display()
-        )
+        )?;
+        match &self.span {
+            Some(span) => write!(f, " | frames {}..{}", span.first, span.last),
+            None => Ok(()),
+        }
     }
 }
 
@@ -159,6 +170,9 @@ pub enum RenderError {
     /// The sound track cannot time this walk.
     #[error(transparent)]
     Audio(#[from] super::AudioWalkError),
+    /// `frames` asks for a segment that cannot be rendered alone (the error names it).
+    #[error(transparent)]
+    Segment(#[from] super::SegmentError),
     /// The pipeline's own error (sampling or decoding failed).
     #[error("{0}")]
     Pipeline(String),
@@ -210,7 +224,19 @@ pub fn render_until(
         )?),
         None => None,
     };
+    let span = match job.frames {
+        Some(range) => Some(super::segment_span(
+            range,
+            settings,
+            job.laps,
+            timeline.as_ref(),
+        )?),
+        None => None,
+    };
     let mut record = job.record.clone();
+    if let Some(span) = &span {
+        record.segment = Some(span.first..=span.last);
+    }
     if let Some(soundtrack) = &job.audio {
         record.audio = Some(soundtrack.path().to_path_buf());
     }
@@ -228,6 +254,7 @@ pub fn render_until(
         keyframes: settings.endpoints.keyframes.len(),
         frame_size,
         out: job.out.clone(),
+        span,
     });
     let options = PipelineOptions {
         policy: RingPolicy::Record,
@@ -241,6 +268,7 @@ pub fn render_until(
             _ => PipelineOptions::default().cache_budget_bytes,
         },
         timeline,
+        span,
         ..Default::default()
     };
     let engine: Arc<dyn Engine> = match &job.save_latents {

@@ -249,6 +249,7 @@ fn render_with_audio(audio: &Path, out: &Path, record: RecordOptions) -> RenderS
         record: RecordOptions { fps: FPS, ..record },
         save_latents: None,
         audio: Some(Soundtrack::read(audio).unwrap()),
+        frames: None,
     };
     render(engine, &job, &mut ()).expect("render")
 }

@@ -74,6 +74,7 @@ fn settings() -> Settings {
         target_fps: 30.0,
         upscale: UpscaleMode::None,
         output_size: (256, 192),
+        diffuse: 0,
     }
 }
 
@@ -122,6 +123,7 @@ fn every_hires_frame_is_the_x4_decode_of_the_walk_between_upscaled_keyframes() {
         record: RecordOptions::default(),
         save_latents: None,
         audio: None,
+        frames: None,
     };
     let summary = render(engine, &job, &mut ()).expect("hires render");
     let frames = png_files(&out);

@@ -62,6 +62,7 @@ fn render_greys(settings: Settings, laps: u64) -> Vec<u8> {
         record: RecordOptions::default(),
         save_latents: None,
         audio: None,
+        frames: None,
     };
     let summary = render(engine, &job, &mut ()).expect("render");
     let greys: Vec<u8> = png_files(&out)

@@ -34,6 +34,7 @@ mod refusals;
 mod render;
 mod ring;
 mod scheduler;
+mod segments;
 mod signals;
 mod single_file;
 mod taesd;
