@@ -371,9 +371,13 @@ fn the_refine_toggle_reaches_the_walk_and_its_counts_show() {
     use egui_kittest::kittest::Queryable;
     let mut harness = harness();
     click(&mut harness, "Play");
-    step_until(&mut harness, "the first frame", |app| {
-        app.session().and_then(|s| s.current_frame()).is_some()
+    // The first frame, and the keyframes' thumbnails: they come into the prompt rows
+    // above the controls, and a click aimed before they arrive would land beside Refine.
+    step_until(&mut harness, "the first frame and the thumbnails", |app| {
+        app.session()
+            .is_some_and(|s| s.current_frame().is_some() && s.keyframe_thumbnails().is_some())
     });
+    harness.run_steps(2);
     assert_eq!(settings(&harness).diffuse, 0);
     harness.get_by_label("Refine").click();
     harness.run_steps(2);

@@ -35,7 +35,11 @@ pub(crate) fn step_until(
 ) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !done(harness.state()) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what} (notice: {:?})",
+            harness.state().notice()
+        );
         harness.step();
         std::thread::sleep(Duration::from_millis(20));
     }
