@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::exp::exp_shifted;
+use super::exp::{exp_shifted, online_softmax_block};
 use super::layout::{padded, Act, Pool};
 use super::linear::{matmul, Conv1x1, Mat};
 use super::norm::GroupNorm;
@@ -210,18 +210,7 @@ pub(super) fn attend_online(
                 };
                 let block = &mut scores[..rows * keys];
                 matmul((rows, keys, c), block, keys, false, queries, kt, false);
-                for (r, row) in block.chunks_exact_mut(keys).enumerate() {
-                    let block_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let new_max = max[r].max(block_max);
-                    let block_sum = exp_shifted(row, new_max, scale);
-                    if max[r] != f32::NEG_INFINITY && max[r] != new_max {
-                        let correction = ((max[r] - new_max) * scale).exp();
-                        sum[r] *= correction;
-                        out[r * c..][..c].iter_mut().for_each(|o| *o *= correction);
-                    }
-                    sum[r] += block_sum;
-                    max[r] = new_max;
-                }
+                online_softmax_block(block, keys, scale, (&mut max, &mut sum), &mut out, c);
                 let p = Mat {
                     data: block,
                     rs: keys,

@@ -116,3 +116,32 @@ mod simd {
         sum
     }
 }
+
+/// One block of keys in an online softmax: each row of `block` (the scores of `keys` keys,
+/// row after row) becomes `exp(scale (s - m))` for the row's new running maximum `m`, and
+/// the row's running maximum and sum (`running`) and its output so far (`out`, `width`
+/// values a row) are rescaled to that maximum. The caller then adds `block · V` to `out`.
+pub(crate) fn online_softmax_block(
+    block: &mut [f32],
+    keys: usize,
+    scale: f32,
+    running: (&mut [f32], &mut [f32]),
+    out: &mut [f32],
+    width: usize,
+) {
+    let (max, sum) = running;
+    for (r, row) in block.chunks_exact_mut(keys).enumerate() {
+        let block_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let new_max = max[r].max(block_max);
+        let block_sum = exp_shifted(row, new_max, scale);
+        if max[r] != f32::NEG_INFINITY && max[r] != new_max {
+            let correction = ((max[r] - new_max) * scale).exp();
+            sum[r] *= correction;
+            out[r * width..][..width]
+                .iter_mut()
+                .for_each(|o| *o *= correction);
+        }
+        sum[r] += block_sum;
+        max[r] = new_max;
+    }
+}

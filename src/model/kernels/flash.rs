@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::exp::exp_shifted;
+use super::exp::online_softmax_block;
 use super::linear::{matmul, Mat};
 
 /// Query rows per task: 64 rows x 64 channels of output stay in L1/L2 with the scores.
@@ -118,18 +118,7 @@ fn attend_block(
         };
         let block = &mut scores[..rows * keys];
         matmul((rows, keys, d), block, keys, false, queries, kt, false);
-        for (r, row) in block.chunks_exact_mut(keys).enumerate() {
-            let block_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let new_max = max[r].max(block_max);
-            let block_sum = exp_shifted(row, new_max, scale);
-            if max[r] != f32::NEG_INFINITY && max[r] != new_max {
-                let correction = ((max[r] - new_max) * scale).exp();
-                sum[r] *= correction;
-                out[r * d..][..d].iter_mut().for_each(|o| *o *= correction);
-            }
-            sum[r] += block_sum;
-            max[r] = new_max;
-        }
+        online_softmax_block(block, keys, scale, (&mut max, &mut sum), out, d);
         let p = Mat {
             data: block,
             rs: keys,
