@@ -87,8 +87,15 @@ fn play_with_prompts(harness: &mut Harness<'_, ViewerApp>) {
 }
 
 fn choose(harness: &mut Harness<'_, ViewerApp>, combo: &str, option: &str) {
-    harness.get_by_label(combo).click();
-    harness.run_steps(2);
+    // Rows above the combo can grow while frames play (keyframe thumbnails arrive): a click
+    // aimed at the last frame's layout may miss, so open it again until the option shows.
+    for _ in 0..5 {
+        harness.get_by_label(combo).click();
+        harness.run_steps(2);
+        if harness.query_by_label(option).is_some() {
+            break;
+        }
+    }
     harness.get_by_label(option).click();
     harness.run_steps(2);
 }
