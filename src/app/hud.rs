@@ -35,8 +35,9 @@ pub(super) fn lines(input: &HudInput<'_>) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(engine) = engine {
         lines.push(format!(
-            "{} · {}",
+            "{} · {} · {}",
             engine.name(),
+            engine.sampler_description(),
             engine.decoder_description(settings.decoder)
         ));
     }

@@ -269,6 +269,10 @@ impl Engine for GpuDecodedEngine {
         self.inner.diffused_latents(request, pair, t, progress)
     }
 
+    fn sampler_description(&self) -> String {
+        self.inner.sampler_description()
+    }
+
     fn decoder_description(&self, decoder: DecoderKind) -> String {
         match (decoder, self.failure.lock().as_deref()) {
             (DecoderKind::Taesd, None) => match self.frames {

@@ -9,10 +9,11 @@ use candle_core::{Device, Tensor};
 use serde_json::json;
 
 use super::decoders::{AutoencoderKlConfig, TaesdConfig, TaesdDecoder, VaeDecoder, VaeEncoder};
+use super::device::DeviceLoader;
 use super::engine::ModelDefaults;
 use super::keyframe::encoder::{ImageEncoder, LazyEncoder};
 use super::schedulers::{PredictionType, SchedulerConfig};
-use super::sd::StableDiffusion;
+use super::sd::{device_slot, StableDiffusion};
 use super::seeded::seeded_var_builder;
 use super::text::{ClipTextConfig, ClipTextEncoder, ClipTokenizer};
 use super::unet::{UNet2DConditionModel, UNetConfig};
@@ -66,6 +67,12 @@ fn demo_taesd(config: &TaesdConfig) -> super::Result<TaesdDecoder> {
 impl StableDiffusion {
     /// The built-in demo model (see the module docs). 1024x576 images by default.
     pub fn demo() -> Self {
+        Self::demo_on(None)
+    }
+
+    /// [`Self::demo`], sampling on the device `loader` makes from the weights (the CPU,
+    /// with a note, when it cannot).
+    pub fn demo_on(loader: Option<&dyn DeviceLoader>) -> Self {
         let device = Device::Cpu;
         let vb = seeded_var_builder(SEED, &device);
         let clip_config: ClipTextConfig = from_json(json!({
@@ -121,6 +128,13 @@ impl StableDiffusion {
                 steps: 10,
                 guidance: 7.5,
             },
+            sampling: device_slot(
+                loader,
+                vb.pp("unet"),
+                &unet_config,
+                vb.pp("text_model"),
+                &clip_config,
+            ),
         }
     }
 

@@ -190,6 +190,10 @@ pub trait Engine: Send + Sync + 'static {
     fn taesd(&self) -> Option<&TaesdDecoder> {
         None
     }
+    /// Where keyframes are sampled, for the window ("sampling on the CPU").
+    fn sampler_description(&self) -> String {
+        "sampling on the CPU".to_string()
+    }
     /// Which decoder runs and where, for the window ("TAESD on the CPU").
     fn decoder_description(&self, decoder: DecoderKind) -> String {
         format!("{} on the CPU", decoder.label())

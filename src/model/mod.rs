@@ -10,6 +10,7 @@
 
 pub mod decoders;
 pub mod demo;
+pub mod device;
 pub mod diffused;
 pub mod engine;
 pub mod kernels;

@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::decoders::{DecoderKind, TaesdDecoder, TaesdEncoder, VaeDecoder, VaeEncoder};
+use super::device::{DeviceError, DeviceJob, DeviceLoader, DeviceWeights, SamplingSlot};
 use super::engine::{EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress};
 use super::keyframe::encoder::{EncoderLoader, ImageEncoder, LazyEncoder};
 use super::keyframe::{fit_image, image_tensor, ImageKeyframe, Keyframe};
 use super::lora::{Component, LoraSet};
-use super::schedulers::{denoise, img2img, Sampler, SamplerKind, SchedulerConfig};
+use super::schedulers::{
+    denoise, img2img, img2img_first_step, Sampler, SamplerKind, Scheduler, SchedulerConfig,
+};
 use super::text::mix::embed_mixed;
 use super::text::{ClipTextEncoder, ClipTokenizer};
 use super::tiled::{denoise_tiled, NoiseStop, TileLayout, TiledOutcome, TiledStep, Tiling};
@@ -33,6 +36,8 @@ pub struct StableDiffusion {
     /// For image keyframes: loaded the first time a walk has one.
     pub(super) image_encoder: LazyEncoder,
     pub(super) defaults: ModelDefaults,
+    /// Where keyframes are sampled: a GPU when one was given and works, else the CPU.
+    pub(super) sampling: SamplingSlot,
 }
 
 /// A model's loaded parts, for [`StableDiffusion::assemble`].
@@ -46,6 +51,8 @@ pub(super) struct Parts<'a> {
     pub taesd: Option<&'a Path>,
     /// Loads the VAE's encoder when an image keyframe first needs it.
     pub image_encoder: EncoderLoader,
+    /// Where keyframes are sampled ([`device_slot`]).
+    pub sampling: SamplingSlot,
 }
 
 /// Pipelines whose folders this loader understands (SD 1.x, 2.x, SD-Turbo all save as
@@ -62,6 +69,17 @@ impl StableDiffusion {
 
     /// [`Self::load`] with `loras` merged into the UNet and text-encoder weights.
     pub fn load_with_loras(model: &str, taesd: Option<&Path>, loras: &LoraSet) -> Result<Self> {
+        Self::load_on(model, taesd, loras, None)
+    }
+
+    /// [`Self::load_with_loras`], sampling on the device `loader` makes from the weights
+    /// (the CPU, with a note, when it cannot).
+    pub fn load_on(
+        model: &str,
+        taesd: Option<&Path>,
+        loras: &LoraSet,
+        loader: Option<&dyn DeviceLoader>,
+    ) -> Result<Self> {
         let dir = resolve_model(model)?;
         let index_path = dir.join("model_index.json");
         let index: serde_json::Value = super::weights::read_config(&index_path)?;
@@ -91,14 +109,30 @@ impl StableDiffusion {
         }
         let device = Device::Cpu;
         let tokenizer = ClipTokenizer::from_folder(&dir.join("tokenizer"))?;
+        // The patched weights are kept (a cheap handle) while a device copies them.
+        let (mut text_vb, mut unet_vb) = (None, None);
         let text_encoder =
             ClipTextEncoder::load_patched(&dir.join("text_encoder"), &device, |vb| {
-                loras.patch(vb, Component::TextEncoder)
+                let vb = loras.patch(vb, Component::TextEncoder);
+                text_vb = Some(vb.clone());
+                vb
             })?;
         let unet = UNet2DConditionModel::load_patched(&dir.join("unet"), &device, |vb| {
-            loras.patch(vb, Component::Unet)
+            let vb = loras.patch(vb, Component::Unet);
+            unet_vb = Some(vb.clone());
+            vb
         })?;
         loras.check_matched()?;
+        let sampling = match (text_vb, unet_vb) {
+            (Some(text), Some(unet_weights)) => device_slot(
+                loader,
+                unet_weights,
+                unet.config(),
+                ClipTextEncoder::text_model_root(text),
+                text_encoder.config(),
+            ),
+            _ => SamplingSlot::default(),
+        };
         let scheduler =
             SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
         let vae = VaeDecoder::load(&dir.join("vae"), &device)?;
@@ -123,6 +157,7 @@ impl StableDiffusion {
             vae,
             taesd,
             image_encoder,
+            sampling,
         })
     }
 
@@ -139,6 +174,7 @@ impl StableDiffusion {
             vae,
             taesd,
             image_encoder,
+            sampling,
         } = parts;
         let (taesd, taesd_path) = match taesd {
             Some(path) => (Some(TaesdDecoder::load(path)?), Some(path.to_path_buf())),
@@ -180,6 +216,7 @@ impl StableDiffusion {
             taesd,
             image_encoder,
             defaults,
+            sampling,
         })
     }
 
@@ -192,6 +229,12 @@ impl StableDiffusion {
     /// The prompt's CLIP embedding (1, 77, hidden), of the text as it is.
     pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
         let ids = self.tokenizer.encode(text);
+        if let Some(device) = self.sampling.device() {
+            match device.encode_text(&ids) {
+                Ok(embedding) => return Ok(embedding),
+                Err(e) => self.sampling.failed(&e.to_string()),
+            }
+        }
         let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
         Ok(self.text_encoder.forward(&ids)?.last_hidden_state)
     }
@@ -336,6 +379,15 @@ impl StableDiffusion {
         let context = self.context(cond, negative, guidance)?;
         let kind = SamplerKind::default_for(&self.scheduler);
         let sampler = Sampler::new(&self.scheduler, kind, steps)?;
+        if let Some(device) = self.sampling.device() {
+            let job = device_job(&sampler, &start, &context, guidance)?;
+            match device.denoise(&job.job(&context), &mut on_step) {
+                Ok(latents) => return Ok(latents),
+                Err(DeviceError::Cancelled) => return Err(EndpointError::Cancelled),
+                // The keyframe is sampled again on the CPU: nothing is lost but time.
+                Err(DeviceError::Failed(why)) => self.sampling.failed(&why),
+            }
+        }
         let cancelled = std::cell::Cell::new(false);
         let predict = |x: &Tensor, t: f64| {
             if cancelled.get() {
@@ -430,6 +482,97 @@ impl StableDiffusion {
                 };
                 seeded_noise(seed, shape, &self.device)
             }
+        }
+    }
+}
+
+/// What a device's loop needs, owned (the latents it starts from are made here).
+struct PreparedJob {
+    latents: Tensor,
+    steps: Vec<(f64, super::schedulers::LinearStep)>,
+    first_step: usize,
+    num_steps: usize,
+    guidance: Option<f32>,
+}
+
+impl PreparedJob {
+    fn job<'a>(&'a self, context: &'a Tensor) -> DeviceJob<'a> {
+        DeviceJob {
+            latents: &self.latents,
+            context,
+            steps: self.steps.clone(),
+            first_step: self.first_step,
+            num_steps: self.num_steps,
+            guidance: self.guidance,
+        }
+    }
+}
+
+/// The device's loop for `start`: the latents at its first step (as [`denoise`] and
+/// [`img2img`] make them) and each step's scalars.
+fn device_job(
+    sampler: &Sampler,
+    start: &Start<'_>,
+    context: &Tensor,
+    guidance: f64,
+) -> Result<PreparedJob> {
+    let num_steps = sampler.num_steps();
+    let (latents, first_step) = match start {
+        Start::Noise(init) => (
+            init.affine(f64::from(sampler.init_noise_sigma() as f32), 0.0)?,
+            0,
+        ),
+        Start::Image {
+            latents,
+            noise,
+            strength,
+        } => {
+            let first = img2img_first_step(num_steps, *strength);
+            if !(*strength > 0.0 && *strength <= 1.0) || first >= num_steps {
+                return Err(ModelError::Invalid(format!(
+                    "img2img strength {strength} over {num_steps} steps runs no step (it needs \
+                     steps x strength >= 1, strength at most 1)"
+                )));
+            }
+            (sampler.add_noise(latents, noise, first)?, first)
+        }
+    };
+    let steps = (first_step..num_steps)
+        .map(|i| Ok((sampler.timesteps()[i], sampler.linear_step(i)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let guided = guidance > 1.0 && context.dim(0)? == 2;
+    Ok(PreparedJob {
+        latents,
+        steps,
+        first_step,
+        num_steps,
+        guidance: guided.then_some(guidance as f32),
+    })
+}
+
+/// The sampling slot for a model whose weights are `unet` and `text`: `loader`'s device,
+/// or the CPU (with the loader's reason, when there was one).
+pub(super) fn device_slot(
+    loader: Option<&dyn DeviceLoader>,
+    unet: candle_nn::VarBuilder<'static>,
+    unet_config: &super::UNetConfig,
+    text: candle_nn::VarBuilder<'static>,
+    text_config: &super::text::ClipTextConfig,
+) -> SamplingSlot {
+    let Some(loader) = loader else {
+        return SamplingSlot::default();
+    };
+    let weights = DeviceWeights {
+        unet,
+        unet_config,
+        text,
+        text_config,
+    };
+    match loader.load(weights) {
+        Ok(device) => SamplingSlot::new(Some(device), None),
+        Err(e) => {
+            tracing::warn!("sampling on the CPU: {e}");
+            SamplingSlot::new(None, Some(e.to_string()))
         }
     }
 }
@@ -636,6 +779,10 @@ impl Engine for StableDiffusion {
         progress: &mut dyn FnMut(SamplingProgress) -> bool,
     ) -> std::result::Result<Tensor, EndpointError> {
         self.sample_diffused(request, pair, t, progress)
+    }
+
+    fn sampler_description(&self) -> String {
+        self.sampling.description()
     }
 
     fn decoded_size(&self, image_size: (u32, u32), decoder: DecoderKind) -> (u32, u32) {

@@ -173,6 +173,10 @@ impl Engine for SavingLatents {
         self.inner.diffused_latents(request, pair, t, progress)
     }
 
+    fn sampler_description(&self) -> String {
+        self.inner.sampler_description()
+    }
+
     fn decoder_description(&self, decoder: DecoderKind) -> String {
         self.inner.decoder_description(decoder)
     }

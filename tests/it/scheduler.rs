@@ -375,3 +375,47 @@ fn predicted_original_is_the_clean_sample_and_output_for_original_its_inverse() 
         }
     }
 }
+
+/// The scalars the GPU runs a step with are each scheduler's own step: for every prediction
+/// type, both samplers, clipped and not, at the first, a middle and the last step, applying
+/// `linear_step` gives `step`'s latents, and `input_scale` gives `scale_model_input`'s.
+#[test]
+fn linear_step_is_the_step() {
+    use crate::support::fixtures::random;
+    let x = random(&[2, 4, 5, 7], 21, 3.0, 0.1);
+    let out = random(&[2, 4, 5, 7], 22, 1.5, -0.2);
+    for prediction in [
+        PredictionType::Epsilon,
+        PredictionType::VPrediction,
+        PredictionType::Sample,
+    ] {
+        for clip in [false, true] {
+            let mut config = SchedulerConfig::stable_diffusion(prediction);
+            config.clip_sample = clip;
+            config.clip_sample_range = 1.0;
+            for kind in [SamplerKind::Ddim, SamplerKind::Euler] {
+                let sampler = Sampler::new(&config, kind, 10).unwrap();
+                for step in [0, 4, 9] {
+                    let coeffs = sampler.linear_step(step).unwrap();
+                    let expected = sampler.step(&out, step, &x).unwrap();
+                    let got = coeffs.apply(&out, &x).unwrap();
+                    // Latents up to ~30 in magnitude at Euler's first sigma: relative f32
+                    // rounding of a different order of operations.
+                    let scale = vec1(&expected).iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                    let diff = f64::from(max_abs_diff(&got, &expected)) / scale;
+                    assert!(
+                        diff < 1e-5,
+                        "{prediction:?} {kind:?} clip {clip} step {step}: relative {diff}"
+                    );
+                    let scaled = sampler.scale_model_input(&x, step).unwrap();
+                    let by_scale = x.affine(f64::from(coeffs.input_scale), 0.0).unwrap();
+                    let diff = max_abs_diff(&scaled, &by_scale);
+                    assert!(
+                        diff < 1e-5,
+                        "{kind:?} step {step}: input scale off by {diff}"
+                    );
+                }
+            }
+        }
+    }
+}

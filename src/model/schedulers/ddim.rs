@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::schedule::{numpy_linspace, round_half_even, trailing_timesteps, train_alphas_cumprod};
-use super::{check_step, div_scalar, invalid, mul_scalar, Scheduler};
+use super::{check_step, div_scalar, invalid, mul_scalar, LinearStep, Scheduler};
 use crate::model::Result;
 
 /// DDIM (eta = 0) set up for a number of steps.
@@ -116,6 +116,36 @@ impl Scheduler for DdimScheduler {
         // eta = 0: no noise term, the direction to x_t takes all of 1 - a_prev.
         let direction = mul_scalar(&eps, (1.0 - a_prev).sqrt())?;
         Ok((mul_scalar(&x0, a_prev.sqrt())? + direction)?)
+    }
+
+    fn linear_step(&self, step_index: usize) -> Result<LinearStep> {
+        check_step(step_index, self.timesteps.len())?;
+        let t = self.timesteps[step_index] as usize;
+        let a_t = self.alphas_cumprod[t];
+        let a_prev = match t.checked_sub(self.step_ratio) {
+            Some(prev) => self.alphas_cumprod[prev],
+            None => self.final_alpha_cumprod,
+        };
+        let (sqrt_a, sqrt_b) = (a_t.sqrt(), (1.0 - a_t).sqrt());
+        // x' = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps, with x0 and eps as `step` has them.
+        let (beta, c) = (a_prev.sqrt(), (1.0 - a_prev).sqrt());
+        let (p, q, alpha, gamma) = match self.prediction_type {
+            // x0 = (x - sqrt_b e) / sqrt_a, eps = e
+            PredictionType::Epsilon => (1.0 / sqrt_a, -sqrt_b / sqrt_a, 0.0, c),
+            // x0 = e, eps = (x - sqrt_a e) / sqrt_b
+            PredictionType::Sample => (0.0, 1.0, c / sqrt_b, -c * sqrt_a / sqrt_b),
+            // x0 = sqrt_a x - sqrt_b e, eps = sqrt_a e + sqrt_b x
+            PredictionType::VPrediction => (sqrt_a, -sqrt_b, c * sqrt_b, c * sqrt_a),
+        };
+        Ok(LinearStep {
+            input_scale: 1.0,
+            p,
+            q,
+            clamp: self.clip_sample_range,
+            alpha,
+            beta,
+            gamma,
+        })
     }
 
     fn predicted_original(

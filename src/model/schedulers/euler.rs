@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::schedule::{numpy_linspace, trailing_timesteps, train_alphas_cumprod};
-use super::{check_step, div_scalar, invalid, mul_scalar, Scheduler};
+use super::{check_step, div_scalar, invalid, mul_scalar, LinearStep, Scheduler};
 use crate::model::Result;
 
 /// Euler (non-ancestral) set up for a number of steps.
@@ -119,6 +119,30 @@ impl Scheduler for EulerScheduler {
         // as diffusers does so the float32 rounding is the same.
         let derivative = div_scalar(&(&sample - x0)?, sigma)?;
         Ok((&sample + mul_scalar(&derivative, sigma_next - sigma)?)?)
+    }
+
+    fn linear_step(&self, step_index: usize) -> Result<LinearStep> {
+        check_step(step_index, self.timesteps.len())?;
+        let (sigma, sigma_next) = (self.sigmas[step_index], self.sigmas[step_index + 1]);
+        let (p, q) = match self.prediction_type {
+            PredictionType::Epsilon => (1.0, -sigma),
+            PredictionType::VPrediction => (
+                1.0 / (sigma * sigma + 1.0),
+                -sigma / (sigma * sigma + 1.0).sqrt(),
+            ),
+            PredictionType::Sample => (0.0, 1.0),
+        };
+        // x' = x + (x - x0) / sigma * (sigma_next - sigma) = (1 + d) x - d x0.
+        let d = (sigma_next - sigma) / sigma;
+        Ok(LinearStep {
+            input_scale: 1.0 / (sigma * sigma + 1.0).sqrt(),
+            p,
+            q,
+            clamp: None,
+            alpha: 1.0 + d,
+            beta: -d,
+            gamma: 0.0,
+        })
     }
 
     fn predicted_original(

@@ -22,6 +22,7 @@ mod config;
 mod ddim;
 mod euler;
 mod img2img;
+mod linear;
 mod sampler;
 mod schedule;
 
@@ -33,6 +34,7 @@ pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing}
 pub use ddim::DdimScheduler;
 pub use euler::EulerScheduler;
 pub use img2img::{img2img, img2img_first_step};
+pub use linear::LinearStep;
 pub use sampler::{denoise, denoise_from, guided_prediction, Sampler, SamplerKind};
 
 /// A sampling method set up for a number of steps: what [`denoise`] needs to run it.
@@ -70,6 +72,10 @@ pub trait Scheduler: std::fmt::Debug + Send + Sync {
     /// One step: from `sample` at step `step_index` and the (guided) model output there, the
     /// latents at the next step (after the last step: the denoised latents).
     fn step(&self, model_output: &Tensor, step_index: usize, sample: &Tensor) -> Result<Tensor>;
+
+    /// [`Self::scale_model_input`] and [`Self::step`] at `step_index` as the scalars of a
+    /// [`LinearStep`], for devices that run the loop without candle (the GPU).
+    fn linear_step(&self, step_index: usize) -> Result<LinearStep>;
 
     /// `original` (clean latents) noised with unit-variance `noise` to the noise level of step
     /// `step_index`, as diffusers' `add_noise` does where img2img starts sampling: the

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use super::config::{PredictionType, SchedulerConfig};
 use super::ddim::DdimScheduler;
 use super::euler::EulerScheduler;
-use super::{invalid, mul_scalar, Scheduler};
+use super::{invalid, mul_scalar, LinearStep, Scheduler};
 use crate::model::Result;
 
 /// Which sampling method runs the schedule.
@@ -97,6 +97,10 @@ impl Scheduler for Sampler {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
         self.scheduler.add_noise(original, noise, step_index)
+    }
+
+    fn linear_step(&self, step_index: usize) -> Result<LinearStep> {
+        self.scheduler.linear_step(step_index)
     }
 
     fn predicted_original(

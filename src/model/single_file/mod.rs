@@ -26,10 +26,11 @@ use self::backend::{Rename, Renamed};
 use self::family::Layout;
 use self::keys::{clip_source, unet_key, vae_key, Source, TextLayout};
 use super::decoders::{AutoencoderKlConfig, VaeDecoder, VaeEncoder};
+use super::device::DeviceLoader;
 use super::keyframe::encoder::{EncoderLoader, ImageEncoder};
 use super::lora::{Component, LoraSet};
 use super::schedulers::{PredictionType, SchedulerConfig};
-use super::sd::{Parts, StableDiffusion};
+use super::sd::{device_slot, Parts, StableDiffusion};
 use super::text::{ClipTextConfig, ClipTextEncoder, ClipTokenizer};
 use super::unet::{UNet2DConditionModel, UNetConfig};
 use super::weights::read_config;
@@ -78,6 +79,18 @@ impl StableDiffusion {
         taesd: Option<&Path>,
         loras: &LoraSet,
     ) -> Result<Self> {
+        Self::load_single_file_on(path, options, taesd, loras, None)
+    }
+
+    /// [`Self::load_single_file_with_loras`], sampling on the device `loader` makes from
+    /// the weights (the CPU, with a note, when it cannot).
+    pub fn load_single_file_on(
+        path: &Path,
+        options: &SingleFileOptions,
+        taesd: Option<&Path>,
+        loras: &LoraSet,
+        loader: Option<&dyn DeviceLoader>,
+    ) -> Result<Self> {
         if path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("ckpt"))
@@ -123,16 +136,14 @@ impl StableDiffusion {
         };
 
         let unet_config = configs.unet.clone();
-        let unet = UNet2DConditionModel::new(
-            loras.patch(
-                component(Box::new(move |name| {
-                    unet_key(name, &unet_config).map(|key| Source { key, third: None })
-                })),
-                Component::Unet,
-            ),
-            &configs.unet,
-        )
-        .map_err(|e| named(path, e))?;
+        let unet_vb = loras.patch(
+            component(Box::new(move |name| {
+                unet_key(name, &unet_config).map(|key| Source { key, third: None })
+            })),
+            Component::Unet,
+        );
+        let unet = UNet2DConditionModel::new(unet_vb.clone(), &configs.unet)
+            .map_err(|e| named(path, e))?;
         let blocks = configs.vae.block_out_channels.len();
         let vae_names =
             move |name: &str| vae_key(name, blocks).map(|key| Source { key, third: None });
@@ -153,15 +164,14 @@ impl StableDiffusion {
             Ok(ImageEncoder::Vae(Box::new(encoder)))
         });
         let text = layout.text;
-        let text_encoder = ClipTextEncoder::new(
-            loras.patch(
-                component(Box::new(move |name| clip_source(name, text))),
-                Component::TextEncoder,
-            ),
-            &configs.text,
-        )
-        .map_err(|e| named(path, e))?;
+        let text_vb = loras.patch(
+            component(Box::new(move |name| clip_source(name, text))),
+            Component::TextEncoder,
+        );
+        let text_encoder =
+            ClipTextEncoder::new(text_vb.clone(), &configs.text).map_err(|e| named(path, e))?;
         loras.check_matched()?;
+        let sampling = device_slot(loader, unet_vb, &configs.unet, text_vb, &configs.text);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -175,6 +185,7 @@ impl StableDiffusion {
             vae,
             taesd,
             image_encoder,
+            sampling,
         })
     }
 }

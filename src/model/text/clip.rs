@@ -164,15 +164,21 @@ impl ClipTextEncoder {
         })?;
         let weights = find_weights(dir)?;
         let vb = patch(mmap_var_builder(std::slice::from_ref(&weights), device)?);
-        let prefixed = format!("{KEY_PREFIX}.embeddings.token_embedding.weight");
-        let vb = if vb.contains_tensor(&prefixed) {
-            vb.pp(KEY_PREFIX)
-        } else {
-            vb
-        };
+        let vb = Self::text_model_root(vb);
         // The int64 `embeddings.position_ids` buffer many files carry is never read: the
         // positions are always 0..n.
         Self::build(vb, &cfg).map_err(in_file(&weights))
+    }
+
+    /// `vb` at the text model's root: under `text_model.` when the file has that prefix
+    /// (real SD files), else as it is.
+    pub fn text_model_root(vb: VarBuilder<'static>) -> VarBuilder<'static> {
+        let prefixed = format!("{KEY_PREFIX}.embeddings.token_embedding.weight");
+        if vb.contains_tensor(&prefixed) {
+            vb.pp(KEY_PREFIX)
+        } else {
+            vb
+        }
     }
 
     fn build(vb: VarBuilder, cfg: &ClipTextConfig) -> candle_core::Result<Self> {

@@ -244,6 +244,10 @@ impl Engine for HiresEngine {
         self.base.check_image_encoder()
     }
 
+    fn sampler_description(&self) -> String {
+        self.base.sampler_description()
+    }
+
     fn decoder_description(&self, _decoder: DecoderKind) -> String {
         let budget = match self.options.decode {
             DecodeTiling::Off => "untiled".to_string(),
