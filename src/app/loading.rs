@@ -9,7 +9,9 @@ use crossbeam_channel::Receiver;
 
 use super::session::Session;
 use super::{Notice, ViewerApp};
+use crate::gpu::sample::GpuSamplerLoader;
 use crate::gpu::{with_gpu_decoder, DecodedFrames, GpuDecode};
+use crate::model::device::DeviceLoader;
 use crate::model::Engine;
 use crate::usecase::ModelSource;
 
@@ -75,10 +77,11 @@ impl ModelState {
     }
 }
 
-/// How models load: which GPU, if any, gets the TAESD decoder.
+/// How models load: which GPU, if any, gets the TAESD decoder and the keyframes' sampling.
 pub(super) struct Loader {
     pub gpu: Option<GpuTarget>,
     pub gpu_decode: GpuDecode,
+    pub gpu_sampling: GpuDecode,
 }
 
 impl Loader {
@@ -88,12 +91,24 @@ impl Loader {
             .model
             .clone()
             .unwrap_or_else(|| "the built-in demo model".into());
-        let (gpu, gpu_decode) = (self.gpu.clone(), self.gpu_decode);
+        let (gpu, gpu_decode, gpu_sampling) =
+            (self.gpu.clone(), self.gpu_decode, self.gpu_sampling);
         let (tx, rx) = crossbeam_channel::bounded(1);
         let spawned = std::thread::Builder::new()
             .name("model-loader".into())
             .spawn(move || {
-                let loaded = crate::usecase::load_engine(&source)
+                // Keyframes are sampled on eframe's device too when it is one to use.
+                let sampling = gpu
+                    .as_ref()
+                    .filter(|g| gpu_sampling.wants(g.adapter.device_type))
+                    .map(|g| GpuSamplerLoader {
+                        device: g.device.clone(),
+                        queue: g.queue.clone(),
+                        adapter: g.adapter.clone(),
+                        choice: gpu_sampling,
+                    });
+                let sampling = sampling.as_ref().map(|l| l as &dyn DeviceLoader);
+                let loaded = crate::usecase::load_engine_on(&source, sampling)
                     .map_err(anyhow::Error::from)
                     .map(|engine| {
                         let (engine, note) = match &gpu {

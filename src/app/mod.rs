@@ -63,6 +63,8 @@ pub struct ViewerOptions {
     pub screenshot: Option<(PathBuf, Duration)>,
     /// Where TAESD decodes: see [`GpuDecode`].
     pub gpu_decode: GpuDecode,
+    /// Where keyframes are sampled (on the same device): see [`GpuDecode::wants`].
+    pub gpu_sampling: GpuDecode,
     /// The device to decode on. [`ViewerApp::new`] fills it from eframe's wgpu device;
     /// tests may give a headless one.
     pub gpu: Option<GpuTarget>,

@@ -39,6 +39,7 @@ impl ViewerApp {
         let loader = Loader {
             gpu: options.gpu,
             gpu_decode: options.gpu_decode,
+            gpu_sampling: options.gpu_sampling,
         };
         // Replaced by the model's own defaults once it is loaded.
         let controls = Controls::new(&crate::model::ModelDefaults {

@@ -133,10 +133,14 @@ pub struct ViewerArgs {
     /// Implies --play. Closing the window (or Ctrl-C) finishes the file.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
-    /// Where TAESD decodes: `auto` uses the GPU on a hardware adapter (a software one such
-    /// as lavapipe is slower than the CPU decoder), `on` on any adapter, `off` never.
+    /// Where keyframes are sampled and TAESD decodes: `auto` on the GPU when it is a
+    /// hardware adapter (a software one such as lavapipe is slower than the CPU), `on` on
+    /// any adapter, `off` never.
     #[arg(long, value_enum, default_value_t = GpuDecodeArg::Auto)]
-    pub gpu_decode: GpuDecodeArg,
+    pub gpu: GpuDecodeArg,
+    /// Where TAESD decodes, when it should differ from `--gpu` (same values).
+    #[arg(long, value_enum)]
+    pub gpu_decode: Option<GpuDecodeArg>,
     /// Decoded (source) frame size, sides multiples of the model's size multiple (8 x the
     /// UNet's down-sampling: 32 for the demo model, 64 for SD 1.5/2.1/Turbo) (default: the
     /// model's, 1024x576 for the demo model).
@@ -168,7 +172,8 @@ impl ViewerArgs {
                 .screenshot
                 .clone()
                 .map(|path| (path, Duration::from_secs_f64(self.screenshot_after))),
-            gpu_decode: self.gpu_decode.into(),
+            gpu_decode: self.gpu_decode.unwrap_or(self.gpu).into(),
+            gpu_sampling: self.gpu.into(),
             gpu: None,
             source: self.source.map(Size::pair),
             osc: self.osc,
@@ -299,10 +304,14 @@ pub struct RenderArgs {
     /// TAESD when it has one, else its full VAE).
     #[arg(long, value_enum)]
     pub decoder: Option<DecoderArg>,
-    /// Where TAESD decodes: `auto` on a hardware GPU when there is one (a software adapter
-    /// such as lavapipe is slower than the CPU decoder), `on` on any adapter, `off` never.
+    /// Where keyframes are sampled and TAESD decodes: `auto` on a hardware GPU when there
+    /// is one (a software adapter such as lavapipe is slower than the CPU), `on` on any
+    /// adapter, `off` never.
     #[arg(long, value_enum, default_value_t = GpuDecodeArg::Auto)]
-    pub gpu_decode: GpuDecodeArg,
+    pub gpu: GpuDecodeArg,
+    /// Where TAESD decodes, when it should differ from `--gpu` (same values).
+    #[arg(long, value_enum)]
+    pub gpu_decode: Option<GpuDecodeArg>,
     /// CPU bicubic to `--size`, or none (frames stay at the source size).
     #[arg(long, value_enum, default_value_t = UpscaleArg::Cpu)]
     pub upscale: UpscaleArg,

@@ -76,16 +76,17 @@ fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
     let hires = args.hires.source()?;
     let gpu_decode = match &hires {
         // The frames are the x4 VAE's, decoded on the CPU.
-        Some(_) if args.gpu_decode == GpuDecodeArg::On => {
+        Some(_) if args.gpu_decode == Some(GpuDecodeArg::On) => {
             anyhow::bail!("--gpu-decode on decodes TAESD; --hires x4 frames are the x4 upscaler's VAE decodes")
         }
         Some(hires) => {
             hires.check()?;
             GpuDecode::Off
         }
-        None => args.gpu_decode.into(),
+        None => args.gpu_decode.unwrap_or(args.gpu).into(),
     };
-    let (engine, note) = crate::usecase::headless_engine(&model.source(), gpu_decode)?;
+    let (engine, note) =
+        crate::usecase::headless_engine(&model.source(), args.gpu.into(), gpu_decode)?;
     if let Some(note) = note {
         eprintln!("dreamwalk: {note}");
     }

@@ -15,7 +15,7 @@ pub mod upscale;
 pub use audio_walk::{audio_timeline, AudioWalkError};
 pub use hires::{with_hires, HiresSource};
 pub use join::{join, JoinError, JoinJob, JoinSummary, SegmentFormat};
-pub use load::{headless_engine, load_engine, ModelSource};
+pub use load::{headless_engine, load_engine, load_engine_on, ModelSource};
 pub use render::{
     keyframe_labels, render, render_until, RenderError, RenderHeader, RenderJob, RenderProgress,
     RenderSummary,

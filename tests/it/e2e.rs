@@ -148,6 +148,12 @@ fn tiny_sd_endpoints_match_the_diffusers_pipeline() {
 
 #[test]
 fn tiny_sd_render_frames_match_the_walk_images() {
+    render_matches_the_walk_images(&[]);
+}
+
+/// `dreamwalk render` of the `e2e/` walk (with `extra` arguments) writes frames within
+/// 2/255 of diffusers' decoded walk images.
+pub fn render_matches_the_walk_images(extra: &[&str]) {
     let s = settings();
     let case = load_tensors("e2e/case.safetensors");
     let dir = tempfile::tempdir().unwrap();
@@ -188,6 +194,7 @@ fn tiny_sd_render_frames_match_the_walk_images() {
         ])
         .arg("--init-latents")
         .arg(fixture("e2e/case.safetensors"))
+        .args(extra)
         .arg("--out")
         .arg(dir.path())
         .status()

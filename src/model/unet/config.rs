@@ -435,14 +435,14 @@ impl UNetConfig {
 
     /// Heads per down level: `num_attention_heads`, else `attention_head_dim` (diffusers'
     /// `num_attention_heads or attention_head_dim`).
-    pub(super) fn heads(&self) -> &PerBlock<usize> {
+    pub fn heads(&self) -> &PerBlock<usize> {
         self.num_attention_heads
             .as_ref()
             .unwrap_or(&self.attention_head_dim)
     }
 
     /// Width of the time embedding fed to every resnet.
-    pub(super) fn time_embed_dim(&self) -> usize {
+    pub fn time_embed_dim(&self) -> usize {
         self.time_embedding_dim
             .unwrap_or(4 * self.block_out_channels[0])
     }
