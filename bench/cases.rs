@@ -86,6 +86,23 @@ pub enum Case {
     /// the tile, not the picture.
     #[value(name = "x4_270x480")]
     X4_270x480,
+    /// One SD-Turbo UNet call on the GPU (WGSL, `gpu::sample`), batch 1, 64x64 latents,
+    /// seeded weights at the real size: ms, and the fraction of the adapter's f32 peak
+    /// (measured by the case). On a software adapter: 8x8 latents, not judged. Not run
+    /// unless asked for.
+    #[value(name = "gpu_unet_turbo_64x64")]
+    GpuUnetTurbo64x64,
+    /// One SD 1.5 UNet call with guidance (batch 2) on the GPU, 64x64 (target ≤ 40 ms on a
+    /// current GPU).
+    #[value(name = "gpu_unet_sd15_64x64_cfg")]
+    GpuUnetSd1564x64Cfg,
+    /// The SD 1.5 text encoder (CLIP ViT-L/14 text) on the GPU, 77 tokens.
+    #[value(name = "gpu_clip")]
+    GpuClip,
+    /// A whole SD-Turbo keyframe on the GPU: text encoder, one Euler step, TAESD decode to
+    /// 512x512 (target ≤ 60 ms on a current GPU).
+    #[value(name = "gpu_keyframe_turbo")]
+    GpuKeyframeTurbo,
 }
 
 /// What a keyframe case runs: the UNet or the text encoder of a family, at a batch and
@@ -180,6 +197,14 @@ impl Case {
         })
     }
 
+    /// The GPU sampling cases (`gpu::sample`).
+    pub fn is_gpu_sampling(self) -> bool {
+        matches!(
+            self,
+            Case::GpuUnetTurbo64x64 | Case::GpuUnetSd1564x64Cfg | Case::GpuClip | Case::GpuKeyframeTurbo
+        )
+    }
+
     /// The cases on the GPU, judged against a rate rather than a reference.
     pub fn is_gpu(self) -> bool {
         matches!(self, Case::GpuTaesd | Case::Gpu4k | Case::GpuWalk)
@@ -211,6 +236,10 @@ impl Case {
             Case::UnetSd1564x64Cfg | Case::UnetSd1572x128Cfg => (1, 3),
             Case::ClipSd2 | Case::ClipSd15 => (1, 5),
             Case::X4_540x960 | Case::X4_270x480 => (0, 1),
+            Case::GpuUnetTurbo64x64
+            | Case::GpuUnetSd1564x64Cfg
+            | Case::GpuClip
+            | Case::GpuKeyframeTurbo => (2, 10),
         }
     }
 }

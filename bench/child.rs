@@ -86,6 +86,10 @@ pub fn child(args: &BenchArgs) -> anyhow::Result<()> {
         | Case::ClipSd2
         | Case::ClipSd15 => crate::keyframe::child_keyframe(case, warmup, runs)?,
         Case::X4_540x960 | Case::X4_270x480 => crate::x4::child_x4(case, warmup, runs)?,
+        Case::GpuUnetTurbo64x64
+        | Case::GpuUnetSd1564x64Cfg
+        | Case::GpuClip
+        | Case::GpuKeyframeTurbo => crate::gpu_keyframe::child_gpu_keyframe(case, warmup, runs)?,
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())

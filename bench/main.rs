@@ -19,6 +19,7 @@ mod child;
 mod decoders;
 mod four_k;
 mod gpu;
+mod gpu_keyframe;
 mod keyframe;
 mod probe;
 mod reference;
@@ -146,6 +147,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let report = match case {
             Case::RenderRss => render_rss::bench_render_rss(args),
             Case::GpuTaesd | Case::Gpu4k | Case::GpuWalk => gpu::bench_gpu(args, case),
+            c if c.is_gpu_sampling() => gpu_keyframe::bench_gpu_keyframe(args, case),
             _ => side_by_side::bench_timed(args, case, &reference),
         }
         .with_context(|| format!("bench case {case}"))?;

@@ -65,6 +65,6 @@ impl SimpleBackend for SeededWeights {
 }
 
 /// Weights for any architecture, drawn from `seed` and each tensor's name.
-pub(crate) fn seeded_var_builder(seed: u64, device: &Device) -> VarBuilder<'static> {
+pub fn seeded_var_builder(seed: u64, device: &Device) -> VarBuilder<'static> {
     VarBuilder::from_backend(Box::new(SeededWeights { seed }), DType::F32, device.clone())
 }
