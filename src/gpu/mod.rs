@@ -17,6 +17,7 @@
 mod bicubic;
 pub mod engine;
 mod filter_table;
+pub mod nn;
 pub mod taesd;
 
 pub use crate::frame::GpuFrame;
@@ -93,6 +94,9 @@ pub enum GpuError {
     /// Reading a texture back to the CPU failed.
     #[error("reading back from the GPU failed: {0}")]
     Readback(String),
+    /// The device was lost (driver reset, removed GPU, `destroy`): nothing more runs on it.
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
 }
 
 impl From<FrameError> for GpuError {
