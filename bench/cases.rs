@@ -201,7 +201,10 @@ impl Case {
     pub fn is_gpu_sampling(self) -> bool {
         matches!(
             self,
-            Case::GpuUnetTurbo64x64 | Case::GpuUnetSd1564x64Cfg | Case::GpuClip | Case::GpuKeyframeTurbo
+            Case::GpuUnetTurbo64x64
+                | Case::GpuUnetSd1564x64Cfg
+                | Case::GpuClip
+                | Case::GpuKeyframeTurbo
         )
     }
 

@@ -204,7 +204,8 @@ pub fn child_gpu_keyframe(case: Case, warmup: usize, runs: usize) -> anyhow::Res
                 dreamwalk::model::schedulers::PredictionType::Epsilon,
             );
             scheduler.class_name = Some("EulerDiscreteScheduler".into());
-            scheduler.timestep_spacing = Some(dreamwalk::model::schedulers::TimestepSpacing::Trailing);
+            scheduler.timestep_spacing =
+                Some(dreamwalk::model::schedulers::TimestepSpacing::Trailing);
             let euler = Sampler::new(&scheduler, SamplerKind::Euler, 1)?;
             let start = latents.affine(euler.init_noise_sigma(), 0.0)?;
             let steps = vec![(euler.timesteps()[0], euler.linear_step(0)?)];

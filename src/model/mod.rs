@@ -36,9 +36,9 @@ pub use decoders::{
 pub use engine::{EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress};
 pub use keyframe::{read_image, Fit, ImageKeyframe, Keyframe};
 pub use sd::{load_init_latents, StableDiffusion};
+pub use seeded::seeded_var_builder;
 pub use single_file::SingleFileOptions;
 pub use text::MAX_TOKENS as MAX_PROMPT_TOKENS;
-pub use seeded::seeded_var_builder;
 pub use unet::{UNet2DConditionModel, UNetConfig};
 
 /// Everything that can go wrong while loading or running a model.

@@ -46,6 +46,8 @@ pub struct RenderJob {
 pub struct RenderHeader {
     /// The model's name ("demo model (random weights)" for the demo).
     pub model: String,
+    /// Where keyframes are sampled ("sampling on the CPU").
+    pub sampler: String,
     /// Which decoder runs and where ("TAESD on the CPU").
     pub decoder: String,
     pub keyframes: usize,
@@ -60,8 +62,9 @@ impl std::fmt::Display for RenderHeader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} | {} | {} keyframes | {}x{} frames | {}",
+            "{} | {} | {} | {} keyframes | {}x{} frames | {}",
             self.model,
+            self.sampler,
             self.decoder,
             self.keyframes,
             self.frame_size.0,
@@ -250,6 +253,7 @@ pub fn render_until(
     let recorder = Recorder::start(&job.out, record).map_err(RenderError::Open)?;
     progress.started(&RenderHeader {
         model: engine.name(),
+        sampler: engine.sampler_description(),
         decoder: engine.decoder_description(settings.decoder),
         keyframes: settings.endpoints.keyframes.len(),
         frame_size,

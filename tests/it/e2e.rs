@@ -148,18 +148,19 @@ fn tiny_sd_endpoints_match_the_diffusers_pipeline() {
 
 #[test]
 fn tiny_sd_render_frames_match_the_walk_images() {
-    render_matches_the_walk_images(&[]);
+    let printed = render_matches_the_walk_images(&["--gpu", "off"]);
+    assert!(printed.contains("| sampling on the CPU |"), "{printed}");
 }
 
 /// `dreamwalk render` of the `e2e/` walk (with `extra` arguments) writes frames within
-/// 2/255 of diffusers' decoded walk images.
-pub fn render_matches_the_walk_images(extra: &[&str]) {
+/// 2/255 of diffusers' decoded walk images; returns what it printed.
+pub fn render_matches_the_walk_images(extra: &[&str]) -> String {
     let s = settings();
     let case = load_tensors("e2e/case.safetensors");
     let dir = tempfile::tempdir().unwrap();
     let size = format!("{}x{}", s["width"], s["height"]);
     let walk_t = case["walk_t"].to_vec1::<f32>().unwrap();
-    let status = dreamwalk()
+    let output = dreamwalk()
         .arg("render")
         .arg("--model")
         .arg(fixture("tiny-sd"))
@@ -197,9 +198,10 @@ pub fn render_matches_the_walk_images(extra: &[&str]) {
         .args(extra)
         .arg("--out")
         .arg(dir.path())
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
     let expected = case["walk_images"]
         .to_dtype(candle_core::DType::F32)
         .unwrap();
@@ -231,4 +233,5 @@ pub fn render_matches_the_walk_images(extra: &[&str]) {
             worst * 255.0
         );
     }
+    stderr
 }

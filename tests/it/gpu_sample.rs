@@ -229,5 +229,15 @@ fn auto_keeps_sampling_on_the_cpu_with_a_software_adapter() {
 #[test]
 fn render_with_gpu_sampling_matches_the_walk_images() {
     // Sampling on the GPU (any adapter), the full VAE on the CPU.
-    crate::e2e::render_matches_the_walk_images(&["--gpu", "on", "--gpu-decode", "off"]);
+    let printed =
+        crate::e2e::render_matches_the_walk_images(&["--gpu", "on", "--gpu-decode", "off"]);
+    // The first line says where sampling ran: the adapter, not the CPU.
+    let first = printed
+        .lines()
+        .find(|l| l.contains(" | "))
+        .unwrap_or_default();
+    assert!(
+        first.contains("| sampling on ") && !first.contains("sampling on the CPU"),
+        "{printed}"
+    );
 }

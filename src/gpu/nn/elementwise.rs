@@ -177,7 +177,11 @@ impl Nn {
         // As src/model/unet rounds them: t * exp((neg_log_period * i) / divisor) in f32.
         f[1] = -(10000f64.ln()) as f32;
         f[2] = (half as f64 - f64::from(freq_shift)) as f32;
-        let params = [word(half, "embedding width")?, u32::from(flip_sin_to_cos), 0];
+        let params = [
+            word(half, "embedding width")?,
+            u32::from(flip_sin_to_cos),
+            0,
+        ];
         let dummy = &self.dummy;
         self.ew(&self.kernels.timestep, params, f, dummy, None, &out, dim)?;
         Ok(out)
@@ -245,12 +249,6 @@ impl Nn {
         let mut params = vec![word(count, "tensor length")?];
         params.extend(ints);
         params.extend(floats.map(f32::to_bits));
-        self.dispatch_1d(
-            kernel,
-            &params,
-            &[x.buffer(), self.or_dummy(y)],
-            out,
-            count,
-        )
+        self.dispatch_1d(kernel, &params, &[x.buffer(), self.or_dummy(y)], out, count)
     }
 }
