@@ -17,6 +17,7 @@ mod encoders;
 mod gpu_bicubic;
 mod gpu_decode;
 mod gpu_frames;
+mod gpu_nn;
 mod gpu_sample;
 mod gpu_taesd;
 mod hires;

@@ -50,8 +50,10 @@ const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 16u;
 
-var<workgroup> a_tile: array<f32, 1024>; // [k][co]
-var<workgroup> b_tile: array<f32, 1024>; // [k][pixel]
+// Rows of 64 padded to 65 so that the weight stores along k do not all hit one bank.
+const TS: u32 = 65u;
+var<workgroup> a_tile: array<f32, 1040>; // [k][co]
+var<workgroup> b_tile: array<f32, 1040>; // [k][pixel]
 
 @compute @workgroup_size(256)
 fn conv3x3(
@@ -88,17 +90,20 @@ fn conv3x3(
     let ix0 = i32((p % params.wo) * params.stride) - i32(params.pad_left);
     let plane = params.hs * params.ws;
     let x_base = bat * params.cin * plane;
-    let row = i0 + li;
+    // Weight rows are contiguous along k: neighbouring invocations load neighbouring k.
+    let wk = lid % 16u;
+    let wrow = lid / 16u;
 
     for (var k0 = 0u; k0 < params.k; k0 += TK) {
         for (var s = 0u; s < 4u; s++) {
             let kk = lk + 4u * s;
             let gk = k0 + kk;
+            let row = i0 + wrow + 16u * s;
             var av = 0.0;
-            if row < params.cout && gk < params.k {
-                av = w[row * params.k + gk];
+            if row < params.cout && k0 + wk < params.k {
+                av = w[row * params.k + k0 + wk];
             }
-            a_tile[kk * TM + li] = av;
+            a_tile[wk * TS + wrow + 16u * s] = av;
             var bv = 0.0;
             if col_ok && gk < params.k {
                 let ci = gk / 9u;
@@ -115,15 +120,15 @@ fn conv3x3(
                     bv = x[x_base + ci * plane + sy * params.ws + sx];
                 }
             }
-            b_tile[kk * TN + li] = bv;
+            b_tile[kk * TS + li] = bv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
             var av: array<f32, 4>;
             var bv: array<f32, 4>;
             for (var r = 0u; r < 4u; r++) {
-                av[r] = a_tile[kk * TM + ty + 16u * r];
-                bv[r] = b_tile[kk * TN + tx + 16u * r];
+                av[r] = a_tile[kk * TS + ty + 16u * r];
+                bv[r] = b_tile[kk * TS + tx + 16u * r];
             }
             for (var r = 0u; r < 4u; r++) {
                 for (var q = 0u; q < 4u; q++) {

@@ -171,19 +171,12 @@ impl Nn {
         freq_shift: f32,
     ) -> Result<GpuTensor, GpuError> {
         let half = dim / 2;
+        let freqs = self.timestep_freqs(dim, freq_shift)?;
         let out = self.output(&[1, dim], "timestep embedding")?;
         let mut f = [0.0; 8];
         f[0] = t;
-        // As src/model/unet rounds them: t * exp((neg_log_period * i) / divisor) in f32.
-        f[1] = -(10000f64.ln()) as f32;
-        f[2] = (half as f64 - f64::from(freq_shift)) as f32;
-        let params = [
-            word(half, "embedding width")?,
-            u32::from(flip_sin_to_cos),
-            0,
-        ];
-        let dummy = &self.dummy;
-        self.ew(&self.kernels.timestep, params, f, dummy, None, &out, dim)?;
+        let params = [word(half, "embedding width")?, u32::from(flip_sin_to_cos), 0];
+        self.ew(&self.kernels.timestep, params, f, &freqs, None, &out, dim)?;
         Ok(out)
     }
 
@@ -234,6 +227,25 @@ impl Nn {
         Ok(out)
     }
 
+    /// exp(-ln(10000) * i / (half - freq_shift)) for i < half, rounded in f32 exactly as
+    /// src/model/unet does it (GPU `exp` may differ by an ulp, and an ulp of a frequency
+    /// moves t * freq by ~1e-4 at t ~ 1000), uploaded once per (dim, freq_shift).
+    fn timestep_freqs(&self, dim: usize, freq_shift: f32) -> Result<GpuTensor, GpuError> {
+        let mut cache = self.timestep_freqs.lock();
+        if let Some(freqs) = cache.get(&(dim, freq_shift.to_bits())) {
+            return Ok(freqs.clone());
+        }
+        let half = dim / 2;
+        let neg_log_period = -(10000f64.ln()) as f32;
+        let divisor = (half as f64 - f64::from(freq_shift)) as f32;
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| ((neg_log_period * i as f32) / divisor).exp())
+            .collect();
+        let freqs = self.upload(&freqs, &[half])?;
+        cache.insert((dim, freq_shift.to_bits()), freqs.clone());
+        Ok(freqs)
+    }
+
     /// Dispatches an elementwise kernel over `count` outputs.
     #[allow(clippy::too_many_arguments)]
     fn ew(
@@ -249,6 +261,12 @@ impl Nn {
         let mut params = vec![word(count, "tensor length")?];
         params.extend(ints);
         params.extend(floats.map(f32::to_bits));
-        self.dispatch_1d(kernel, &params, &[x.buffer(), self.or_dummy(y)], out, count)
+        self.dispatch_1d(
+            kernel,
+            &params,
+            &[x.buffer(), self.or_dummy(y)],
+            out,
+            count,
+        )
     }
 }

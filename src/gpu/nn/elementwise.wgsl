@@ -157,8 +157,8 @@ fn sampler_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     out[i] = params.f3 * xv + params.f4 * x0 + params.f5 * e;
 }
 
-// diffusers' get_timestep_embedding. params.a: half, b: 1 when cos comes first; f0 the
-// timestep, f1 -ln(10000), f2 half - freq_shift.
+// diffusers' get_timestep_embedding. x: the half frequencies (computed on the CPU, rounded
+// as the CPU UNet rounds them). params.a: half, b: 1 when cos comes first; f0 the timestep.
 @compute @workgroup_size(256)
 fn timestep_embedding(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
@@ -172,7 +172,7 @@ fn timestep_embedding(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         return;
     }
     let f = i % half;
-    let arg = params.f0 * exp((params.f1 * f32(f)) / params.f2);
+    let arg = params.f0 * x[f];
     // GPU sin/cos lose precision far from 0: reduce to [-pi, pi] first. 2 pi = C1 + C2 with
     // C1 = 6.28125 (8 significant bits: k * C1 is exact for k < 2^16, and arg - k * C1 is
     // exact by Sterbenz), so the reduction's error is that of k * C2 alone.

@@ -49,8 +49,10 @@ const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 16u;
 
-var<workgroup> a_tile: array<f32, 1024>; // [k][i], TK x TM
-var<workgroup> b_tile: array<f32, 1024>; // [k][j], TK x TN
+// Rows of 64 padded to 65 so that stores along k do not all hit one bank.
+const TS: u32 = 65u;
+var<workgroup> a_tile: array<f32, 1040>; // [k][i], TK x TS
+var<workgroup> b_tile: array<f32, 1040>; // [k][j], TK x TS
 
 @compute @workgroup_size(256)
 fn gemm(
@@ -80,33 +82,46 @@ fn gemm(
         }
     }
 
-    // Loader roles: A's element (i = lid % 64, k = lid / 64 + 4 s), B's (j = lid % 64, same k).
-    let li = lid % 64u;
-    let lk = lid / 64u;
+    // Loader roles, chosen so that neighbouring invocations read neighbouring addresses:
+    // along i (or j) when that is the contiguous direction, else along k.
+    let a_k_fast = params.a_cs == 1u;
+    let b_k_fast = params.b_rs == 1u && params.b_cs != 1u;
     for (var k0 = 0u; k0 < params.k; k0 += TK) {
         for (var s = 0u; s < 4u; s++) {
-            let kk = lk + 4u * s;
-            let gk = k0 + kk;
-            let gi = i0 + li;
+            var ai = lid % 64u;
+            var ak = lid / 64u + 4u * s;
+            if a_k_fast {
+                ai = lid / 16u + 16u * s;
+                ak = lid % 16u;
+            }
+            let gi = i0 + ai;
+            let gka = k0 + ak;
             var av = 0.0;
-            if gi < params.m && gk < params.k {
-                av = a[a_base + gi * params.a_rs + gk * params.a_cs];
+            if gi < params.m && gka < params.k {
+                av = a[a_base + gi * params.a_rs + gka * params.a_cs];
             }
-            a_tile[kk * TM + li] = av;
-            let gj = j0 + li;
+            a_tile[ak * TS + ai] = av;
+            var bj = lid % 64u;
+            var bk = lid / 64u + 4u * s;
+            if b_k_fast {
+                bj = lid / 16u + 16u * s;
+                bk = lid % 16u;
+            }
+            let gj = j0 + bj;
+            let gkb = k0 + bk;
             var bv = 0.0;
-            if gj < params.n && gk < params.k {
-                bv = b[b_base + gk * params.b_rs + gj * params.b_cs];
+            if gj < params.n && gkb < params.k {
+                bv = b[b_base + gkb * params.b_rs + gj * params.b_cs];
             }
-            b_tile[kk * TN + li] = bv;
+            b_tile[bk * TS + bj] = bv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
             var av: array<f32, 4>;
             var bv: array<f32, 4>;
             for (var r = 0u; r < 4u; r++) {
-                av[r] = a_tile[kk * TM + ty + 16u * r];
-                bv[r] = b_tile[kk * TN + tx + 16u * r];
+                av[r] = a_tile[kk * TS + ty + 16u * r];
+                bv[r] = b_tile[kk * TS + tx + 16u * r];
             }
             for (var r = 0u; r < 4u; r++) {
                 for (var q = 0u; q < 4u; q++) {

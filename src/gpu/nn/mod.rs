@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use wgpu::util::DeviceExt;
 
 use super::GpuError;
 
@@ -125,6 +124,8 @@ pub struct Nn {
     flops: AtomicU64,
     /// Bound where an op has no such input (no bias, no residual).
     dummy: GpuTensor,
+    /// The timestep embedding's frequencies by (dim, freq_shift bits), computed on the CPU.
+    timestep_freqs: Mutex<HashMap<(usize, u32), GpuTensor>>,
 }
 
 impl Nn {
@@ -174,13 +175,12 @@ impl Nn {
             timestep: kernel(&ew_shader, "timestep_embedding", 2),
         };
         let dummy = GpuTensor {
-            buffer: Arc::new(
-                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("nn dummy"),
-                    contents: &[0; 16],
-                    usage: wgpu::BufferUsages::STORAGE,
-                }),
-            ),
+            buffer: Arc::new(buffer_with(
+                &device,
+                "nn dummy",
+                &[0f32; 4],
+                wgpu::BufferUsages::STORAGE,
+            )?),
             shape: vec![4],
         };
         let nn = Self {
@@ -197,6 +197,7 @@ impl Nn {
             failure,
             flops: AtomicU64::new(0),
             dummy,
+            timestep_freqs: Mutex::new(HashMap::new()),
         };
         nn.check()?;
         Ok(nn)
@@ -223,16 +224,7 @@ impl Nn {
         }
         self.check()?;
         self.check_size(len, "uploaded tensor")?;
-        let mut bytes: Vec<u8> = bytemuck::cast_slice(data).to_vec();
-        // Bindings of zero bytes are invalid; empty tensors get a small buffer.
-        bytes.resize(bytes.len().max(16), 0);
-        let buffer = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("nn tensor"),
-                contents: &bytes,
-                usage: tensor_usage(),
-            });
+        let buffer = buffer_with(&self.device, "nn tensor", data, tensor_usage())?;
         Ok(GpuTensor {
             buffer: Arc::new(buffer),
             shape: shape.to_vec(),
@@ -328,8 +320,8 @@ impl Nn {
     /// Refuses tensors beyond what one storage binding can hold.
     fn check_size(&self, len: usize, what: &str) -> Result<(), GpuError> {
         let bytes = len as u64 * 4;
-        let max =
-            u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size);
+        let max = u64::from(self.limits.max_storage_buffer_binding_size)
+            .min(self.limits.max_buffer_size);
         if bytes > max {
             return Err(GpuError::Unsupported(format!(
                 "{what} of {len} values ({bytes} bytes) exceeds the device's storage binding \
@@ -393,13 +385,12 @@ impl Nn {
         let (x, y) = self.fold(groups)?;
         let mut words = params.to_vec();
         words.resize(params.len().next_multiple_of(4).max(4), 0);
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("nn params"),
-                contents: bytemuck::cast_slice(&words),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let uniform = buffer_with(
+            &self.device,
+            "nn params",
+            &words,
+            wgpu::BufferUsages::UNIFORM,
+        )?;
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.as_entire_binding(),
@@ -525,6 +516,34 @@ impl Kernel {
             inputs,
         }
     }
+}
+
+/// A buffer holding `data` (at least 16 bytes: bindings of zero bytes are invalid). Unlike
+/// wgpu's `create_buffer_init`, an Err rather than a panic when the device is gone.
+fn buffer_with<T: bytemuck::Pod>(
+    device: &wgpu::Device,
+    label: &str,
+    data: &[T],
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer, GpuError> {
+    let bytes: &[u8] = bytemuck::cast_slice(data);
+    let size = (bytes.len() as u64)
+        .next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+        .max(16);
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage,
+        mapped_at_creation: true,
+    });
+    {
+        let mut mapped = buffer
+            .get_mapped_range_mut(..)
+            .map_err(|e| GpuError::Wgpu(format!("could not fill a new buffer: {e}")))?;
+        mapped.slice(..bytes.len()).copy_from_slice(bytes);
+    }
+    buffer.unmap();
+    Ok(buffer)
 }
 
 fn tensor_usage() -> wgpu::BufferUsages {

@@ -61,14 +61,14 @@ fn group_norm(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let set = wid.x + wid.y * nwg.x;
-    if set >= params.sets {
+    let set_index = wid.x + wid.y * nwg.x;
+    if set_index >= params.sets {
         return;
     }
-    let base = set * params.count;
+    let base = set_index * params.count;
     let s = stats(base, lid);
     let groups = params.channels / params.cpg;
-    let c0 = (set % groups) * params.cpg;
+    let c0 = (set_index % groups) * params.cpg;
     for (var i = lid; i < params.count; i += WG) {
         let c = c0 + i / params.spatial;
         var v = (x[base + i] - s.x) * s.y * gamma[c] + beta[c];
@@ -85,11 +85,11 @@ fn layer_norm(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let set = wid.x + wid.y * nwg.x;
-    if set >= params.sets {
+    let set_index = wid.x + wid.y * nwg.x;
+    if set_index >= params.sets {
         return;
     }
-    let base = set * params.count;
+    let base = set_index * params.count;
     let s = stats(base, lid);
     for (var i = lid; i < params.count; i += WG) {
         y[base + i] = (x[base + i] - s.x) * s.y * gamma[i] + beta[i];
