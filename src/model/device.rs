@@ -107,9 +107,9 @@ impl SamplingSlot {
     pub fn failed(&self, why: &str) {
         let mut device = self.device.write();
         if let Some(d) = device.take() {
-            let message = format!("sampling moved to the CPU: {} failed ({why})", d.label());
-            tracing::warn!("{message}");
-            *self.note.lock() = Some(message);
+            let note = format!("{} failed: {why}", d.label());
+            tracing::warn!("sampling moved to the CPU: {note}");
+            *self.note.lock() = Some(note);
         }
     }
 

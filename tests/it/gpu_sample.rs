@@ -196,15 +196,22 @@ fn a_lost_device_finishes_the_keyframe_on_the_cpu() {
     assert!(diff <= 1e-3, "the CPU's keyframe: max |diff| {diff}");
     let description = model.sampler_description();
     assert!(
-        description.starts_with("sampling on the CPU (sampling moved to the CPU: test GPU failed"),
+        description.starts_with("sampling on the CPU (test GPU failed: "),
         "the display says where sampling went and why: {description}"
     );
-    // Later keyframes go straight to the CPU.
-    let again = model.keyframe_latents(&request, 0, &mut |_| true).unwrap();
-    assert!(
-        max_abs_diff(&again, &latents) == 0.0,
-        "the CPU again, the same latents"
-    );
+    // Later keyframes go straight to the CPU, prompt encoding included. The first one's
+    // conditioning came from the GPU's text encoder, before the loss (~1e-6 apart, which
+    // guidance 7.5 over 10 steps amplifies to ~3e-4).
+    let mut calls = 0;
+    let again = model
+        .keyframe_latents(&request, 0, &mut |_| {
+            calls += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(calls, n, "one pass, no second try");
+    let diff = max_abs_diff(&again, &latents);
+    assert!(diff <= 1e-3, "the CPU again: max |diff| {diff}");
 }
 
 #[test]
