@@ -175,7 +175,11 @@ impl Nn {
         let out = self.output(&[1, dim], "timestep embedding")?;
         let mut f = [0.0; 8];
         f[0] = t;
-        let params = [word(half, "embedding width")?, u32::from(flip_sin_to_cos), 0];
+        let params = [
+            word(half, "embedding width")?,
+            u32::from(flip_sin_to_cos),
+            0,
+        ];
         self.ew(&self.kernels.timestep, params, f, &freqs, None, &out, dim)?;
         Ok(out)
     }
@@ -261,12 +265,6 @@ impl Nn {
         let mut params = vec![word(count, "tensor length")?];
         params.extend(ints);
         params.extend(floats.map(f32::to_bits));
-        self.dispatch_1d(
-            kernel,
-            &params,
-            &[x.buffer(), self.or_dummy(y)],
-            out,
-            count,
-        )
+        self.dispatch_1d(kernel, &params, &[x.buffer(), self.or_dummy(y)], out, count)
     }
 }

@@ -136,9 +136,7 @@ impl LinearWeights {
         }
         Ok(Self {
             wt: nn.upload(&wt, &[in_features, out_features])?,
-            bias: bias
-                .map(|b| nn.upload(b, &[out_features]))
-                .transpose()?,
+            bias: bias.map(|b| nn.upload(b, &[out_features])).transpose()?,
             in_features,
             out_features,
         })
