@@ -34,6 +34,9 @@ override BK: u32 = 32u;
 const TPQ: u32 = 8u;
 const MAX_DPT: u32 = 32u;
 override DPT: u32 = (D + TPQ - 1u) / TPQ;
+// Scores per invocation per key block (BK is a multiple of TPQ, at most TPQ * MAX_SPT).
+const MAX_SPT: u32 = 8u;
+override SPT: u32 = BK / TPQ;
 override WG: u32 = BQ * TPQ;
 override DS: u32 = D + 1u;
 override QS_LEN: u32 = BQ * DS;
@@ -98,14 +101,23 @@ fn attention(
             kv[r * DS + d] = value;
         }
         workgroupBarrier();
-        for (var j = part; j < BK; j += TPQ) {
+        // This invocation's keys part, part + 8, ...: each query value read once for all.
+        var sc: array<f32, MAX_SPT>;
+        for (var t = 0u; t < SPT; t++) {
+            sc[t] = 0.0;
+        }
+        for (var d = 0u; d < D; d++) {
+            let qv = qs[qi * DS + d];
+            for (var t = 0u; t < SPT; t++) {
+                sc[t] = fma(qv, kv[(part + TPQ * t) * DS + d], sc[t]);
+            }
+        }
+        for (var t = 0u; t < SPT; t++) {
+            let j = part + TPQ * t;
             let key = j0 + j;
             var s = MASKED;
             if key < params.nk && (params.causal == 0u || key <= query) {
-                s = 0.0;
-                for (var d = 0u; d < D; d++) {
-                    s = fma(qs[qi * DS + d], kv[j * DS + d], s);
-                }
+                s = sc[t];
             }
             ss[qi * BK + j] = s;
         }
