@@ -864,3 +864,35 @@ fn gemm_several_tiles_partial_k_and_transposed_b() {
     }
     assert_close(&download(&y), &want, "gemm (2, 70, 130, 100), B transposed");
 }
+
+#[test]
+fn a_wgpu_error_is_recorded_not_a_panic() {
+    // A tensor of another device bound into a dispatch: a wgpu validation error, which the
+    // default handler would panic on. Two fresh contexts: the error poisons the Nn.
+    let (one, other) = (gpu_context(), gpu_context());
+    let nn = Nn::new(one.device.clone(), one.queue.clone()).expect("Nn");
+    let nn_other = Nn::new(other.device.clone(), other.queue.clone()).expect("other Nn");
+    let foreign = nn_other.upload(&[1.0, 2.0], &[2]).expect("upload");
+    let result = nn.scale(&foreign, 2.0).and_then(|y| nn.download(&y));
+    eprintln!("a foreign tensor: {result:?}");
+    assert!(result.is_err(), "a foreign tensor: {result:?}");
+    assert!(
+        matches!(nn.check(), Err(GpuError::Wgpu(_))),
+        "{:?}",
+        nn.check()
+    );
+    // The other context is untouched.
+    assert_eq!(nn_other.download(&foreign).expect("download"), [1.0, 2.0]);
+}
+
+#[test]
+fn nn_and_tensors_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Nn>();
+    send_sync::<GpuTensor>();
+    let x = upload(&[1.0, 2.0, 3.0], &[3]);
+    let y = std::thread::spawn(move || nn().scale(&x, 3.0).expect("scale"))
+        .join()
+        .expect("thread");
+    assert_eq!(download(&y), [3.0, 6.0, 9.0]);
+}
