@@ -3,7 +3,7 @@
 // blocks of BK: the block's keys are staged, the BQ x BK scores computed into workgroup
 // memory, then the same memory takes the block's values and each query's running max, sum
 // and output are updated (online softmax). Eight invocations serve one query: each computes
-// every eighth score of the block and owns every eighth output dimension.
+// every eighth score of the block (and its exp) and owns every eighth output dimension.
 //
 // Rows of the staged Q, K and V tiles are D + 1 floats apart so that the eight invocations
 // reading eight different keys hit different banks.
@@ -141,9 +141,15 @@ fn attention(
             o[t] *= correction;
         }
         workgroupBarrier();
+        // Each score's exp once, by the invocation that computed the score.
+        for (var t = 0u; t < SPT; t++) {
+            let j = qi * BK + part + TPQ * t;
+            ss[j] = exp(ss[j] - m_new);
+        }
+        workgroupBarrier();
         var sum = 0.0;
         for (var j = 0u; j < BK; j++) {
-            let p = exp(ss[qi * BK + j] - m_new);
+            let p = ss[qi * BK + j];
             sum += p;
             for (var t = 0u; t < DPT; t++) {
                 let d = part + TPQ * t;
