@@ -755,7 +755,7 @@ fn bad_shapes_are_refused_before_any_work() {
     ));
     let a = upload(&[0.0; 6], &[2, 3]);
     let b = upload(&[0.0; 6], &[3, 2]);
-    let err = nn.add(&a, &b).err().expect("add of different shapes");
+    let err = nn.add(&a, &b).expect_err("add of different shapes");
     assert!(err.to_string().contains("[2, 3]"), "{err}");
     // A view reaching past the tensor's end.
     let err = nn
@@ -777,8 +777,7 @@ fn bad_shapes_are_refused_before_any_work() {
                 col_stride: 1,
             },
         )
-        .err()
-        .expect("gemm past the end");
+        .expect_err("gemm past the end");
     assert!(matches!(err, GpuError::BadInput(_)), "{err}");
     nn.check().expect("refusals record no device error");
 }
@@ -794,7 +793,7 @@ fn lose_device_makes_download_fail_without_panic() {
         [2.0, -4.0, 6.0]
     );
     nn.lose_device();
-    let err = nn.download(&y).err().expect("download after the loss");
+    let err = nn.download(&y).expect_err("download after the loss");
     assert!(matches!(err, GpuError::DeviceLost(_)), "{err}");
     assert!(nn.check().is_err());
     assert!(nn.scale(&x, 2.0).is_err(), "ops after the loss fail too");
@@ -810,8 +809,90 @@ fn device_destroyed_behind_its_back_fails_cleanly() {
     let y = nn.scale(&x, 2.0).expect("scale");
     ctx.device.destroy();
     let result = nn.scale(&y, 2.0).and_then(|z| nn.download(&z));
+    eprintln!("download on a destroyed device: {result:?}");
     assert!(
         result.is_err(),
         "download on a destroyed device: {result:?}"
     );
+}
+
+#[test]
+fn gemm_several_tiles_partial_k_and_transposed_b() {
+    // m, n beyond one 64 x 64 tile, k not a multiple of the 16-wide step, B read transposed
+    // (row stride 1), batch strides, Bias::Col and a residual.
+    let (batch, m, n, k) = (2, 70, 130, 100);
+    let a = random(batch * m * k, 120);
+    let bt = random(batch * n * k, 121); // per batch (n, k): B[k][j] = bt[j][k]
+    let bias = random(n, 122);
+    let residual = random(batch * m * n, 123);
+    let (at, btt) = (upload(&a, &[batch, m, k]), upload(&bt, &[batch, n, k]));
+    let (biast, rt) = (upload(&bias, &[n]), upload(&residual, &[batch, m, n]));
+    let y = nn()
+        .gemm(
+            MatView::row_major(&at, m, k),
+            MatView {
+                tensor: &btt,
+                offset: 0,
+                batch_stride: n * k,
+                row_stride: 1,
+                col_stride: k,
+            },
+            GemmDims { batch, m, n, k },
+            Bias::Col(&biast),
+            Some(MatView::row_major(&rt, m, n)),
+            OutSpec {
+                shape: vec![batch, m, n],
+                batch_stride: m * n,
+                row_stride: n,
+                col_stride: 1,
+            },
+        )
+        .expect("gemm");
+    let mut want = vec![0f64; batch * m * n];
+    for b in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                want[(b * m + i) * n + j] = f64::from(bias[j])
+                    + f64::from(residual[(b * m + i) * n + j])
+                    + (0..k)
+                        .map(|l| {
+                            f64::from(a[(b * m + i) * k + l]) * f64::from(bt[(b * n + j) * k + l])
+                        })
+                        .sum::<f64>();
+            }
+        }
+    }
+    assert_close(&download(&y), &want, "gemm (2, 70, 130, 100), B transposed");
+}
+
+#[test]
+fn a_wgpu_error_is_recorded_not_a_panic() {
+    // A tensor of another device bound into a dispatch: a wgpu validation error, which the
+    // default handler would panic on. Two fresh contexts: the error poisons the Nn.
+    let (one, other) = (gpu_context(), gpu_context());
+    let nn = Nn::new(one.device.clone(), one.queue.clone()).expect("Nn");
+    let nn_other = Nn::new(other.device.clone(), other.queue.clone()).expect("other Nn");
+    let foreign = nn_other.upload(&[1.0, 2.0], &[2]).expect("upload");
+    let result = nn.scale(&foreign, 2.0).and_then(|y| nn.download(&y));
+    eprintln!("a foreign tensor: {result:?}");
+    assert!(result.is_err(), "a foreign tensor: {result:?}");
+    assert!(
+        matches!(nn.check(), Err(GpuError::Wgpu(_))),
+        "{:?}",
+        nn.check()
+    );
+    // The other context is untouched.
+    assert_eq!(nn_other.download(&foreign).expect("download"), [1.0, 2.0]);
+}
+
+#[test]
+fn nn_and_tensors_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Nn>();
+    send_sync::<GpuTensor>();
+    let x = upload(&[1.0, 2.0, 3.0], &[3]);
+    let y = std::thread::spawn(move || nn().scale(&x, 3.0).expect("scale"))
+        .join()
+        .expect("thread");
+    assert_eq!(download(&y), [3.0, 6.0, 9.0]);
 }

@@ -89,7 +89,7 @@ impl Nn {
         let floats = self.limits.max_compute_workgroup_storage_size as usize / 4;
         let invocations = self.limits.max_compute_invocations_per_workgroup as usize;
         let row = head_dim + 1;
-        let (block_q, block_k) = [(32, 32), (16, 32), (16, 16), (8, 16), (8, 8)]
+        let (block_q, block_k) = [(32, 64), (32, 32), (16, 32), (16, 16), (8, 16), (8, 8)]
             .into_iter()
             .find(|&(bq, bk)| bq * row + bk * row + bq * bk <= floats && bq * 8 <= invocations)
             .ok_or_else(|| {

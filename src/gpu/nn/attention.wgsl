@@ -3,7 +3,7 @@
 // blocks of BK: the block's keys are staged, the BQ x BK scores computed into workgroup
 // memory, then the same memory takes the block's values and each query's running max, sum
 // and output are updated (online softmax). Eight invocations serve one query: each computes
-// every eighth score of the block and owns every eighth output dimension.
+// every eighth score of the block (and its exp) and owns every eighth output dimension.
 //
 // Rows of the staged Q, K and V tiles are D + 1 floats apart so that the eight invocations
 // reading eight different keys hit different banks.
@@ -34,6 +34,9 @@ override BK: u32 = 32u;
 const TPQ: u32 = 8u;
 const MAX_DPT: u32 = 32u;
 override DPT: u32 = (D + TPQ - 1u) / TPQ;
+// Scores per invocation per key block (BK is a multiple of TPQ, at most TPQ * MAX_SPT).
+const MAX_SPT: u32 = 8u;
+override SPT: u32 = BK / TPQ;
 override WG: u32 = BQ * TPQ;
 override DS: u32 = D + 1u;
 override QS_LEN: u32 = BQ * DS;
@@ -98,14 +101,23 @@ fn attention(
             kv[r * DS + d] = value;
         }
         workgroupBarrier();
-        for (var j = part; j < BK; j += TPQ) {
+        // This invocation's keys part, part + 8, ...: each query value read once for all.
+        var sc: array<f32, MAX_SPT>;
+        for (var t = 0u; t < SPT; t++) {
+            sc[t] = 0.0;
+        }
+        for (var d = 0u; d < D; d++) {
+            let qv = qs[qi * DS + d];
+            for (var t = 0u; t < SPT; t++) {
+                sc[t] = fma(qv, kv[(part + TPQ * t) * DS + d], sc[t]);
+            }
+        }
+        for (var t = 0u; t < SPT; t++) {
+            let j = part + TPQ * t;
             let key = j0 + j;
             var s = MASKED;
             if key < params.nk && (params.causal == 0u || key <= query) {
-                s = 0.0;
-                for (var d = 0u; d < D; d++) {
-                    s = fma(qs[qi * DS + d], kv[j * DS + d], s);
-                }
+                s = sc[t];
             }
             ss[qi * BK + j] = s;
         }
@@ -129,9 +141,15 @@ fn attention(
             o[t] *= correction;
         }
         workgroupBarrier();
+        // Each score's exp once, by the invocation that computed the score.
+        for (var t = 0u; t < SPT; t++) {
+            let j = qi * BK + part + TPQ * t;
+            ss[j] = exp(ss[j] - m_new);
+        }
+        workgroupBarrier();
         var sum = 0.0;
         for (var j = 0u; j < BK; j++) {
-            let p = exp(ss[qi * BK + j] - m_new);
+            let p = ss[qi * BK + j];
             sum += p;
             for (var t = 0u; t < DPT; t++) {
                 let d = part + TPQ * t;

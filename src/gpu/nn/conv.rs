@@ -57,6 +57,7 @@ impl Conv3x3Weights {
 }
 
 /// What a 3x3 convolution does besides convolving.
+#[derive(Clone, Copy, Debug)]
 pub struct Conv3x3Opts<'a> {
     /// 1 or 2.
     pub stride: usize,

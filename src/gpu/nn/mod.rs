@@ -320,8 +320,10 @@ impl Nn {
     /// Refuses tensors beyond what one storage binding can hold.
     fn check_size(&self, len: usize, what: &str) -> Result<(), GpuError> {
         let bytes = len as u64 * 4;
-        let max =
-            u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size);
+        let max = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
         if bytes > max {
             return Err(GpuError::Unsupported(format!(
                 "{what} of {len} values ({bytes} bytes) exceeds the device's storage binding \
