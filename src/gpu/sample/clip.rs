@@ -39,7 +39,7 @@ impl GpuClip {
     pub fn load(nn: &Nn, vb: &VarBuilder, config: &ClipTextConfig) -> Result<Self> {
         let hidden = config.hidden_size;
         let heads = config.num_attention_heads;
-        if heads == 0 || hidden % heads != 0 {
+        if heads == 0 || !hidden.is_multiple_of(heads) {
             return Err(ModelError::Invalid(format!(
                 "CLIP hidden size {hidden} is not a whole number of {heads} heads"
             )));
