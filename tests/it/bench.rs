@@ -111,3 +111,38 @@ fn gpu_cases_name_the_adapter_and_judge_only_hardware() {
         .unwrap()
         .contains("kept on the GPU"));
 }
+
+/// The GPU sampling cases run on whatever adapter there is (lavapipe here: 8x8 latents, not
+/// judged) and report the fraction of the adapter's measured peak.
+#[test]
+fn gpu_clip_bench_runs_on_any_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let output = dreamwalk_bench()
+        .args(["--cases", "gpu_clip", "--runs", "1", "--warmup", "0"])
+        .args(["--no-reference", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let case = &report["cases"][0];
+    assert_eq!(case["case"], "gpu_clip");
+    let detail = &case["detail"];
+    for field in ["peak_gflops", "gflop_per_call", "achieved_gflops"] {
+        let value = detail[field].as_f64().unwrap_or(f64::NAN);
+        assert!(value > 0.0, "detail.{field} = {value}");
+    }
+    // CLIP ViT-L/14's text encoder over 77 tokens: ~13 GFLOP (12 layers of 768-wide
+    // projections and 3072-wide MLPs, plus attention), counted by the kernels.
+    let gflop = detail["gflop_per_call"].as_f64().unwrap();
+    assert!((12.0..15.0).contains(&gflop), "{gflop} GFLOP per CLIP call");
+    let fraction = detail["fraction_of_peak"].as_f64().unwrap();
+    assert!(
+        fraction > 0.0 && fraction.is_finite(),
+        "fraction of peak {fraction}"
+    );
+    assert!(stderr.contains("% of the adapter's measured"), "{stderr}");
+}
