@@ -248,3 +248,28 @@ fn render_with_gpu_sampling_matches_the_walk_images() {
         "{printed}"
     );
 }
+
+#[test]
+fn the_viewer_samples_on_its_own_device_when_asked() {
+    use dreamwalk::app::{GpuTarget, ViewerApp, ViewerOptions};
+    let ctx = shared_gpu_context();
+    let mut app = ViewerApp::headless(ViewerOptions {
+        gpu_sampling: GpuDecode::On,
+        gpu: Some(GpuTarget {
+            device: ctx.device.clone(),
+            queue: ctx.queue.clone(),
+            adapter: ctx.adapter.get_info(),
+        }),
+        ..Default::default()
+    });
+    assert!(
+        app.wait_for_model(std::time::Duration::from_secs(300)),
+        "model loads"
+    );
+    let description = app
+        .session()
+        .expect("session")
+        .engine()
+        .sampler_description();
+    assert_eq!(description, format!("sampling on {}", ctx.adapter_name()));
+}
