@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use dreamwalk::gpu::nn::{
     AttnShape, Bias, Conv3x3Opts, Conv3x3Weights, GemmDims, GpuTensor, LinearWeights, MatView, Nn,
-    OutSpec, StepCoeffs, Unary,
+    OutSpec, Unary,
 };
 use dreamwalk::gpu::GpuError;
 use rand::{Rng, SeedableRng};
@@ -703,7 +703,8 @@ fn sampler_step_with_and_without_guidance_and_clamp() {
     let len = 2 * 4 * 35;
     let x: Vec<f32> = random(len, 110).iter().map(|v| v * 3.0).collect();
     let xt = upload(&x, &shape);
-    let c = StepCoeffs {
+    let c = dreamwalk::model::schedulers::LinearStep {
+        input_scale: 1.0,
         p: 1.3,
         q: -0.7,
         clamp: None,
@@ -717,7 +718,7 @@ fn sampler_step_with_and_without_guidance_and_clamp() {
         (Some(3.0), None),
         (None, Some(0.5)),
     ] {
-        let c = StepCoeffs { clamp, ..c };
+        let c = dreamwalk::model::schedulers::LinearStep { clamp, ..c };
         let out_len = if guidance.is_some() { 2 * len } else { len };
         let model_out = random(out_len, 111);
         let mut out_shape = shape;

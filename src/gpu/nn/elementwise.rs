@@ -2,23 +2,7 @@
 //! concatenation, batch repetition, the sampler step and the timestep embedding.
 
 use super::{expect_shape, word, GpuError, GpuTensor, Nn};
-
-/// One step's coefficients, see [`Nn::sampler_step`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepCoeffs {
-    /// x0 = p * x + q * e.
-    pub p: f32,
-    /// x0 = p * x + q * e.
-    pub q: f32,
-    /// x0 clamped to [-r, r] when set.
-    pub clamp: Option<f32>,
-    /// x' = alpha * x + beta * x0 + gamma * e.
-    pub alpha: f32,
-    /// x' = alpha * x + beta * x0 + gamma * e.
-    pub beta: f32,
-    /// x' = alpha * x + beta * x0 + gamma * e.
-    pub gamma: f32,
-}
+use crate::model::schedulers::LinearStep;
 
 /// Elementwise activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,7 +176,7 @@ impl Nn {
         &self,
         x: &GpuTensor,
         model_out: &GpuTensor,
-        c: &StepCoeffs,
+        c: &LinearStep,
         guidance: Option<f32>,
     ) -> Result<GpuTensor, GpuError> {
         let mut want = x.shape().to_vec();

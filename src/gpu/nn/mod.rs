@@ -26,7 +26,7 @@ use super::GpuError;
 
 pub use attention::AttnShape;
 pub use conv::{Conv3x3Opts, Conv3x3Weights};
-pub use elementwise::{StepCoeffs, Unary};
+pub use elementwise::Unary;
 pub use gemm::{Bias, GemmDims, LinearWeights, MatView, OutSpec};
 
 /// Dispatches recorded before the pending commands are submitted anyway, so that the memory

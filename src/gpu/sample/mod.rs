@@ -18,10 +18,9 @@ use parking_lot::Mutex;
 
 pub use self::clip::GpuClip;
 pub use self::unet::GpuUNet;
-use super::nn::{GpuTensor, Nn, StepCoeffs};
+use super::nn::{GpuTensor, Nn};
 use super::{GpuDecode, GpuError};
 use crate::model::device::{DeviceError, DeviceJob, DeviceLoader, DeviceWeights, SamplingDevice};
-use crate::model::schedulers::LinearStep;
 use crate::model::{ModelError, Result};
 
 /// The text encoder and UNet of one model on one device.
@@ -113,27 +112,13 @@ impl GpuSampler {
                 None => input,
             };
             let output = self.unet.forward(&self.nn, &input, *timestep, &context)?;
-            x = self
-                .nn
-                .sampler_step(&x, &output, &coefficients(step), job.guidance)?;
+            x = self.nn.sampler_step(&x, &output, step, job.guidance)?;
             self.finish()?;
             if !on_step(job.first_step + k + 1, job.num_steps) {
                 return Ok(None);
             }
         }
         self.download(&x).map(Some)
-    }
-}
-
-/// A [`LinearStep`] as the step kernel takes it.
-fn coefficients(step: &LinearStep) -> StepCoeffs {
-    StepCoeffs {
-        p: step.p,
-        q: step.q,
-        clamp: step.clamp,
-        alpha: step.alpha,
-        beta: step.beta,
-        gamma: step.gamma,
     }
 }
 

@@ -24,6 +24,19 @@ pub struct DdimScheduler {
 }
 
 impl DdimScheduler {
+    /// `(a_t, a_prev)` at step `step_index`: the cumulative alpha of its timestep and of the
+    /// one the step goes to. As diffusers, the previous timestep is t - N/n even with
+    /// trailing spacing, where it is not always the next timestep of the list.
+    fn alphas_at(&self, step_index: usize) -> Result<(f32, f32)> {
+        check_step(step_index, self.timesteps.len())?;
+        let t = self.timesteps[step_index] as usize;
+        let a_prev = match t.checked_sub(self.step_ratio) {
+            Some(prev) => self.alphas_cumprod[prev],
+            None => self.final_alpha_cumprod,
+        };
+        Ok((self.alphas_cumprod[t], a_prev))
+    }
+
     /// The schedule of `cfg` for `num_steps` steps, as diffusers' `set_timesteps(num_steps)`
     /// does; `leading` spacing when the config names none (`DDIMScheduler`'s default).
     pub fn new(cfg: &SchedulerConfig, num_steps: usize) -> Result<Self> {
@@ -84,15 +97,7 @@ impl Scheduler for DdimScheduler {
     }
 
     fn step(&self, model_output: &Tensor, step_index: usize, sample: &Tensor) -> Result<Tensor> {
-        check_step(step_index, self.timesteps.len())?;
-        let t = self.timesteps[step_index] as usize;
-        // As diffusers: the previous timestep is t - N/n even with trailing spacing,
-        // where it is not always the next timestep of the list.
-        let a_t = self.alphas_cumprod[t];
-        let a_prev = match t.checked_sub(self.step_ratio) {
-            Some(prev) => self.alphas_cumprod[prev],
-            None => self.final_alpha_cumprod,
-        };
+        let (a_t, a_prev) = self.alphas_at(step_index)?;
         let (sqrt_a, sqrt_b) = (a_t.sqrt(), (1.0 - a_t).sqrt());
         let (x0, eps) = match self.prediction_type {
             PredictionType::Epsilon => {
@@ -119,13 +124,7 @@ impl Scheduler for DdimScheduler {
     }
 
     fn linear_step(&self, step_index: usize) -> Result<LinearStep> {
-        check_step(step_index, self.timesteps.len())?;
-        let t = self.timesteps[step_index] as usize;
-        let a_t = self.alphas_cumprod[t];
-        let a_prev = match t.checked_sub(self.step_ratio) {
-            Some(prev) => self.alphas_cumprod[prev],
-            None => self.final_alpha_cumprod,
-        };
+        let (a_t, a_prev) = self.alphas_at(step_index)?;
         let (sqrt_a, sqrt_b) = (a_t.sqrt(), (1.0 - a_t).sqrt());
         // x' = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps, with x0 and eps as `step` has them.
         let (beta, c) = (a_prev.sqrt(), (1.0 - a_prev).sqrt());
