@@ -74,35 +74,6 @@ pub fn with_gpu_decoder(
     }
 }
 
-/// For headless use (`dreamwalk render`): [`with_gpu_decoder`] on the adapter
-/// [`super::GpuContext::new_headless`] finds. No adapter means the CPU, with a note only when
-/// the GPU was asked for (`On`).
-pub fn with_headless_gpu_decoder(
-    engine: Arc<dyn Engine>,
-    choice: GpuDecode,
-) -> (Arc<dyn Engine>, Option<String>) {
-    if choice == GpuDecode::Off || engine.taesd().is_none() {
-        return (engine, None);
-    }
-    match super::GpuContext::new_headless() {
-        Ok(ctx) => {
-            let info = ctx.adapter.get_info();
-            with_gpu_decoder(
-                engine,
-                &ctx.device,
-                &ctx.queue,
-                &info,
-                choice,
-                DecodedFrames::ReadBack,
-            )
-        }
-        Err(e) => {
-            let note = (choice == GpuDecode::On).then(|| format!("TAESD runs on the CPU: {e}"));
-            (engine, note)
-        }
-    }
-}
-
 /// `inner` with [`DecoderKind::Taesd`] decoded by [`GpuTaesd`].
 ///
 /// A GPU failure (device lost, out of memory) does not stop the walk: that decode and every

@@ -25,9 +25,7 @@ pub use crate::frame::GpuFrame;
 pub use bicubic::{
     create_output_texture, BicubicSource, BicubicUpscaler, OUTPUT_FORMAT, SOURCE_FORMAT,
 };
-pub use engine::{
-    with_gpu_decoder, with_headless_gpu_decoder, DecodedFrames, GpuDecode, GpuDecodedEngine,
-};
+pub use engine::{with_gpu_decoder, DecodedFrames, GpuDecode, GpuDecodedEngine};
 pub use taesd::GpuTaesd;
 
 use crate::frame::{read_texture_on, FrameError, RgbaImage};

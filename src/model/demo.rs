@@ -10,10 +10,11 @@ use serde_json::json;
 
 use super::decoders::{AutoencoderKlConfig, TaesdConfig, TaesdDecoder, VaeDecoder, VaeEncoder};
 use super::device::DeviceLoader;
+use super::device_job::device_slot;
 use super::engine::ModelDefaults;
 use super::keyframe::encoder::{ImageEncoder, LazyEncoder};
 use super::schedulers::{PredictionType, SchedulerConfig};
-use super::sd::{device_slot, StableDiffusion};
+use super::sd::StableDiffusion;
 use super::seeded::seeded_var_builder;
 use super::text::{ClipTextConfig, ClipTextEncoder, ClipTokenizer};
 use super::unet::{UNet2DConditionModel, UNetConfig};

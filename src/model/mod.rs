@@ -11,6 +11,7 @@
 pub mod decoders;
 pub mod demo;
 pub mod device;
+mod device_job;
 pub mod diffused;
 pub mod engine;
 pub mod kernels;

@@ -8,14 +8,13 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::decoders::{DecoderKind, TaesdDecoder, TaesdEncoder, VaeDecoder, VaeEncoder};
-use super::device::{DeviceError, DeviceJob, DeviceLoader, DeviceWeights, SamplingSlot};
+use super::device::{DeviceError, DeviceLoader, SamplingSlot};
+use super::device_job::{device_job, device_slot, Start};
 use super::engine::{EndpointError, EndpointRequest, Engine, ModelDefaults, SamplingProgress};
 use super::keyframe::encoder::{EncoderLoader, ImageEncoder, LazyEncoder};
 use super::keyframe::{fit_image, image_tensor, ImageKeyframe, Keyframe};
 use super::lora::{Component, LoraSet};
-use super::schedulers::{
-    denoise, img2img, img2img_first_step, Sampler, SamplerKind, Scheduler, SchedulerConfig,
-};
+use super::schedulers::{denoise, img2img, Sampler, SamplerKind, SchedulerConfig};
 use super::text::mix::embed_mixed;
 use super::text::{ClipTextEncoder, ClipTokenizer};
 use super::tiled::{denoise_tiled, NoiseStop, TileLayout, TiledOutcome, TiledStep, Tiling};
@@ -484,109 +483,6 @@ impl StableDiffusion {
             }
         }
     }
-}
-
-/// What a device's loop needs, owned (the latents it starts from are made here).
-struct PreparedJob {
-    latents: Tensor,
-    steps: Vec<(f64, super::schedulers::LinearStep)>,
-    first_step: usize,
-    num_steps: usize,
-    guidance: Option<f32>,
-}
-
-impl PreparedJob {
-    fn job<'a>(&'a self, context: &'a Tensor) -> DeviceJob<'a> {
-        DeviceJob {
-            latents: &self.latents,
-            context,
-            steps: self.steps.clone(),
-            first_step: self.first_step,
-            num_steps: self.num_steps,
-            guidance: self.guidance,
-        }
-    }
-}
-
-/// The device's loop for `start`: the latents at its first step (as [`denoise`] and
-/// [`img2img`] make them) and each step's scalars.
-fn device_job(
-    sampler: &Sampler,
-    start: &Start<'_>,
-    context: &Tensor,
-    guidance: f64,
-) -> Result<PreparedJob> {
-    let num_steps = sampler.num_steps();
-    let (latents, first_step) = match start {
-        Start::Noise(init) => (
-            init.affine(f64::from(sampler.init_noise_sigma() as f32), 0.0)?,
-            0,
-        ),
-        Start::Image {
-            latents,
-            noise,
-            strength,
-        } => {
-            let first = img2img_first_step(num_steps, *strength);
-            if !(*strength > 0.0 && *strength <= 1.0) || first >= num_steps {
-                return Err(ModelError::Invalid(format!(
-                    "img2img strength {strength} over {num_steps} steps runs no step (it needs \
-                     steps x strength >= 1, strength at most 1)"
-                )));
-            }
-            (sampler.add_noise(latents, noise, first)?, first)
-        }
-    };
-    let steps = (first_step..num_steps)
-        .map(|i| Ok((sampler.timesteps()[i], sampler.linear_step(i)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let guided = guidance > 1.0 && context.dim(0)? == 2;
-    Ok(PreparedJob {
-        latents,
-        steps,
-        first_step,
-        num_steps,
-        guidance: guided.then_some(guidance as f32),
-    })
-}
-
-/// The sampling slot for a model whose weights are `unet` and `text`: `loader`'s device,
-/// or the CPU (with the loader's reason, when there was one).
-pub(super) fn device_slot(
-    loader: Option<&dyn DeviceLoader>,
-    unet: candle_nn::VarBuilder<'static>,
-    unet_config: &super::UNetConfig,
-    text: candle_nn::VarBuilder<'static>,
-    text_config: &super::text::ClipTextConfig,
-) -> SamplingSlot {
-    let Some(loader) = loader else {
-        return SamplingSlot::default();
-    };
-    let weights = DeviceWeights {
-        unet,
-        unet_config,
-        text,
-        text_config,
-    };
-    match loader.load(weights) {
-        Ok(device) => SamplingSlot::new(Some(device), None),
-        Err(e) => {
-            tracing::warn!("sampling on the CPU: {e}");
-            SamplingSlot::new(None, Some(e.to_string()))
-        }
-    }
-}
-
-/// Where the sampling loop starts.
-enum Start<'a> {
-    /// Unit-variance noise, scaled by the scheduler's `init_noise_sigma` (txt2img).
-    Noise(&'a Tensor),
-    /// A picture's latents, noised part way (img2img).
-    Image {
-        latents: &'a Tensor,
-        noise: &'a Tensor,
-        strength: f64,
-    },
 }
 
 /// Unit-variance noise from a seeded generator: the same seed gives the same latents on

@@ -30,6 +30,45 @@ pub(super) fn dims4(x: &GpuTensor) -> std::result::Result<[usize; 4], GpuError> 
     }
 }
 
+/// Where element (b, i, j) of a matrix lies: `b * batch + i * row + j * col`.
+#[derive(Clone, Copy)]
+struct Strides {
+    batch: usize,
+    row: usize,
+    col: usize,
+}
+
+impl Strides {
+    fn view(self, tensor: &GpuTensor) -> MatView<'_> {
+        MatView {
+            tensor,
+            offset: 0,
+            batch_stride: self.batch,
+            row_stride: self.row,
+            col_stride: self.col,
+        }
+    }
+
+    fn out(self, shape: Vec<usize>) -> OutSpec {
+        OutSpec {
+            shape,
+            batch_stride: self.batch,
+            row_stride: self.row,
+            col_stride: self.col,
+        }
+    }
+}
+
+/// A linear layer's W^T (K, O) as the right-hand matrix of every batch.
+fn weights_view(w: &LinearWeights) -> MatView<'_> {
+    Strides {
+        batch: 0,
+        row: w.out_features,
+        col: 1,
+    }
+    .view(&w.wt)
+}
+
 /// A 1x1 convolution of NCHW `x` (weights as a linear layer), plus `residual` (NCHW).
 pub(super) fn conv1x1(
     nn: &Nn,
@@ -40,45 +79,35 @@ pub(super) fn conv1x1(
     let [b, c, h, wd] = dims4(x)?;
     let (o, hw) = (w.out_features, h * wd);
     // C[b][o][p] = sum_c W[o][c] x[b][c][p]; W[o][c] is wt[c][o].
-    let a = MatView {
-        tensor: &w.wt,
-        offset: 0,
-        batch_stride: 0,
-        row_stride: 1,
-        col_stride: o,
+    let weights = Strides {
+        batch: 0,
+        row: 1,
+        col: o,
     };
-    let bm = MatView {
-        tensor: x,
-        offset: 0,
-        batch_stride: c * hw,
-        row_stride: hw,
-        col_stride: 1,
+    let input = Strides {
+        batch: c * hw,
+        row: hw,
+        col: 1,
     };
-    let nchw = |t| MatView {
-        tensor: t,
-        offset: 0,
-        batch_stride: o * hw,
-        row_stride: hw,
-        col_stride: 1,
+    let nchw = Strides {
+        batch: o * hw,
+        row: hw,
+        col: 1,
+    };
+    let dims = GemmDims {
+        batch: b,
+        m: o,
+        n: hw,
+        k: c,
     };
     let bias = w.bias.as_ref().map_or(Bias::None, Bias::Row);
     nn.gemm(
-        a,
-        bm,
-        GemmDims {
-            batch: b,
-            m: o,
-            n: hw,
-            k: c,
-        },
+        weights.view(&w.wt),
+        input.view(x),
+        dims,
         bias,
-        residual.map(nchw),
-        OutSpec {
-            shape: vec![b, o, h, wd],
-            batch_stride: o * hw,
-            row_stride: hw,
-            col_stride: 1,
-        },
+        residual.map(|r| nchw.view(r)),
+        nchw.out(vec![b, o, h, wd]),
     )
 }
 
@@ -90,38 +119,30 @@ fn tokens_from_image(
 ) -> std::result::Result<GpuTensor, GpuError> {
     let [b, c, h, wd] = dims4(x)?;
     let (o, hw) = (w.out_features, h * wd);
-    let a = MatView {
-        tensor: x,
-        offset: 0,
-        batch_stride: c * hw,
-        row_stride: 1,
-        col_stride: hw,
+    let image = Strides {
+        batch: c * hw,
+        row: 1,
+        col: hw,
     };
-    let bm = MatView {
-        tensor: &w.wt,
-        offset: 0,
-        batch_stride: 0,
-        row_stride: o,
-        col_stride: 1,
+    let tokens = Strides {
+        batch: hw * o,
+        row: o,
+        col: 1,
+    };
+    let dims = GemmDims {
+        batch: b,
+        m: hw,
+        n: o,
+        k: c,
     };
     let bias = w.bias.as_ref().map_or(Bias::None, Bias::Col);
     nn.gemm(
-        a,
-        bm,
-        GemmDims {
-            batch: b,
-            m: hw,
-            n: o,
-            k: c,
-        },
+        image.view(x),
+        weights_view(w),
+        dims,
         bias,
         None,
-        OutSpec {
-            shape: vec![b, hw, o],
-            batch_stride: hw * o,
-            row_stride: o,
-            col_stride: 1,
-        },
+        tokens.out(vec![b, hw, o]),
     )
 }
 
@@ -143,45 +164,25 @@ fn image_from_tokens(
         }
     };
     let o = w.out_features;
-    let a = MatView {
-        tensor: x,
-        offset: 0,
-        batch_stride: hw * k,
-        row_stride: k,
-        col_stride: 1,
+    let image = Strides {
+        batch: o * hw,
+        row: 1,
+        col: hw,
     };
-    let bm = MatView {
-        tensor: &w.wt,
-        offset: 0,
-        batch_stride: 0,
-        row_stride: o,
-        col_stride: 1,
-    };
-    let image = |t| MatView {
-        tensor: t,
-        offset: 0,
-        batch_stride: o * hw,
-        row_stride: 1,
-        col_stride: hw,
+    let dims = GemmDims {
+        batch: b,
+        m: hw,
+        n: o,
+        k,
     };
     let bias = w.bias.as_ref().map_or(Bias::None, Bias::Col);
     nn.gemm(
-        a,
-        bm,
-        GemmDims {
-            batch: b,
-            m: hw,
-            n: o,
-            k,
-        },
+        MatView::row_major(x, hw, k),
+        weights_view(w),
+        dims,
         bias,
-        Some(image(residual)),
-        OutSpec {
-            shape: vec![b, o, h, wd],
-            batch_stride: o * hw,
-            row_stride: 1,
-            col_stride: hw,
-        },
+        Some(image.view(residual)),
+        image.out(vec![b, o, h, wd]),
     )
 }
 
