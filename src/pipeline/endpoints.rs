@@ -6,7 +6,7 @@
 //! weight, or adding a keyframe, costs one keyframe's sampling while the others are reused
 //! (the model is the pipeline's own, fixed for its life).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use candle_core::{Tensor, TensorId};
@@ -214,13 +214,26 @@ fn sample_walk(
     };
     // Keep the walk's keyframes (and a few before them) however many it has.
     sampled.capacity = sampled.capacity.max(2 * request.keyframes.len());
-    let result = sample_changed(engine, &request, sampled, stats, &mut |p, done, total| {
-        stats.update(|s| {
-            s.endpoint_progress = Some((done, total));
-            s.phase = sampling_phase(&p, (done, total), started.elapsed());
-        });
-        keep_going()
+    // A segment of a render samples only the keyframes its frames are made from.
+    let needs = options.span.map(|span| {
+        let walk = shared.settings.lock().walk;
+        span.needs(request.keyframes.len(), walk, options.timeline.as_ref())
     });
+    let needed = needs.as_ref().map(|n| &n.keyframes);
+    let result = sample_changed(
+        engine,
+        &request,
+        needed,
+        sampled,
+        stats,
+        &mut |p, done, total| {
+            stats.update(|s| {
+                s.endpoint_progress = Some((done, total));
+                s.phase = sampling_phase(&p, (done, total), started.elapsed());
+            });
+            keep_going()
+        },
+    );
     stats.update(|s| s.endpoint_progress = None);
     let (latents, sampled_count) = match result {
         Ok(made) => made,
@@ -239,6 +252,9 @@ fn sample_walk(
     let mut refined = Vec::new();
     if options.stop_at_end {
         let mut refiner = WalkRefiner::new(generation, request.clone(), latents.clone());
+        if let Some(needs) = needs {
+            refiner = refiner.only_pairs(needs.pairs);
+        }
         let mut keep = |r| {
             refined.push(r);
             true
@@ -275,11 +291,14 @@ fn report_failure(shared: &Shared, what: &str, error: &ModelError) {
 
 /// The request's keyframe latents: those `sampled` has for the same inputs, the rest
 /// sampled (and kept there as each finishes, so a cancelled request keeps what it made).
+/// With `needed`, only those keyframes are sampled; the others are zeros of the same shape,
+/// never walked through (a segment's frames do not reach them).
 /// `progress(p, done, total)` counts steps over the keyframes sampled; it returns `false`
 /// to cancel. Returns the latents and how many keyframes were sampled.
 fn sample_changed(
     engine: &dyn Engine,
     request: &EndpointRequest,
+    needed: Option<&BTreeSet<usize>>,
     sampled: &mut SampledKeyframes,
     stats: &super::Stats,
     progress: &mut dyn FnMut(SamplingProgress, usize, usize) -> bool,
@@ -291,8 +310,9 @@ fn sample_changed(
         .map(|i| KeyframeInputs::of(request, i))
         .collect();
     let mut latents: Vec<Option<Tensor>> = inputs.iter().map(|k| sampled.take_copy(k)).collect();
+    let wanted = |i: &usize| needed.is_none_or(|needed| needed.contains(i));
     let missing: Vec<usize> = (0..latents.len())
-        .filter(|&i| latents[i].is_none())
+        .filter(|i| latents[*i].is_none() && wanted(i))
         .collect();
     let total = missing.len() * request.steps;
     for (order, &index) in missing.iter().enumerate() {
@@ -303,7 +323,15 @@ fn sample_changed(
         sampled.keep(inputs[index].clone(), made.clone());
         latents[index] = Some(made);
     }
-    let latents = latents.into_iter().flatten().collect();
+    let shape_of = latents.iter().flatten().next().cloned();
+    let latents = latents
+        .into_iter()
+        .map(|made| match (made, &shape_of) {
+            (Some(made), _) => Ok(made),
+            (None, Some(like)) => like.zeros_like().map_err(ModelError::from),
+            (None, None) => Err(ModelError::Invalid("no keyframe was sampled".into())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((latents, missing.len()))
 }
 

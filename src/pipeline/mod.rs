@@ -48,7 +48,7 @@ pub use ring::{Closed, Frame, FrameSource, Popped, RingBuffer, RingPolicy};
 pub use settings::{
     check_laps, Settings, SettingsError, MAX_GUIDANCE, MAX_IMAGE_SIDE, MAX_LAPS, MAX_SAMPLER_STEPS,
 };
-pub use span::{stream_frames, FrameSpan};
+pub use span::{stream_frames, FrameSpan, SpanNeeds};
 pub use stats::{Stats, StatsSnapshot};
 pub use thumbnails::KeyframeThumbnails;
 use upscale::{upscale_worker, Job};

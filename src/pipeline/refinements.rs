@@ -5,7 +5,7 @@
 //! the viewer makes them while the walk plays and hands each to the decode stage, which
 //! puts it in the walk where the walk passes next.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::Tensor;
 
@@ -44,6 +44,8 @@ pub(super) struct WalkRefiner {
     request: EndpointRequest,
     keyframes: Vec<Tensor>,
     pairs: BTreeMap<usize, SegmentRefiner>,
+    /// Only these pairs are diffused (a segment of a render: the pairs its frames lie in).
+    only: Option<BTreeSet<usize>>,
 }
 
 impl WalkRefiner {
@@ -53,20 +55,34 @@ impl WalkRefiner {
             request,
             keyframes,
             pairs: BTreeMap::new(),
+            only: None,
         }
+    }
+
+    /// This refiner diffusing only `pairs` (each pair's positions depend on that pair
+    /// alone, so they are those of a refiner of every pair).
+    pub(super) fn only_pairs(mut self, pairs: BTreeSet<usize>) -> Self {
+        self.only = Some(pairs);
+        self
+    }
+
+    /// The pairs diffused, of a walk with `pairs` pairs.
+    fn diffused_pairs(&self, pairs: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..pairs).filter(|s| self.only.as_ref().is_none_or(|only| only.contains(s)))
     }
 
     /// `(made, asked)` over every pair, for `walk` and `diffuse`.
     pub(super) fn counts(&self, walk: &WalkSettings, diffuse: usize) -> (usize, usize) {
         let (pairs, each) = wanted(self.keyframes.len(), walk, diffuse);
         let grid = grid_of(walk);
-        let made = (0..pairs)
+        let made = self
+            .diffused_pairs(pairs)
             .map(|s| match self.pairs.get(&s) {
                 Some(r) if r.grid() == grid => r.made().len().min(each),
                 _ => 0,
             })
             .sum();
-        (made, pairs * each)
+        (made, self.diffused_pairs(pairs).count() * each)
     }
 
     /// Diffuses one more position (in the pair with the fewest), or `Ok(None)` when every
@@ -82,7 +98,8 @@ impl WalkRefiner {
         let grid = grid_of(walk);
         self.pairs.retain(|_, r| r.grid() == grid);
         let made = |s: usize| self.pairs.get(&s).map_or(0, |r| r.made().len());
-        let Some(segment) = (0..pairs)
+        let Some(segment) = self
+            .diffused_pairs(pairs)
             .filter(|&s| made(s) < each)
             .min_by_key(|&s| made(s))
         else {

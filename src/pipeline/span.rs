@@ -9,6 +9,8 @@
 //! `first` (an in-between group cut in two is still blended from the same two frames) and
 //! ends after `last`. The in-between count must be fixed (`auto` depends on timing).
 
+use std::collections::BTreeSet;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::walk::{Timeline, Walk, WalkSettings};
@@ -89,13 +91,7 @@ pub fn stream_frames(
     laps: u64,
     inbetweens: usize,
 ) -> u64 {
-    // The walk's length depends on how many keyframes it has, not on their latents: count
-    // with one-element stand-ins, through the very code the decode stage walks with.
-    let stand_ins = (0..keyframes.max(1))
-        .map(|_| Tensor::zeros(1, DType::U8, &Device::Cpu))
-        .collect::<Result<Vec<_>, _>>()
-        .expect("a one-byte tensor on the CPU");
-    let walk = Walk::new(stand_ins, walk).with_timeline(timeline.cloned());
+    let walk = stand_in_walk(keyframes, walk, timeline);
     let decoded = walk.frames_in_laps(laps);
     if decoded == 0 {
         return 0;
@@ -105,6 +101,62 @@ pub fn stream_frames(
         decoded.saturating_mul(period)
     } else {
         (decoded - 1).saturating_mul(period).saturating_add(1)
+    }
+}
+
+/// A walk over `keyframes` one-element stand-ins: its length and positions depend on how
+/// many keyframes it has, not on their latents, so they are counted through the very code the
+/// decode stage walks with.
+fn stand_in_walk(keyframes: usize, walk: WalkSettings, timeline: Option<&Timeline>) -> Walk {
+    let stand_ins = (0..keyframes.max(1))
+        .map(|_| Tensor::zeros(1, DType::U8, &Device::Cpu))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("a one-byte tensor on the CPU");
+    Walk::new(stand_ins, walk).with_timeline(timeline.cloned())
+}
+
+/// What a span's frames are made from: the keyframe pairs its decoded frames lie in (the
+/// pairs whose diffused in-betweens it can show) and the keyframes of those pairs. A segment
+/// of a long walk samples only these: on many machines, each samples its own few keyframes
+/// instead of all of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanNeeds {
+    /// Pair `s` is keyframes `s` and `s + 1` (wrapping for an endless loop's closing pair).
+    pub pairs: BTreeSet<usize>,
+    pub keyframes: BTreeSet<usize>,
+}
+
+impl FrameSpan {
+    /// What this span needs of a walk over `keyframes` keyframes with `walk` settings
+    /// (timed by `timeline`, if any): every decoded frame from [`Self::first_decoded`] to
+    /// [`Self::last_decoded`] is placed on the path as the decode stage places it.
+    pub fn needs(
+        &self,
+        keyframes: usize,
+        walk: WalkSettings,
+        timeline: Option<&Timeline>,
+    ) -> SpanNeeds {
+        let walk = stand_in_walk(keyframes, walk, timeline);
+        let count = walk.keyframes().len();
+        let mut needs = SpanNeeds {
+            pairs: BTreeSet::new(),
+            keyframes: BTreeSet::new(),
+        };
+        for sequence in self.first_decoded()..=self.last_decoded() {
+            if needs.keyframes.len() == count {
+                break; // all of them already
+            }
+            let Some(path_index) = walk.path_index_at(sequence) else {
+                break; // past the end of a walk played once
+            };
+            let segment = walk.position(path_index).segment;
+            needs.keyframes.insert(segment);
+            if count > 1 {
+                needs.pairs.insert(segment);
+                needs.keyframes.insert((segment + 1) % count);
+            }
+        }
+        needs
     }
 }
 
@@ -135,6 +187,47 @@ mod tests {
         assert_eq!(FrameSpan::place(Some(&s), 6), Place::Inside);
         assert_eq!(FrameSpan::place(Some(&s), 7), Place::After);
         assert_eq!(FrameSpan::place(None, 7), Place::Inside);
+    }
+
+    #[test]
+    fn a_span_needs_the_keyframes_of_the_pairs_its_decoded_frames_lie_in() {
+        let walk = |loop_mode| WalkSettings {
+            steps_between: 4,
+            loop_mode,
+            ..Default::default()
+        };
+        let needs = |s: FrameSpan, loop_mode| {
+            let n = s.needs(3, walk(loop_mode), None);
+            let list = |set: &BTreeSet<usize>| set.iter().copied().collect::<Vec<_>>();
+            (list(&n.pairs), list(&n.keyframes))
+        };
+        // Once over 3 keyframes, 4 steps a pair: decoded frames 0..=8, pair 0 is 0..=3.
+        assert_eq!(needs(span(0, 3, 0), LoopMode::Once), (vec![0], vec![0, 1]));
+        assert_eq!(needs(span(4, 8, 0), LoopMode::Once), (vec![1], vec![1, 2]));
+        assert_eq!(
+            needs(span(3, 4, 0), LoopMode::Once),
+            (vec![0, 1], vec![0, 1, 2])
+        );
+        // k = 1: stream frame 7 blends from decoded frame 3 toward 4 (pair 1's first).
+        assert_eq!(
+            needs(span(7, 7, 1), LoopMode::Once),
+            (vec![0, 1], vec![0, 1, 2])
+        );
+        assert_eq!(needs(span(9, 12, 1), LoopMode::Once), (vec![1], vec![1, 2]));
+        // Endless: 12 positions a lap; pair 2 closes the loop back to keyframe 0, and the
+        // second lap starts on pair 0 again.
+        assert_eq!(
+            needs(span(9, 11, 0), LoopMode::Endless),
+            (vec![2], vec![0, 2])
+        );
+        assert_eq!(
+            needs(span(11, 12, 0), LoopMode::Endless),
+            (vec![0, 2], vec![0, 1, 2])
+        );
+        // A single keyframe is a still: no pair.
+        let still = span(0, 2, 0).needs(1, walk(LoopMode::Once), None);
+        assert!(still.pairs.is_empty());
+        assert_eq!(still.keyframes.into_iter().collect::<Vec<_>>(), vec![0]);
     }
 
     #[test]

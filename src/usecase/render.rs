@@ -56,6 +56,8 @@ pub struct RenderHeader {
     pub out: PathBuf,
     /// The frames a segment renders (`None`: the whole walk).
     pub span: Option<FrameSpan>,
+    /// The keyframes a segment's frames are made from, 0-based: the only ones it samples.
+    pub span_keyframes: Vec<usize>,
 }
 
 impl std::fmt::Display for RenderHeader {
@@ -72,7 +74,20 @@ impl std::fmt::Display for RenderHeader {
             self.out.display()
         )?;
         match &self.span {
-            Some(span) => write!(f, " | frames {}..{}", span.first, span.last),
+            Some(span) => {
+                let used: Vec<String> = self
+                    .span_keyframes
+                    .iter()
+                    .map(|k| (k + 1).to_string())
+                    .collect();
+                write!(
+                    f,
+                    " | frames {}..{} (from keyframes {})",
+                    span.first,
+                    span.last,
+                    used.join(", ")
+                )
+            }
             None => Ok(()),
         }
     }
@@ -259,6 +274,14 @@ pub fn render_until(
         frame_size,
         out: job.out.clone(),
         span,
+        span_keyframes: span.map_or_else(Vec::new, |span| {
+            let needs = span.needs(
+                settings.endpoints.keyframes.len(),
+                settings.walk,
+                timeline.as_ref(),
+            );
+            needs.keyframes.into_iter().collect()
+        }),
     });
     let options = PipelineOptions {
         policy: RingPolicy::Record,

@@ -196,6 +196,65 @@ fn endless_loop_segments_in_one_folder_equal_the_whole_render() {
     );
 }
 
+#[test]
+fn a_segment_samples_only_the_keyframes_its_frames_are_made_from() {
+    let engine = demo();
+    // 3 keyframes, 3 steps a pair, played once: decoded frames 0..=6, pair 0 is 0..=3 and
+    // pair 1 is 3..=6; one in-between each: frames 0..=12. One diffused in-between a pair.
+    let mut settings = settings(&*engine, 3, Inbetweens::Fixed(1), LoopMode::Once);
+    settings.endpoints.keyframes.push("a glass teapot".into());
+    settings.diffuse = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let whole_dir = dir.path().join("whole");
+    let whole = render(
+        engine.clone(),
+        &job(&settings, 1, &whole_dir, None),
+        &mut (),
+    )
+    .expect("the whole render");
+    assert_eq!(whole.frames_written, 13);
+    assert_eq!(whole.stats.keyframes_sampled, 3);
+    assert_eq!(whole.stats.positions_diffused, 2, "one in each pair");
+    let whole_files = png_files(&whole_dir);
+
+    // Frames 8..=12 blend from decoded frame 4 on: pair 1 only, keyframes 2 and 3.
+    let part_dir = dir.path().join("part");
+    let mut header = None;
+    struct Header<'a>(&'a mut Option<String>);
+    impl dreamwalk::usecase::RenderProgress for Header<'_> {
+        fn started(&mut self, header: &dreamwalk::usecase::RenderHeader) {
+            *self.0 = Some(header.to_string());
+        }
+    }
+    let part = render(
+        engine.clone(),
+        &job(&settings, 1, &part_dir, Some(range(8, None))),
+        &mut Header(&mut header),
+    )
+    .expect("the segment");
+    let header = header.expect("the render said what it does");
+    assert!(
+        header.contains("frames 8..12 (from keyframes 2, 3)"),
+        "{header}"
+    );
+    assert_eq!(part.frames_written, 5);
+    assert_eq!(
+        part.stats.keyframes_sampled, 2,
+        "keyframe 1 is not sampled for frames that do not show it"
+    );
+    assert_eq!(part.stats.positions_diffused, 1, "pair 1's in-between only");
+    let part_files = png_files(&part_dir);
+    assert_eq!(part_files.len(), 5);
+    for (made, whole) in part_files.iter().zip(&whole_files[8..]) {
+        assert_eq!(name(made), name(whole));
+        assert!(
+            std::fs::read(made).unwrap() == std::fs::read(whole).unwrap(),
+            "{} differs from the whole render's frame",
+            made.display()
+        );
+    }
+}
+
 /// `render` with `frames` fails with a segment error, and `out` was not created.
 fn refused(settings: &Settings, laps: u64, frames: FrameRange) -> SegmentError {
     let dir = tempfile::tempdir().unwrap();
