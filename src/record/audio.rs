@@ -111,7 +111,7 @@ pub(super) fn input_args(audio: &Path, start_seconds: f64, seconds: f64) -> Vec<
 
 /// ffmpeg's arguments mapping the first input's video (copied) and the second's first audio
 /// stream, encoded as `codec` says ("AAC" or "Opus").
-pub(super) fn mux_args(codec: &str) -> Vec<OsString> {
+pub fn mux_args(codec: &str) -> Vec<OsString> {
     let encoder: &[&str] = match codec {
         "Opus" => &["-c:a", "libopus", "-b:a", "128k"],
         _ => &["-c:a", "aac", "-b:a", "192k"],

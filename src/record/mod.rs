@@ -102,7 +102,7 @@ use parking_lot::Mutex;
 
 use crate::frame::RgbaImage;
 
-pub use audio::{audio_plan, AudioPlan};
+pub use audio::{audio_plan, mux_args as sound_mux_args, AudioPlan};
 pub use ffmpeg::{locate as locate_ffmpeg, partial_path};
 pub use gif::MAX_GIF_FPS;
 pub use png_seq::{write_png, PngError};

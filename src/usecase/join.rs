@@ -1,5 +1,6 @@
 //! `join`, the use case that makes one video of a walk's segments (`render --frames` on many
-//! machines): ffmpeg's concat demuxer with stream copy, so nothing is encoded again. Every
+//! machines): ffmpeg's concat demuxer with stream copy, so no picture is encoded again (the
+//! sound is, seam-exact: see `join_sound`). Every
 //! segment is read first with ffprobe and must match the first (codec, size, pixel format,
 //! frame rate, and sound or none, with the same codec and rate), or the join is refused
 //! naming the odd one; the output is written under a temporary name and renamed when whole.
@@ -8,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::record::{locate_ffmpeg, partial_path, RecordOptions};
+use crate::record::{locate_ffmpeg, partial_path, sound_mux_args, RecordOptions};
 
 /// One join: the segments in order, and where the whole goes.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,12 +70,16 @@ impl fmt::Display for JoinSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "joined {} segments into {}: {} frames, {:.2} s, {} (stream copy)",
+            "joined {} segments into {}: {} frames, {:.2} s, {} (video stream copy{})",
             self.segments,
             self.out.display(),
             self.frames,
             self.seconds,
-            self.format
+            self.format,
+            match self.format.audio {
+                Some(_) => "; sound decoded, joined sample-exact and encoded once",
+                None => "",
+            }
         )
     }
 }
@@ -167,7 +172,25 @@ pub fn join(job: &JoinJob) -> Result<JoinSummary, JoinError> {
     std::fs::write(&list_path, list)
         .map_err(|e| failed(format!("{}: {e}", list_path.display())))?;
     let part = partial_path(&job.out);
-    let outcome = run_concat(&ffmpeg, &list_path, muxer, &part);
+    let outcome = match &expected.audio {
+        Some((codec, rate)) => {
+            let lengths: Option<Vec<f64>> = lengths.iter().copied().collect();
+            let lengths = lengths.ok_or_else(|| {
+                failed("a segment's video length is unknown, so its sound cannot be cut".into())
+            })?;
+            super::join_sound::decode_segments(&ffmpeg, &job.segments, &lengths, *rate, &job.out)
+                .and_then(|sound| {
+                    run_concat(
+                        &ffmpeg,
+                        &list_path,
+                        Some((&sound.list, codec)),
+                        muxer,
+                        &part,
+                    )
+                })
+        }
+        None => run_concat(&ffmpeg, &list_path, None, muxer, &part),
+    };
     let _ = std::fs::remove_file(&list_path);
     if let Err(reason) = outcome.and_then(|()| {
         std::fs::rename(&part, &job.out).map_err(|e| format!("renaming {}: {e}", part.display()))
@@ -226,7 +249,7 @@ fn tools(job: &JoinJob) -> Result<(PathBuf, PathBuf), JoinError> {
 /// A segment (or the joined file) as ffprobe reads it.
 struct Probed {
     format: SegmentFormat,
-    /// Video frames, from the container's index (0 when it has none: WebM).
+    /// Video frames, from the container's index or counted packets (0 when neither is known).
     frames: u64,
     seconds: f64,
 }
@@ -257,6 +280,8 @@ struct StreamJson {
     r_frame_rate: Option<String>,
     sample_rate: Option<String>,
     nb_frames: Option<String>,
+    /// Counted by `-count_packets` (one a frame): WebM's index has no frame count.
+    nb_read_packets: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -270,10 +295,10 @@ fn probe(ffprobe: &Path, path: &Path) -> Result<Probed, JoinError> {
         reason,
     };
     let out = Command::new(ffprobe)
-        .args(["-v", "error", "-show_entries"])
+        .args(["-v", "error", "-count_packets", "-show_entries"])
         .arg(
             "stream=codec_type,codec_name,width,height,pix_fmt,r_frame_rate,sample_rate,\
-             nb_frames:format=duration",
+             nb_frames,nb_read_packets:format=duration",
         )
         .args(["-of", "json"])
         .arg(path)
@@ -297,6 +322,10 @@ fn probe(ffprobe: &Path, path: &Path) -> Result<Probed, JoinError> {
         let rate = a.sample_rate.as_deref().and_then(|r| r.parse().ok());
         (text(&a.codec_name), rate.unwrap_or(0))
     });
+    let count = |n: &Option<String>| n.as_deref().and_then(|n| n.parse::<u64>().ok());
+    let frames = count(&video.nb_frames)
+        .or_else(|| count(&video.nb_read_packets))
+        .unwrap_or(0);
     Ok(Probed {
         format: SegmentFormat {
             codec: text(&video.codec_name),
@@ -306,11 +335,7 @@ fn probe(ffprobe: &Path, path: &Path) -> Result<Probed, JoinError> {
             frame_rate: text(&video.r_frame_rate),
             audio,
         },
-        frames: video
-            .nb_frames
-            .as_deref()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0),
+        frames,
         seconds: json
             .format
             .and_then(|f| f.duration)
@@ -328,7 +353,9 @@ fn concat_list(segments: &[PathBuf], lengths: &[Option<f64>]) -> std::io::Result
     for (segment, length) in segments.iter().zip(lengths) {
         let path = segment.canonicalize()?;
         let quoted = path.to_string_lossy().replace('\'', "'\\''");
-        list.push_str(&format!("file '{quoted}'\n"));
+        // The file's time 0 is its first picture's: without it the demuxer starts each file
+        // at its earliest packet, the sound's priming, and the pictures come ~23 ms late.
+        list.push_str(&format!("file '{quoted}'\ninpoint 0\n"));
         if let Some(seconds) = length {
             list.push_str(&format!("duration {seconds:.6}\noutpoint {seconds:.6}\n"));
         }
@@ -343,13 +370,34 @@ fn list_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-fn run_concat(ffmpeg: &Path, list: &Path, muxer: &str, part: &Path) -> Result<(), String> {
+/// Joins the videos `list` names (stream copy) into `part`, with the decoded sound `sound`'s
+/// list names encoded again as its codec ("aac", "opus"), if any.
+fn run_concat(
+    ffmpeg: &Path,
+    list: &Path,
+    sound: Option<(&Path, &str)>,
+    muxer: &str,
+    part: &Path,
+) -> Result<(), String> {
     let mut command = Command::new(ffmpeg);
     command
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
         .args(["-f", "concat", "-safe", "0", "-i"])
-        .arg(list)
-        .args(["-map", "0", "-c", "copy"]);
+        .arg(list);
+    match sound {
+        Some((sound, codec)) => {
+            command
+                .args(["-f", "concat", "-safe", "0", "-i"])
+                .arg(sound);
+            command.args(sound_mux_args(match codec {
+                "opus" => "Opus",
+                _ => "AAC",
+            }));
+        }
+        None => {
+            command.args(["-map", "0", "-c", "copy"]);
+        }
+    }
     if muxer == "mp4" {
         command.args(["-movflags", "+faststart"]);
     }

@@ -6,6 +6,7 @@
 pub mod audio_walk;
 pub mod hires;
 pub mod join;
+mod join_sound;
 pub mod load;
 pub mod render;
 pub mod save_latents;

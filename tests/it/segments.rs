@@ -18,7 +18,7 @@ use dreamwalk::usecase::{
 };
 use dreamwalk::walk::{LoopMode, WalkSettings};
 
-use crate::support::ffmpeg::{ffmpeg, probe_duration, probe_stream};
+use crate::support::ffmpeg::{decode_sound, ffmpeg, probe_duration, probe_start, probe_stream};
 use crate::support::images::png_files;
 use crate::support::process::dreamwalk;
 
@@ -440,33 +440,51 @@ fn join_makes_one_video_of_the_segments_and_refuses_odd_ones() {
 }
 
 #[test]
-fn joined_segments_keep_their_sound() {
+fn joined_segments_keep_their_sound_in_time_across_the_seams() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);
-    let wav = path("tone.wav");
+    // Silence, then a tone from 0.35 s: inside the third segment (frames 8..12 are
+    // 0.267..0.433 s), so two seams come before it.
+    const RATE: u32 = 44100;
+    const ONSET: f64 = 0.35;
+    let wav = path("step.wav");
     let made = std::process::Command::new(ffmpeg())
         .args(["-nostdin", "-v", "error", "-f", "lavfi", "-i"])
-        .arg("sine=frequency=440:duration=1")
+        .arg(format!(
+            "aevalsrc='if(gte(t,{ONSET}),0.5*sin(2*PI*440*t),0)':s={RATE}:d=1"
+        ))
         .arg(&wav)
         .status()
         .unwrap();
     assert!(made.success());
-    let (a, b) = (path("a.mp4"), path("b.mp4"));
-    grey_segment(&a, range(0, Some(5)), (64, 32), Some(&wav));
-    grey_segment(&b, range(6, None), (64, 32), Some(&wav));
+    let (a, b, c) = (path("a.mp4"), path("b.mp4"), path("c.mp4"));
+    grey_segment(&a, range(0, Some(3)), (64, 32), Some(&wav));
+    grey_segment(&b, range(4, Some(7)), (64, 32), Some(&wav));
+    grey_segment(&c, range(8, None), (64, 32), Some(&wav));
     let whole = path("whole.mp4");
-    let summary = join(&join_job(&[&a, &b], &whole)).expect("join");
+    let summary = join(&join_job(&[&a, &b, &c], &whole)).expect("join");
     let (codec, rate) = summary
         .format
         .audio
         .clone()
         .expect("the joined file has sound");
-    assert_eq!(codec, "aac");
-    assert!(rate > 0);
+    assert_eq!((codec.as_str(), rate), ("aac", RATE));
     assert_eq!(probe_stream(&whole).nb_read_frames, 13);
+    // Each segment's AAC priming (1024 samples, 23 ms) stays out: the tone starts where the
+    // walk's time says, not 23 ms later per seam, and the pictures start at 0 with it.
+    let sound = decode_sound(&whole, RATE);
+    let onset = sound.iter().position(|s| s.abs() > 0.1).expect("the tone") as f64;
+    let onset = onset / f64::from(RATE);
+    assert!(
+        (onset - ONSET).abs() < 0.003,
+        "the tone starts at {onset:.4} s in the joined file, {ONSET} s in the walk"
+    );
+    let video_start = probe_start(&whole, "v:0");
+    assert!(video_start.abs() < 0.001, "pictures start at {video_start}");
+    assert!(summary.to_string().contains("sample-exact"), "{summary}");
     // A segment without sound does not join one with it.
     let silent = path("silent.mp4");
-    grey_segment(&silent, range(6, None), (64, 32), None);
+    grey_segment(&silent, range(4, Some(7)), (64, 32), None);
     let error = join(&join_job(&[&a, &silent], &path("x.mp4"))).unwrap_err();
     assert!(
         matches!(&error, JoinError::Mismatch { path, .. } if path == &silent),

@@ -132,3 +132,40 @@ pub fn probe_duration(file: &Path) -> f64 {
     text.parse()
         .unwrap_or_else(|_| panic!("{}: duration {text:?}", file.display()))
 }
+
+/// The first sound stream of `file` decoded by ffmpeg (edit lists applied, as a player
+/// plays it), mixed to mono f32 at `rate` Hz.
+pub fn decode_sound(file: &Path, rate: u32) -> Vec<f32> {
+    let out = Command::new(ffmpeg())
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(file)
+        .args(["-map", "0:a:0", "-ac", "1", "-ar", &rate.to_string()])
+        .args(["-f", "f32le", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "decoding the sound of {} failed: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// ffprobe's start time of stream `stream` ("v:0", "a:0") of `file`, in seconds.
+pub fn probe_start(file: &Path, stream: &str) -> f64 {
+    let out = Command::new(require_ffprobe())
+        .args(["-v", "error", "-select_streams", stream])
+        .args(["-show_entries", "stream=start_time"])
+        .args(["-of", "default=noprint_wrappers=1:nokey=1"])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs");
+    assert!(out.status.success(), "ffprobe {} failed", file.display());
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    text.parse()
+        .unwrap_or_else(|_| panic!("{} {stream}: start time {text:?}", file.display()))
+}
