@@ -162,6 +162,92 @@ fn every_hires_frame_is_the_x4_decode_of_the_walk_between_upscaled_keyframes() {
     assert!(max_byte_diff(&differences[4], &differences[2]) > 0);
 }
 
+/// The largest absolute difference between two tensors of one shape.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn a_hires_walk_diffuses_its_inbetweens_in_the_upscalers_space() {
+    let base = base_model();
+    let hires = HiresEngine::new(base.clone(), x4_model(), x4_options()).unwrap();
+    assert!(hires.can_diffuse());
+    let request = settings().endpoints;
+    let x4 = x4_model();
+    // At t = 0 the position is the first keyframe's x4 latents, as a keyframe is made.
+    let at_start = hires
+        .diffused_latents(&request, (0, 1), 0.0, &mut |_| true)
+        .unwrap();
+    let keyframe = upscaled_by_hand(&*base, &x4, 0);
+    let start_diff = max_abs_diff(&at_start, &keyframe);
+    assert!(start_diff < 1e-4, "t = 0 is keyframe 0 ({start_diff})");
+    // Half-way, by hand: the base model's diffused position's picture, upscaled with the two
+    // prompts mixed half and half (the same blend of their embeddings) and the walk's seed.
+    let t = 0.5;
+    let half = hires
+        .diffused_latents(&request, (0, 1), t, &mut |_| true)
+        .unwrap();
+    let base_latents = base
+        .diffused_latents(&request, (0, 1), t, &mut |_| true)
+        .unwrap();
+    let picture = base.decode(&base_latents, DecoderKind::Vae).unwrap();
+    let options = x4_options();
+    let prompts = (request.keyframes[0].prompt(), request.keyframes[1].prompt());
+    let by_hand = x4
+        .upscale(
+            &X4Request {
+                image: unit_tensor(&picture).unwrap(),
+                prompt: format!("{}:0.5 | {}:0.5", prompts.0, prompts.1),
+                negative: String::new(),
+                steps: options.steps,
+                guidance: options.guidance,
+                noise_level: options.noise_level,
+                noise: X4Noise::Seed(SEED),
+                tiling: options.tiling,
+                noise_stop: None,
+            },
+            |_| {},
+        )
+        .unwrap()
+        .latents;
+    let half_diff = max_abs_diff(&half, &by_hand);
+    assert!(half_diff < 1e-4, "half-way differs by {half_diff}");
+    // Sampled for real: not the slerp of the keyframes' x4 latents.
+    let slerped = dreamwalk::walk::slerp(t, &keyframe, &upscaled_by_hand(&*base, &x4, 1)).unwrap();
+    assert!(max_abs_diff(&half, &slerped) > 1e-2);
+
+    // In a render: one diffused in-between in the pair, frames at 4x.
+    let engine: Arc<dyn Engine> = Arc::new(hires);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("walk");
+    let job = RenderJob {
+        settings: Settings {
+            diffuse: 1,
+            ..settings()
+        },
+        laps: 1,
+        out: out.clone(),
+        record: RecordOptions::default(),
+        save_latents: None,
+        audio: None,
+        frames: None,
+    };
+    let summary = render(engine, &job, &mut ()).expect("hires render with --diffuse");
+    assert_eq!(summary.stats.positions_diffused, 1);
+    let frames = png_files(&out);
+    assert_eq!(frames.len(), 5);
+    assert_eq!(read_png_rgba(&frames[2]).width, 256);
+}
+
 #[test]
 fn bad_x4_settings_are_refused_before_any_weights_load() {
     let x4 = fixture("tiny-x4").to_str().unwrap().to_string();

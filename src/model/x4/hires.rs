@@ -11,6 +11,10 @@
 //! frame at t:  x4.VAE.decode(slerp(x4_i, x4_i+1, t))             (4x img_i's size)
 //! ```
 //!
+//! A diffused in-between (`--diffuse`) is made the same way from the base model's diffused
+//! position: its picture upscaled with the pair's prompt embeddings blended and the pair's
+//! x4 noises slerped at its place, so it sits in the x4 space like a keyframe.
+//!
 //! Every keyframe starts the x4 denoising from the same seeded noise (the walk's seed, or
 //! `seed + i` with `seed_per_keyframe`), so neighbouring keyframes' x4 latents share their
 //! fine structure and the slerp between them stays on the upscaler's manifold.
@@ -26,8 +30,10 @@ use crate::frame::RgbaImage;
 use crate::model::decoders::{DecoderKind, Tiling as DecodeTiling};
 use crate::model::engine::{EndpointError, EndpointRequest, Engine, ModelDefaults};
 use crate::model::sd::seeded_noise;
+use crate::model::text::mix::blend;
 use crate::model::tiled::{denoise_tiled, NoiseStop, TileLayout, Tiling};
 use crate::model::{ModelError, Result, SamplingProgress};
+use crate::walk::slerp;
 
 /// How the x4 pipeline upscales each keyframe, and how frames are decoded.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -124,6 +130,85 @@ impl HiresEngine {
         Ok(self.base.decode(&latents, DecoderKind::Vae)?)
     }
 
+    /// Keyframe `index`'s x4 noise for a base picture of `picture`'s size: the latents' (1,
+    /// 4, h, w) and the low-res picture's (1, 3, h, w), from its seed.
+    fn x4_noise(
+        &self,
+        request: &EndpointRequest,
+        index: usize,
+        picture: &RgbaImage,
+    ) -> Result<(Tensor, Tensor)> {
+        let (h, w) = (picture.height as usize, picture.width as usize);
+        let seed = Self::x4_seed(request, index);
+        Ok((
+            seeded_noise(seed, &[1, 4, h, w], &Device::Cpu)?,
+            seeded_noise(seed.wrapping_add(1), &[1, 3, h, w], &Device::Cpu)?,
+        ))
+    }
+
+    /// The x4 latents of `picture` denoised from `noise` (latents, low-res picture's) with
+    /// the prompt embedding `cond`, by tiles; progress counts on from the base's steps as
+    /// keyframe `index`'s.
+    fn upscale(
+        &self,
+        request: &EndpointRequest,
+        index: usize,
+        picture: &RgbaImage,
+        cond: Tensor,
+        (latents, image_noise): (Tensor, Tensor),
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> std::result::Result<Tensor, EndpointError> {
+        let image = unit_tensor(picture)?;
+        let (h, w) = (picture.height as usize, picture.width as usize);
+        self.x4.check(
+            image.dims(),
+            self.options.steps,
+            self.options.guidance,
+            self.options.noise_level,
+            self.options.tiling,
+        )?;
+        let conditioning = self.x4.conditioning_with(
+            &image,
+            cond,
+            &request.negative,
+            self.options.guidance,
+            self.options.noise_level,
+            &image_noise,
+        )?;
+        let layout = TileLayout::new(self.options.tiling, (h, w))?;
+        let sampler = self.x4.sampler(self.options.steps)?;
+        let base_steps = request.steps;
+        let cancelled = Cell::new(false);
+        let outcome = denoise_tiled(
+            &sampler,
+            &latents,
+            self.options.guidance,
+            &layout,
+            self.options.noise_stop,
+            |rect, x, t| match cancelled.get() {
+                // The loop cannot be told to stop; a failing prediction ends it.
+                true => Err(ModelError::Invalid("cancelled".into())),
+                false => self.x4.predict(&conditioning, rect, x, t),
+            },
+            |step| {
+                let go_on = progress(SamplingProgress {
+                    keyframe: index,
+                    keyframes: request.keyframes.len(),
+                    step: base_steps + step.step,
+                    steps: base_steps + step.steps,
+                });
+                if !go_on {
+                    cancelled.set(true);
+                }
+            },
+        );
+        match outcome {
+            _ if cancelled.get() => Err(EndpointError::Cancelled),
+            Ok(outcome) => Ok(outcome.latents),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The seed of keyframe `index`'s x4 noise: the walk's, as its base noise is chosen.
     fn x4_seed(request: &EndpointRequest, index: usize) -> u64 {
         match request.seed_per_keyframe {
@@ -172,58 +257,49 @@ impl Engine for HiresEngine {
             .into());
         }
         let picture = self.base_picture(request, index, progress)?;
-        let image = unit_tensor(&picture)?;
-        let (h, w) = (picture.height as usize, picture.width as usize);
-        self.x4.check(
-            image.dims(),
-            self.options.steps,
-            self.options.guidance,
-            self.options.noise_level,
-            self.options.tiling,
-        )?;
-        let seed = Self::x4_seed(request, index);
-        let latents = seeded_noise(seed, &[1, 4, h, w], &Device::Cpu)?;
-        let image_noise = seeded_noise(seed.wrapping_add(1), &[1, 3, h, w], &Device::Cpu)?;
-        let conditioning = self.x4.conditioning(
-            &image,
-            request.keyframes[index].prompt(),
-            &request.negative,
-            self.options.guidance,
-            self.options.noise_level,
-            &image_noise,
-        )?;
-        let layout = TileLayout::new(self.options.tiling, (h, w))?;
-        let sampler = self.x4.sampler(self.options.steps)?;
-        let base_steps = request.steps;
-        let cancelled = Cell::new(false);
-        let outcome = denoise_tiled(
-            &sampler,
-            &latents,
-            self.options.guidance,
-            &layout,
-            self.options.noise_stop,
-            |rect, x, t| match cancelled.get() {
-                // The loop cannot be told to stop; a failing prediction ends it.
-                true => Err(ModelError::Invalid("cancelled".into())),
-                false => self.x4.predict(&conditioning, rect, x, t),
-            },
-            |step| {
-                let go_on = progress(SamplingProgress {
-                    keyframe: index,
-                    keyframes: request.keyframes.len(),
-                    step: base_steps + step.step,
-                    steps: base_steps + step.steps,
-                });
-                if !go_on {
-                    cancelled.set(true);
-                }
-            },
-        );
-        match outcome {
-            _ if cancelled.get() => Err(EndpointError::Cancelled),
-            Ok(outcome) => Ok(outcome.latents),
-            Err(e) => Err(e.into()),
-        }
+        let cond = self
+            .x4
+            .prompt_embedding(request.keyframes[index].prompt())?;
+        let (latents, image_noise) = self.x4_noise(request, index, &picture)?;
+        self.upscale(
+            request,
+            index,
+            &picture,
+            cond,
+            (latents, image_noise),
+            progress,
+        )
+    }
+
+    fn can_diffuse(&self) -> bool {
+        self.base.can_diffuse()
+    }
+
+    /// The base model's diffused position at `t` between the pair (its prompts' blend, its
+    /// noises' slerp), decoded, and upscaled as a keyframe is, from the pair's prompts'
+    /// embeddings blended at `t` and the pair's x4 noises slerped at `t`: at `t = 0` it is
+    /// keyframe `pair.0`'s x4 latents, at 1 `pair.1`'s.
+    fn diffused_latents(
+        &self,
+        request: &EndpointRequest,
+        pair: (usize, usize),
+        t: f64,
+        progress: &mut dyn FnMut(SamplingProgress) -> bool,
+    ) -> std::result::Result<Tensor, EndpointError> {
+        let extra = self.options.steps;
+        let latents = self.base.diffused_latents(request, pair, t, &mut |p| {
+            progress(SamplingProgress {
+                steps: p.steps + extra,
+                ..p
+            })
+        })?;
+        let picture = self.base.decode(&latents, DecoderKind::Vae)?;
+        let embed = |i: usize| self.x4.prompt_embedding(request.keyframes[i].prompt());
+        let cond = blend(&[(embed(pair.0)?, 1.0 - t), (embed(pair.1)?, t)])?;
+        let (z0, i0) = self.x4_noise(request, pair.0, &picture)?;
+        let (z1, i1) = self.x4_noise(request, pair.1, &picture)?;
+        let noise = (slerp(t, &z0, &z1)?, slerp(t, &i0, &i1)?);
+        self.upscale(request, pair.0, &picture, cond, noise, progress)
     }
 
     /// The x4 VAE's image of `latents`, 4x their size, by tiles within the decode budget.

@@ -134,6 +134,20 @@ impl X4Upscaler {
         image_noise: &Tensor,
     ) -> Result<X4Conditioning> {
         let cond = self.prompt_embedding(prompt)?;
+        self.conditioning_with(image, cond, negative, guidance, noise_level, image_noise)
+    }
+
+    /// [`Self::conditioning`] with the prompt's embedding (1, 77, hidden) given: two
+    /// prompts' blended, for a diffused in-between of a hires walk.
+    pub fn conditioning_with(
+        &self,
+        image: &Tensor,
+        cond: Tensor,
+        negative: &str,
+        guidance: f64,
+        noise_level: usize,
+        image_noise: &Tensor,
+    ) -> Result<X4Conditioning> {
         let context = if guidance > 1.0 {
             Tensor::cat(&[&self.encode_prompt(negative)?, &cond], 0)?
         } else {
@@ -153,7 +167,7 @@ impl X4Upscaler {
 
     /// The embedding of `prompt`, a plain prompt or a mix of weighted parts (`"a fox:0.7 |
     /// a wolf:0.3"`, blended as the walk's model blends them).
-    fn prompt_embedding(&self, prompt: &str) -> Result<Tensor> {
+    pub fn prompt_embedding(&self, prompt: &str) -> Result<Tensor> {
         embed_mixed(prompt, |text| self.encode_prompt(text))
     }
 
