@@ -22,7 +22,7 @@ use dreamwalk::gpu::nn::{
     Bias, Conv3x3Opts, Conv3x3Weights, GemmDims, GpuTensor, LinearWeights, MatView, Nn,
     NnOptions, OutSpec, Precision,
 };
-use dreamwalk::gpu::sample::{GpuSamplerLoader, GpuUNet, SamplePrecision};
+use dreamwalk::gpu::sample::{GpuSamplerLoader, GpuUNet, SamplePrecision, F16_WITHIN_TOLERANCE};
 use dreamwalk::gpu::{GpuContext, GpuDecode, GpuError};
 use dreamwalk::model::lora::LoraSet;
 use dreamwalk::model::sd::StableDiffusion;
@@ -43,6 +43,18 @@ const F16_UNIT: f64 = 1.0 / 2048.0;
 
 /// The issue's tolerance on latents against diffusers.
 const LATENT_TOL: f32 = 1e-3;
+
+/// f16 weights against diffusers, as measured on lavapipe with a margin of about 2 (a wrong
+/// index or a missing term in an f16 kernel costs 1e-1 and more): the fixture UNet
+/// (measured 2.2e-3) and tiny-sd's two guided 10-step keyframes (3.3e-2 and 4.9e-2:
+/// guidance 7.5 amplifies the difference at every step). Both are beyond the issue's 1e-3,
+/// which is why `Auto` stays f32.
+const F16_UNET_BOUND: f32 = 5e-3;
+const F16_KEYFRAME_BOUND: f32 = 0.1;
+
+/// The frames decoded from the f16 keyframes, in u8 levels: the issue's 2/255, which they
+/// meet (measured 1/255; a level may flip at a rounding boundary).
+const F16_FRAME_LEVELS: f32 = 2.0;
 
 fn offers_f16(ctx: &GpuContext) -> bool {
     let offered = ctx.adapter.features().contains(wgpu::Features::SHADER_F16);
@@ -134,6 +146,13 @@ fn the_headless_device_asks_for_shader_f16_when_the_adapter_offers_it() {
         dreamwalk::gpu::optional_features(&ctx.adapter),
         ctx.adapter.features() & wgpu::Features::SHADER_F16
     );
+    // `Auto` takes f16 only where it was measured within the tolerances.
+    let auto = match F16_WITHIN_TOLERANCE && offered {
+        true => Precision::F16,
+        false => Precision::F32,
+    };
+    assert_eq!(SamplePrecision::Auto.on(&ctx.device), auto);
+    assert_eq!(SamplePrecision::F16.on(&ctx.device), Precision::F16);
 }
 
 #[test]
@@ -615,7 +634,7 @@ fn scalar(t: &Tensor) -> f64 {
 }
 
 #[test]
-fn fixture_unet_with_f16_weights_matches_diffusers() {
+fn fixture_unet_with_f16_weights_stays_near_diffusers() {
     let ctx = shared_gpu_context();
     if !offers_f16(ctx) {
         return;
@@ -646,7 +665,15 @@ fn fixture_unet_with_f16_weights_matches_diffusers() {
     let out = Tensor::from_vec(values, out.shape(), &Device::Cpu).unwrap();
     let diff = max_abs_diff(&out, &case["out"]);
     eprintln!("unet/case with f16 weights: max |diff| {diff:.3e} against diffusers");
-    assert!(diff <= LATENT_TOL, "f16 UNet max |diff| {diff} > {LATENT_TOL}");
+    // Whether f16 meets the issue's tolerance decides what `Auto` picks: the constant must
+    // say what is measured here.
+    assert_eq!(
+        F16_WITHIN_TOLERANCE,
+        diff <= LATENT_TOL,
+        "F16_WITHIN_TOLERANCE disagrees with the measured {diff:.3e}"
+    );
+    // f16 weights: each rounded by up to 2^-11 of itself, through every layer.
+    assert!(diff <= F16_UNET_BOUND, "f16 UNet max |diff| {diff} > {F16_UNET_BOUND}");
 }
 
 /// `(x / 2 + 0.5).clamp(0, 1)` as NHWC, rounded to u8 levels as a viewer shows it.
@@ -667,7 +694,7 @@ fn u8_levels(image: &Tensor) -> Vec<f32> {
 }
 
 #[test]
-fn tiny_sd_keyframes_with_f16_weights_match_the_pipeline() {
+fn tiny_sd_keyframes_with_f16_weights_stay_near_the_pipeline() {
     let ctx = shared_gpu_context();
     if !offers_f16(ctx) {
         return;
@@ -695,14 +722,13 @@ fn tiny_sd_keyframes_with_f16_weights_match_the_pipeline() {
     let case = load_tensors("e2e/case.safetensors");
     let latents = model.endpoints(&e2e_request(), &mut |_| true).unwrap();
     let vae = VaeDecoder::load(&fixture("tiny-sd/vae"), &Device::Cpu).unwrap();
+    let (mut worst_latent, mut worst_level) = (0f32, 0f32);
     for ((ours, name), image) in latents
         .iter()
         .zip(["final_latents_a", "final_latents_b"])
         .zip(["image_a", "image_b"])
     {
         let diff = max_abs_diff(ours, &case[name]);
-        eprintln!("{name} with f16 weights: max |diff| {diff:.3e}");
-        assert!(diff <= LATENT_TOL, "{name}: max |diff| {diff} > {LATENT_TOL}");
         // The frame, decoded by the CPU VAE, against diffusers' image in u8 levels.
         let frame = u8_levels(&vae.decode(ours).unwrap());
         let reference: Vec<f32> = case[image]
@@ -713,13 +739,31 @@ fn tiny_sd_keyframes_with_f16_weights_match_the_pipeline() {
             .iter()
             .map(|v| (v * 255.0).round())
             .collect();
-        let worst = frame
+        let levels = frame
             .iter()
             .zip(&reference)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        eprintln!("{image} from f16 keyframe latents: max {worst}/255");
-        assert!(worst <= 2.0, "{image}: u8 levels differ by {worst}");
+        eprintln!(
+            "{name} with f16 weights: max |diff| {diff:.3e}; {image} decoded from them: max \
+             {levels}/255"
+        );
+        worst_latent = worst_latent.max(diff);
+        worst_level = worst_level.max(levels);
     }
     assert_eq!(model.sampler_description(), description, "nothing failed");
+    // `Auto`'s f16 needs the keyframes within the issue's tolerances too.
+    if F16_WITHIN_TOLERANCE {
+        assert!(worst_latent <= LATENT_TOL, "latents: {worst_latent}");
+        assert!(worst_level <= 2.0, "frames: {worst_level}/255");
+    }
+    // Guidance 7.5 over every step amplifies the UNet's f16 difference.
+    assert!(
+        worst_latent <= F16_KEYFRAME_BOUND,
+        "latents: {worst_latent} > {F16_KEYFRAME_BOUND}"
+    );
+    assert!(
+        worst_level <= F16_FRAME_LEVELS,
+        "frames: {worst_level}/255 > {F16_FRAME_LEVELS}/255"
+    );
 }
