@@ -19,8 +19,8 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use dreamwalk::gpu::nn::{
-    Bias, Conv3x3Opts, Conv3x3Weights, GemmDims, GpuTensor, LinearWeights, MatView, Nn,
-    NnOptions, OutSpec, Precision,
+    Bias, Conv3x3Opts, Conv3x3Weights, GemmDims, GpuTensor, LinearWeights, MatView, Nn, NnOptions,
+    OutSpec, Precision,
 };
 use dreamwalk::gpu::sample::{GpuSamplerLoader, GpuUNet, SamplePrecision, F16_WITHIN_TOLERANCE};
 use dreamwalk::gpu::{GpuContext, GpuDecode, GpuError};
@@ -237,7 +237,15 @@ fn f16_packing_rounds_to_nearest_pads_and_reads_back() {
     let ctx = shared_gpu_context();
     let nn = Nn::new(ctx.device.clone(), ctx.queue.clone()).expect("Nn");
     let tie = 1.0 + 2f32.powi(-11);
-    let values = [0.1f32, -1.0 / 3.0, tie, 65504.0, 1e-6, -0.0, std::f32::consts::PI];
+    let values = [
+        0.1f32,
+        -1.0 / 3.0,
+        tie,
+        65504.0,
+        1e-6,
+        -0.0,
+        std::f32::consts::PI,
+    ];
     let t = nn
         .upload_as(&values, &[7], Precision::F16)
         .expect("f16 upload");
@@ -395,12 +403,9 @@ fn gemm_with_f16_weights_matches_the_reference() {
         .expect("f16 B gemm");
     let got = nn.download(&y).unwrap();
     let tokens = |b: usize, i: usize, kk: usize| x[(b * c + kk) * hw + i];
-    let (want16, _) = gemm_reference(dims, tokens, |_, kk, j| rounded[j * c + kk], |_, j| {
-        bias[j]
-    });
+    let (want16, _) = gemm_reference(dims, tokens, |_, kk, j| rounded[j * c + kk], |_, j| bias[j]);
     assert_kernel_close(&got, &want16, "gemm, f16 weights as B (tokens x W^T)");
-    let (want, mag) =
-        gemm_reference(dims, tokens, |_, kk, j| weight[j * c + kk], |_, j| bias[j]);
+    let (want, mag) = gemm_reference(dims, tokens, |_, kk, j| weight[j * c + kk], |_, j| bias[j]);
     assert_within_f16_rounding(&got, &want, &mag, "gemm, f16 weights as B");
 
     // `linear` picks the f16 variant itself.
@@ -474,7 +479,10 @@ fn same_bits(a: &[f32], b: &[f32], what: &str) {
         .zip(b)
         .filter(|(x, y)| x.to_bits() != y.to_bits())
         .count();
-    assert_eq!(differ, 0, "{what}: {differ} values differ with bounds checks off");
+    assert_eq!(
+        differ, 0,
+        "{what}: {differ} values differ with bounds checks off"
+    );
 }
 
 /// The products at awkward shapes (partial tiles, an offset view, a transposed A, a strided
@@ -482,9 +490,13 @@ fn same_bits(a: &[f32], b: &[f32], what: &str) {
 fn awkward_products(nn: &Nn) -> Vec<(String, Vec<f32>)> {
     let mut out = Vec::new();
     let (batch, m, n, k) = (2, 37, 70, 19);
-    let a = nn.upload(&random(5 + batch * k * m, 41), &[5 + batch * k * m]).unwrap();
+    let a = nn
+        .upload(&random(5 + batch * k * m, 41), &[5 + batch * k * m])
+        .unwrap();
     let w = LinearWeights::new(nn, &random(n * k, 42), Some(&random(n, 43)), n, k).unwrap();
-    let r = nn.upload(&random(batch * m * n, 44), &[batch, n, m]).unwrap();
+    let r = nn
+        .upload(&random(batch * m * n, 44), &[batch, n, m])
+        .unwrap();
     let y = nn
         .gemm(
             // A transposed and offset: A[b][i][kk] = a[5 + b*k*m + kk*m + i].
@@ -529,7 +541,9 @@ fn awkward_products(nn: &Nn) -> Vec<(String, Vec<f32>)> {
         cin,
     )
     .unwrap();
-    let x = nn.upload(&random(b * cin * h * wd, 47), &[b, cin, h, wd]).unwrap();
+    let x = nn
+        .upload(&random(b * cin * h * wd, 47), &[b, cin, h, wd])
+        .unwrap();
     let extra = nn.upload(&random(b * cout, 48), &[b, cout]).unwrap();
     for (stride, pad, up) in [(2, (0, 1), None), (1, (1, 1), Some((13, 10)))] {
         let y = nn
@@ -545,7 +559,10 @@ fn awkward_products(nn: &Nn) -> Vec<(String, Vec<f32>)> {
                 },
             )
             .expect("conv");
-        out.push((format!("conv stride {stride} resize {up:?}"), nn.download(&y).unwrap()));
+        out.push((
+            format!("conv stride {stride} resize {up:?}"),
+            nn.download(&y).unwrap(),
+        ));
     }
     out
 }
@@ -673,7 +690,10 @@ fn fixture_unet_with_f16_weights_stays_near_diffusers() {
         "F16_WITHIN_TOLERANCE disagrees with the measured {diff:.3e}"
     );
     // f16 weights: each rounded by up to 2^-11 of itself, through every layer.
-    assert!(diff <= F16_UNET_BOUND, "f16 UNet max |diff| {diff} > {F16_UNET_BOUND}");
+    assert!(
+        diff <= F16_UNET_BOUND,
+        "f16 UNet max |diff| {diff} > {F16_UNET_BOUND}"
+    );
 }
 
 /// `(x / 2 + 0.5).clamp(0, 1)` as NHWC, rounded to u8 levels as a viewer shows it.
