@@ -106,7 +106,8 @@ fn product_module(
     // shader reads, so a binding holds at least `len` elements; every index is below the
     // `len` of its tensor, computed in u32 without wrapping, because
     // - gemm: a load or store of (b, i, j) happens only after `i < m`, `j < n`, `k < K`
-    //   compared in the shader and b = group / tiles < batch (group < tiles * batch);
+    //   compared in the shader and b = group / tiles < batch (group < tiles * batch, the
+    //   dispatched count, which `fold` keeps below 65535^2 < 2^32);
     //   `MatView::check` proved on the CPU that offset + (batch-1) bs + (rows-1) rs +
     //   (cols-1) cs < len for A, B, the residual, and the output spec the same for C, with
     //   the strides and sizes as the parameters passed; `check_size` keeps len <= u32::MAX/2,
