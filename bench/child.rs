@@ -40,6 +40,8 @@ pub fn run_child(
             args.gpu_latent.0, args.gpu_latent.1
         ))
         .args(extra)
+        .args(args.gpu_f16.then_some("--gpu-f16"))
+        .args(args.gpu_bounds_checks.then_some("--gpu-bounds-checks"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -89,7 +91,9 @@ pub fn child(args: &BenchArgs) -> anyhow::Result<()> {
         Case::GpuUnetTurbo64x64
         | Case::GpuUnetSd1564x64Cfg
         | Case::GpuClip
-        | Case::GpuKeyframeTurbo => crate::gpu_keyframe::child_gpu_keyframe(case, warmup, runs)?,
+        | Case::GpuKeyframeTurbo => {
+            crate::gpu_keyframe::child_gpu_keyframe(args, case, warmup, runs)?
+        }
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())

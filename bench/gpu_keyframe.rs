@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use dreamwalk::gpu::nn::{NnOptions, Precision};
 use dreamwalk::gpu::sample::GpuSampler;
 use dreamwalk::gpu::{GpuContext, GpuTaesd};
 use dreamwalk::model::device::{DeviceJob, DeviceWeights, SamplingDevice};
@@ -155,8 +156,14 @@ fn measure_peak(ctx: &GpuContext) -> anyhow::Result<f64> {
 }
 
 /// One call per run; figures in the detail: the adapter, the latent side, the kernels'
-/// GFLOP per call and the measured peak.
-pub fn child_gpu_keyframe(case: Case, warmup: usize, runs: usize) -> anyhow::Result<ChildResult> {
+/// GFLOP per call and the measured peak (`--gpu-f16`, `--gpu-bounds-checks` set the
+/// kernels' options; the adapter's name then says "f16").
+pub fn child_gpu_keyframe(
+    args: &BenchArgs,
+    case: Case,
+    warmup: usize,
+    runs: usize,
+) -> anyhow::Result<ChildResult> {
     let ctx = GpuContext::new_headless()?;
     let software = ctx.is_software();
     let side = if software { SOFTWARE_LATENT } else { 64 };
@@ -167,7 +174,14 @@ pub fn child_gpu_keyframe(case: Case, warmup: usize, runs: usize) -> anyhow::Res
     let unet_config = builtin::unet(sd2, sd2);
     let text_config = builtin::text_encoder(sd2);
     let vb = seeded_var_builder(0, &Device::Cpu);
-    let sampler = GpuSampler::new(
+    let options = NnOptions {
+        precision: match args.gpu_f16 {
+            true => Precision::F16,
+            false => Precision::F32,
+        },
+        trusted_products: !args.gpu_bounds_checks,
+    };
+    let sampler = GpuSampler::with_options(
         ctx.device.clone(),
         ctx.queue.clone(),
         ctx.adapter_name(),
@@ -177,6 +191,7 @@ pub fn child_gpu_keyframe(case: Case, warmup: usize, runs: usize) -> anyhow::Res
             text: vb.pp("text"),
             text_config: &text_config,
         },
+        options,
     )?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut normal = |shape: &[usize]| -> anyhow::Result<Tensor> {
@@ -249,7 +264,8 @@ pub fn child_gpu_keyframe(case: Case, warmup: usize, runs: usize) -> anyhow::Res
         times_ms: times,
         peak_rss_mb: peak_rss_mb(),
         detail: serde_json::json!({
-            "adapter": ctx.adapter_name(),
+            "adapter": sampler.label(),
+            "bounds_checks": args.gpu_bounds_checks,
             "software": software,
             "latent": side,
             "peak_gflops": peak_gflops,

@@ -81,6 +81,14 @@ pub struct BenchArgs {
     /// gpu_taesd: latent height x width.
     #[arg(long, default_value = "72x128", value_parser = parse_hw)]
     pub gpu_latent: (usize, usize),
+    /// gpu_unet_*, gpu_clip, gpu_keyframe_turbo: store the weight matrices as f16 (the adapter
+    /// needs SHADER_F16); the sums stay f32.
+    #[arg(long)]
+    pub gpu_f16: bool,
+    /// gpu_unet_*, gpu_clip, gpu_keyframe_turbo: keep wgpu's runtime bounds checks in gemm and
+    /// conv (by default they run without, their indices proven in range).
+    #[arg(long)]
+    pub gpu_bounds_checks: bool,
     /// Internal: run one case in this process and print its figures as JSON.
     #[arg(long, hide = true)]
     pub child: bool,

@@ -9,7 +9,7 @@ use crossbeam_channel::Receiver;
 
 use super::session::Session;
 use super::{Notice, ViewerApp};
-use crate::gpu::sample::GpuSamplerLoader;
+use crate::gpu::sample::{GpuSamplerLoader, SamplePrecision};
 use crate::gpu::{with_gpu_decoder, DecodedFrames, GpuDecode};
 use crate::model::device::DeviceLoader;
 use crate::model::Engine;
@@ -106,6 +106,7 @@ impl Loader {
                         queue: g.queue.clone(),
                         adapter: g.adapter.clone(),
                         choice: gpu_sampling,
+                        precision: SamplePrecision::Auto,
                     });
                 let sampling = sampling.as_ref().map(|l| l as &dyn DeviceLoader);
                 let loaded = crate::usecase::load_engine_on(&source, sampling)

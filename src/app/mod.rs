@@ -107,6 +107,21 @@ pub struct ViewerApp {
     osc_dropped_told: u64,
 }
 
+/// eframe's wgpu setup, its device also asking for the optional features the adapter has
+/// (`gpu::optional_features`: f16 for the sampler on eframe's device).
+fn wgpu_options() -> egui_wgpu::WgpuConfiguration {
+    let mut options = egui_wgpu::WgpuConfiguration::default();
+    if let egui_wgpu::WgpuSetup::CreateNew(create) = &mut options.wgpu_setup {
+        let base = std::sync::Arc::clone(&create.device_descriptor);
+        create.device_descriptor = std::sync::Arc::new(move |adapter| {
+            let mut descriptor = base(adapter);
+            descriptor.required_features |= crate::gpu::optional_features(adapter);
+            descriptor
+        });
+    }
+    options
+}
+
 /// The window icon (see `assets/README.md`).
 const ICON_PNG: &[u8] = include_bytes!("../../assets/icon.png");
 
@@ -126,6 +141,7 @@ pub fn run(options: ViewerOptions) -> anyhow::Result<()> {
     let native = eframe::NativeOptions {
         viewport,
         renderer: eframe::Renderer::Wgpu,
+        wgpu_options: wgpu_options(),
         ..Default::default()
     };
     // Where `--screenshot` leaves why it saved nothing: the exit status says so.

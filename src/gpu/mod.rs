@@ -124,7 +124,8 @@ pub struct GpuContext {
 impl GpuContext {
     /// Picks the best adapter on any backend (hardware before software, native APIs before
     /// OpenGL; `WGPU_BACKEND` narrows the backends) and creates a device with the adapter's
-    /// full limits, so output sizes up to its texture limit work.
+    /// full limits, so output sizes up to its texture limit work, and with the optional
+    /// features dreamwalk can use ([`optional_features`]) where the adapter has them.
     pub fn new_headless() -> Result<Self, GpuError> {
         let (instance, adapters) = match wgpu::Backends::from_env() {
             Some(backends) => adapters_on(backends),
@@ -152,6 +153,7 @@ impl GpuContext {
         );
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("dreamwalk headless"),
+            required_features: optional_features(&adapter),
             required_limits: adapter.limits(),
             ..Default::default()
         }))
@@ -177,6 +179,13 @@ impl GpuContext {
     pub fn is_software(&self) -> bool {
         self.adapter.get_info().device_type == wgpu::DeviceType::Cpu
     }
+}
+
+/// The features dreamwalk asks a device for, of those `adapter` offers: `SHADER_F16`, for
+/// f16 weights in the sampler (`gpu::nn::Precision`). Asking for one the adapter lacks would
+/// fail the device, so only what it has.
+pub fn optional_features(adapter: &wgpu::Adapter) -> wgpu::Features {
+    adapter.features() & wgpu::Features::SHADER_F16
 }
 
 /// How dreamwalk names an adapter everywhere (logs, the heads-up display, decoder

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::gpu::sample::GpuSamplerLoader;
+use crate::gpu::sample::{GpuSamplerLoader, SamplePrecision};
 use crate::gpu::{with_gpu_decoder, DecodedFrames, GpuContext, GpuDecode};
 use crate::model::device::DeviceLoader;
 use crate::model::lora::{LoraSet, LoraSpec};
@@ -94,6 +94,7 @@ pub fn headless_engine(
         queue: ctx.queue.clone(),
         adapter: info.clone(),
         choice: gpu,
+        precision: SamplePrecision::Auto,
     });
     let engine = load_engine_on(source, loader.as_ref().map(|l| l as &dyn DeviceLoader))?;
     Ok(with_gpu_decoder(

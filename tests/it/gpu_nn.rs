@@ -60,7 +60,7 @@ fn assert_close(got: &[f32], want: &[f64], what: &str) -> f64 {
 
 /// The 3x3 convolution in f64 with every option, as `Conv3x3Opts` documents it.
 #[allow(clippy::too_many_arguments)]
-fn conv_reference(
+pub(crate) fn conv_reference(
     x: &[f32],
     (b, cin, h, w): (usize, usize, usize, usize),
     weight: &[f32],

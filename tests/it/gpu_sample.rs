@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use dreamwalk::gpu::nn::Nn;
-use dreamwalk::gpu::sample::{GpuSampler, GpuSamplerLoader, GpuUNet};
+use dreamwalk::gpu::sample::{GpuSampler, GpuSamplerLoader, GpuUNet, SamplePrecision};
 use dreamwalk::gpu::{GpuContext, GpuDecode};
 use dreamwalk::model::device::{DeviceLoader, DeviceWeights, SamplingDevice};
 use dreamwalk::model::lora::LoraSet;
@@ -38,6 +38,8 @@ fn loader(ctx: &GpuContext, choice: GpuDecode) -> GpuSamplerLoader {
         queue: ctx.queue.clone(),
         adapter: ctx.adapter.get_info(),
         choice,
+        // These are the f32 tests (f16: gpu_f16).
+        precision: SamplePrecision::F32,
     }
 }
 

@@ -16,6 +16,7 @@ mod e2e;
 mod encoders;
 mod gpu_bicubic;
 mod gpu_decode;
+mod gpu_f16;
 mod gpu_frames;
 mod gpu_nn;
 mod gpu_sample;

@@ -71,7 +71,7 @@ impl Nn {
         self.dispatch(
             &kernel.kernel,
             &params,
-            &[q.buffer(), k.buffer(), v.buffer()],
+            &[q, k, v],
             &out,
             (s.batch * s.heads * q_blocks) as u64,
         )?;
@@ -108,7 +108,7 @@ impl Nn {
             &self.device,
             &self.attention_shader,
             "attention",
-            3,
+            &[super::Precision::F32; 3],
             &constants,
         );
         self.check()?;

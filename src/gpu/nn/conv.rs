@@ -1,10 +1,12 @@
 //! The 3x3 convolution (`conv.wgsl`): an implicit GEMM with padding, stride, nearest resize
 //! of the input, bias, an extra per-channel bias, a residual and an output scale fused.
 
+use super::products::Product;
 use super::{expect_shape, word, GpuError, GpuTensor, Nn};
 
 /// A 3x3 convolution's weights on the GPU: PyTorch's (O, I, 3, 3) as it comes, read as a
-/// (O, I*9) row-major matrix.
+/// (O, I*9) row-major matrix, stored in the [`Nn`]'s precision (f32 or f16); the bias is
+/// f32.
 pub struct Conv3x3Weights {
     weight: GpuTensor,
     bias: Option<GpuTensor>,
@@ -38,7 +40,7 @@ impl Conv3x3Weights {
             }
         }
         Ok(Self {
-            weight: nn.upload(weight, &[out_channels, in_channels, 3, 3])?,
+            weight: nn.upload_weights(weight, &[out_channels, in_channels, 3, 3])?,
             bias: bias.map(|b| nn.upload(b, &[out_channels])).transpose()?,
             out_channels,
             in_channels,
@@ -131,6 +133,19 @@ impl Nn {
                 o.pad
             )));
         }
+        // The shader's index arithmetic is u32 without bounds checks (proof at
+        // `products::product_module`): the resize's iy * H and the padded sizes must fit.
+        let fits = |a: usize, b: usize| a.checked_mul(b).is_some_and(|p| p <= u32::MAX as usize);
+        if o.upsample_to.is_some() && !(fits(hu, hs) && fits(wu, ws)) {
+            return Err(GpuError::Unsupported(format!(
+                "conv3x3 resize of {hs}x{ws} to {hu}x{wu} is beyond 32-bit index arithmetic"
+            )));
+        }
+        if padded.0 > i32::MAX as usize || padded.1 > i32::MAX as usize {
+            return Err(GpuError::Unsupported(format!(
+                "conv3x3 input {hu}x{wu} is beyond 32-bit index arithmetic"
+            )));
+        }
         let ho = (padded.0 - 3) / o.stride + 1;
         let wo = (padded.1 - 3) / o.stride + 1;
         let cout = w.out_channels;
@@ -149,6 +164,9 @@ impl Nn {
         if let Some(r) = o.residual {
             expect_shape(r, &out_shape, "conv3x3 residual")?;
         }
+        let kernel = self.product_kernel(Product::Conv {
+            weights: w.weight.precision(),
+        })?;
         let y = self.output(&out_shape, "conv3x3 output")?;
         let k = cin * 9;
         let n = batch * ho * wo;
@@ -177,11 +195,11 @@ impl Nn {
             word(tiles_n, "conv tiles")?,
         ];
         self.dispatch(
-            &self.kernels.conv,
+            &kernel,
             &params,
             &[
-                x.buffer(),
-                w.weight.buffer(),
+                x,
+                &w.weight,
                 self.or_dummy(w.bias.as_ref()),
                 self.or_dummy(o.extra_bias),
                 self.or_dummy(o.residual),

@@ -7,8 +7,15 @@
 // steps staged in workgroup memory, a 4 x 4 block per invocation. Each invocation loads the
 // same output pixel column of B at every step, so its (batch, row, column) is decoded once.
 //
-// Bounds checks stay on (see gemm.wgsl): every load is guarded by explicit comparisons, but
-// unchecked access needs `create_shader_module_trusted`, which is unsafe and denied here.
+// The weights may be stored as f16 (`precision.rs` makes that variant by changing the alias
+// line below): their workgroup tile is f16 too, the products and sums are f32.
+//
+// Every load and store is guarded by explicit comparisons against the sizes, which the CPU
+// checked against the buffers; workgroup indices are bounded by the constants. So this module
+// may be compiled without bounds checks: the proof is at `products::product_module`; an index
+// added here must keep it.
+
+alias WA = f32;
 
 struct Params {
     cin: u32,
@@ -40,7 +47,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 // (Cout, Cin * 9) row-major: PyTorch's (O, I, 3, 3).
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<WA>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> extra: array<f32>;
 @group(0) @binding(5) var<storage, read> residual: array<f32>;
@@ -52,7 +59,7 @@ const TK: u32 = 16u;
 
 // Rows of 64 padded to 65 so that the weight stores along k do not all hit one bank.
 const TS: u32 = 65u;
-var<workgroup> a_tile: array<f32, 1040>; // [k][co]
+var<workgroup> a_tile: array<WA, 1040>; // [k][co]
 var<workgroup> b_tile: array<f32, 1040>; // [k][pixel]
 
 @compute @workgroup_size(256)
@@ -99,7 +106,7 @@ fn conv3x3(
             let kk = lk + 4u * s;
             let gk = k0 + kk;
             let row = i0 + wrow + 16u * s;
-            var av = 0.0;
+            var av = WA(0.0);
             if row < params.cout && k0 + wk < params.k {
                 av = w[row * params.k + k0 + wk];
             }
@@ -127,7 +134,7 @@ fn conv3x3(
             var av: array<f32, 4>;
             var bv: array<f32, 4>;
             for (var r = 0u; r < 4u; r++) {
-                av[r] = a_tile[kk * TS + ty + 16u * r];
+                av[r] = f32(a_tile[kk * TS + ty + 16u * r]);
                 bv[r] = b_tile[kk * TS + tx + 16u * r];
             }
             for (var r = 0u; r < 4u; r++) {

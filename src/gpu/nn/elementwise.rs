@@ -249,6 +249,6 @@ impl Nn {
         let mut params = vec![word(count, "tensor length")?];
         params.extend(ints);
         params.extend(floats.map(f32::to_bits));
-        self.dispatch_1d(kernel, &params, &[x.buffer(), self.or_dummy(y)], out, count)
+        self.dispatch_1d(kernel, &params, &[x, self.or_dummy(y)], out, count)
     }
 }

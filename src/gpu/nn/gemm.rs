@@ -1,5 +1,6 @@
 //! The batched strided matrix product (`gemm.wgsl`) and the linear layer on top of it.
 
+use super::products::Product;
 use super::{word, GpuError, GpuTensor, Nn};
 
 /// Element (b, i, j) of a matrix at `offset + b*batch_stride + i*row_stride + j*col_stride`.
@@ -29,16 +30,18 @@ impl<'a> MatView<'a> {
         }
     }
 
-    /// Errors unless every element of a (batch, rows, cols) view lies in the tensor.
+    /// Errors unless every element of a (batch, rows, cols) view lies in the tensor (the
+    /// shader's bounds-check-free access rests on it: `products::product_module`).
     fn check(&self, batch: usize, rows: usize, cols: usize, what: &str) -> Result<(), GpuError> {
         if batch == 0 || rows == 0 || cols == 0 {
             return Ok(());
         }
-        let last = self.offset
-            + (batch - 1) * self.batch_stride
-            + (rows - 1) * self.row_stride
-            + (cols - 1) * self.col_stride;
-        if last >= self.tensor.len() {
+        // In u128: a wrapped sum must not pass for a small index.
+        let last = self.offset as u128
+            + (batch - 1) as u128 * self.batch_stride as u128
+            + (rows - 1) as u128 * self.row_stride as u128
+            + (cols - 1) as u128 * self.col_stride as u128;
+        if last >= self.tensor.len() as u128 {
             return Err(GpuError::BadInput(format!(
                 "gemm {what}: a ({batch}, {rows}, {cols}) view at offset {} with strides \
                  ({}, {}, {}) reaches element {last} of a tensor of {} ({:?})",
@@ -92,9 +95,10 @@ pub struct OutSpec {
 }
 
 /// A linear layer's weights on the GPU: `wt` is W transposed, (K, O) row-major (gemm's B
-/// with row_stride O, col_stride 1, batch_stride 0).
+/// with row_stride O, col_stride 1, batch_stride 0), stored in the [`Nn`]'s precision
+/// (f32 or f16); the bias is f32.
 pub struct LinearWeights {
-    /// W transposed, (in_features, out_features).
+    /// W transposed, (in_features, out_features), f32 or f16.
     pub wt: GpuTensor,
     /// (out_features).
     pub bias: Option<GpuTensor>,
@@ -135,7 +139,7 @@ impl LinearWeights {
             }
         }
         Ok(Self {
-            wt: nn.upload(&wt, &[in_features, out_features])?,
+            wt: nn.upload_weights(&wt, &[in_features, out_features])?,
             bias: bias.map(|b| nn.upload(b, &[out_features])).transpose()?,
             in_features,
             out_features,
@@ -145,7 +149,8 @@ impl LinearWeights {
 
 impl Nn {
     /// Batched strided matrix product C = A B (+ bias) (+ residual, read through its view,
-    /// added after the bias) into a new tensor laid out by `out`.
+    /// added after the bias) into a new tensor laid out by `out`. A or B may be f16 (a weight
+    /// matrix; needs `SHADER_F16`), bias and residual are f32; sums are f32.
     pub fn gemm(
         &self,
         a: MatView,
@@ -156,6 +161,10 @@ impl Nn {
         out: OutSpec,
     ) -> Result<GpuTensor, GpuError> {
         let GemmDims { batch, m, n, k } = dims;
+        let kernel = self.product_kernel(Product::Gemm {
+            a: a.tensor.precision(),
+            b: b.tensor.precision(),
+        })?;
         a.check(batch, m, k, "A")?;
         b.check(batch, k, n, "B")?;
         if let Some(r) = &residual {
@@ -176,10 +185,10 @@ impl Nn {
         }
         let out_len: usize = out.shape.iter().product();
         if batch > 0 && m > 0 && n > 0 {
-            let last = (batch - 1) * out.batch_stride
-                + (m - 1) * out.row_stride
-                + (n - 1) * out.col_stride;
-            if last >= out_len {
+            let last = (batch - 1) as u128 * out.batch_stride as u128
+                + (m - 1) as u128 * out.row_stride as u128
+                + (n - 1) as u128 * out.col_stride as u128;
+            if last >= out_len as u128 {
                 return Err(GpuError::BadInput(format!(
                     "gemm output: element {last} is beyond the output shape {:?}",
                     out.shape
@@ -222,18 +231,14 @@ impl Nn {
             word(tiles_n, "gemm tiles")?,
             0,
         ];
-        let residual_buffer = match residual {
-            Some(r) => r.tensor.buffer(),
-            None => self.dummy.buffer(),
-        };
         self.dispatch(
-            &self.kernels.gemm,
+            &kernel,
             &params,
             &[
-                a.tensor.buffer(),
-                b.tensor.buffer(),
+                a.tensor,
+                b.tensor,
                 self.or_dummy(bias_tensor.map(|(v, _)| v)),
-                residual_buffer,
+                self.or_dummy(residual.map(|r| r.tensor)),
             ],
             &c,
             (batch * tiles_m * tiles_n) as u64,

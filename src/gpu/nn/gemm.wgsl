@@ -6,9 +6,17 @@
 // workgroup memory are spread over the banks). Elements are read through (offset, batch,
 // row, column) strides, so transposed and NCHW views need no copy.
 //
-// Bounds checks stay on: the loads are guarded by explicit comparisons, but the strides come
-// from the caller (checked on the CPU against the buffer lengths); unchecked access would need
-// `create_shader_module_trusted` (unsafe, denied in this crate).
+// Either operand may be a weight matrix stored as f16 (`precision.rs` makes that variant by
+// changing its alias line below): its workgroup tile is f16 too (the values are f16 already,
+// nothing is lost), the products and sums are f32.
+//
+// Every global index is offset + b*bs + i*rs + j*cs with b, i, j below the sizes (compared
+// explicitly before each load and store) and the last such element checked on the CPU; every
+// workgroup index is bounded by the constants. So this module may be compiled without bounds
+// checks: the proof is at `products::product_module`; an index added here must keep it.
+
+alias WA = f32;
+alias WB = f32;
 
 struct Params {
     batch: u32,
@@ -39,8 +47,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<WA>;
+@group(0) @binding(2) var<storage, read> b: array<WB>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
@@ -51,8 +59,8 @@ const TK: u32 = 16u;
 
 // Rows of 64 padded to 65 so that stores along k do not all hit one bank.
 const TS: u32 = 65u;
-var<workgroup> a_tile: array<f32, 1040>; // [k][i], TK x TS
-var<workgroup> b_tile: array<f32, 1040>; // [k][j], TK x TS
+var<workgroup> a_tile: array<WA, 1040>; // [k][i], TK x TS
+var<workgroup> b_tile: array<WB, 1040>; // [k][j], TK x TS
 
 @compute @workgroup_size(256)
 fn gemm(
@@ -96,7 +104,7 @@ fn gemm(
             }
             let gi = i0 + ai;
             let gka = k0 + ak;
-            var av = 0.0;
+            var av = WA(0.0);
             if gi < params.m && gka < params.k {
                 av = a[a_base + gi * params.a_rs + gka * params.a_cs];
             }
@@ -109,7 +117,7 @@ fn gemm(
             }
             let gj = j0 + bj;
             let gkb = k0 + bk;
-            var bv = 0.0;
+            var bv = WB(0.0);
             if gj < params.n && gkb < params.k {
                 bv = b[b_base + gkb * params.b_rs + gj * params.b_cs];
             }
@@ -120,8 +128,8 @@ fn gemm(
             var av: array<f32, 4>;
             var bv: array<f32, 4>;
             for (var r = 0u; r < 4u; r++) {
-                av[r] = a_tile[kk * TS + ty + 16u * r];
-                bv[r] = b_tile[kk * TS + tx + 16u * r];
+                av[r] = f32(a_tile[kk * TS + ty + 16u * r]);
+                bv[r] = f32(b_tile[kk * TS + tx + 16u * r]);
             }
             for (var r = 0u; r < 4u; r++) {
                 for (var q = 0u; q < 4u; q++) {

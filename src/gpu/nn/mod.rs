@@ -8,13 +8,17 @@
 //!
 //! One file per kernel family, each with its shader beside it: `gemm` (strided batched
 //! matrix product, [`LinearWeights`]), `conv` (3x3 convolution as an implicit GEMM), `norm`
-//! (group and layer norm), `attention` (flash-style, online softmax), `elementwise` (the rest).
+//! (group and layer norm), `attention` (flash-style, online softmax), `elementwise` (the rest);
+//! `precision` (f16 weights, [`Precision`]) and `products` (the gemm and conv pipelines by
+//! their operands' precision, and why they may run without bounds checks).
 
 mod attention;
 mod conv;
 mod elementwise;
 mod gemm;
 mod norm;
+mod precision;
+mod products;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +32,7 @@ pub use attention::AttnShape;
 pub use conv::{Conv3x3Opts, Conv3x3Weights};
 pub use elementwise::Unary;
 pub use gemm::{Bias, GemmDims, LinearWeights, MatView, OutSpec};
+pub use precision::Precision;
 
 /// Dispatches recorded before the pending commands are submitted anyway, so that the memory
 /// of pending work (per-dispatch parameters, bind groups) stays bounded.
@@ -36,12 +41,36 @@ const SUBMIT_EVERY: usize = 256;
 /// Invocations per workgroup of the one-dimensional kernels (`WG` in the shaders).
 const WG_1D: u32 = 256;
 
-/// An f32 tensor on the GPU: contiguous, row-major, in a `STORAGE | COPY_SRC | COPY_DST`
-/// buffer. Cloning shares the buffer; dropping the last clone frees it.
+/// How an [`Nn`] stores weights and compiles its products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NnOptions {
+    /// What [`LinearWeights`] and [`Conv3x3Weights`] are stored in (activations are always
+    /// f32). F16 needs the device feature `SHADER_F16`.
+    pub precision: Precision,
+    /// gemm and conv compiled without runtime bounds checks, whose every index is proven in
+    /// range (see `products.rs`); the other kernels are always checked.
+    pub trusted_products: bool,
+}
+
+impl Default for NnOptions {
+    /// f32 weights; trusted products (the kernel tests pass both ways, and the checks cost
+    /// time: README, "GPU sampling").
+    fn default() -> Self {
+        Self {
+            precision: Precision::F32,
+            trusted_products: true,
+        }
+    }
+}
+
+/// A tensor on the GPU: contiguous, row-major, in a `STORAGE | COPY_SRC | COPY_DST` buffer,
+/// f32 (activations, everything ops make) or f16 (weights, for gemm and conv only). Cloning
+/// shares the buffer; dropping the last clone frees it.
 #[derive(Clone)]
 pub struct GpuTensor {
     buffer: Arc<wgpu::Buffer>,
     shape: Vec<usize>,
+    precision: Precision,
 }
 
 impl GpuTensor {
@@ -64,11 +93,19 @@ impl GpuTensor {
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }
+
+    /// The element type of the buffer.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
 }
 
 impl std::fmt::Debug for GpuTensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GpuTensor{:?}", self.shape)
+        match self.precision {
+            Precision::F32 => write!(f, "GpuTensor{:?}", self.shape),
+            Precision::F16 => write!(f, "GpuTensor{:?} f16", self.shape),
+        }
     }
 }
 
@@ -86,17 +123,19 @@ struct Failure {
 }
 
 /// One compute pipeline and its bind group layout: binding 0 the parameters (uniform), then
-/// `inputs` read-only storage buffers, then one read-write output.
+/// one read-only storage buffer per entry of `inputs` (the element type the shader reads it
+/// as), then one read-write f32 output.
 struct Kernel {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
-    inputs: usize,
+    inputs: Vec<Precision>,
+    /// The entry point, for messages.
+    name: &'static str,
 }
 
-/// The pipelines compiled by [`Nn::new`].
+/// The pipelines compiled by [`Nn::with_options`] (gemm's and conv's on first use, by their
+/// operands' precision: `products.rs`).
 struct Kernels {
-    gemm: Kernel,
-    conv: Kernel,
     group_norm: Kernel,
     layer_norm: Kernel,
     unary: Kernel,
@@ -115,7 +154,10 @@ pub struct Nn {
     device: wgpu::Device,
     queue: wgpu::Queue,
     limits: wgpu::Limits,
+    options: NnOptions,
     kernels: Kernels,
+    /// gemm and conv pipelines by their operands' precision, compiled on first use.
+    products: Mutex<HashMap<products::Product, Arc<Kernel>>>,
     attention_shader: wgpu::ShaderModule,
     /// Attention pipelines by head dimension (its tile sizes are compile-time constants).
     attention: Mutex<HashMap<usize, Arc<attention::AttnKernel>>>,
@@ -129,9 +171,22 @@ pub struct Nn {
 }
 
 impl Nn {
-    /// Compiles every pipeline. Installs an uncaptured-error handler that records the first
-    /// error (wgpu's default handler panics) and a device-lost callback that records the loss.
+    /// [`Nn::with_options`] with the default options (f32 weights).
     pub fn new(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self, GpuError> {
+        Self::with_options(device, queue, NnOptions::default())
+    }
+
+    /// Compiles the pipelines. Installs an uncaptured-error handler that records the first
+    /// error (wgpu's default handler panics) and a device-lost callback that records the loss.
+    /// F16 weights on a device without `SHADER_F16` are refused here, before any work.
+    pub fn with_options(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: NnOptions,
+    ) -> Result<Self, GpuError> {
+        if options.precision == Precision::F16 {
+            precision::require_f16(&device)?;
+        }
         let failure = Arc::new(Mutex::new(Failure::default()));
         let on_error = failure.clone();
         device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
@@ -154,15 +209,13 @@ impl Nn {
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             })
         };
-        let gemm_shader = module("nn gemm.wgsl", include_str!("gemm.wgsl"));
-        let conv_shader = module("nn conv.wgsl", include_str!("conv.wgsl"));
         let norm_shader = module("nn norm.wgsl", include_str!("norm.wgsl"));
         let ew_shader = module("nn elementwise.wgsl", include_str!("elementwise.wgsl"));
         let attention_shader = module("nn attention.wgsl", include_str!("attention.wgsl"));
-        let kernel = |shader, entry, inputs| Kernel::new(&device, shader, entry, inputs, &[]);
+        let kernel = |shader, entry, inputs: usize| {
+            Kernel::new(&device, shader, entry, &vec![Precision::F32; inputs], &[])
+        };
         let kernels = Kernels {
-            gemm: kernel(&gemm_shader, "gemm", 4),
-            conv: kernel(&conv_shader, "conv3x3", 5),
             group_norm: kernel(&norm_shader, "group_norm", 3),
             layer_norm: kernel(&norm_shader, "layer_norm", 3),
             unary: kernel(&ew_shader, "unary", 2),
@@ -182,12 +235,15 @@ impl Nn {
                 wgpu::BufferUsages::STORAGE,
             )?),
             shape: vec![4],
+            precision: Precision::F32,
         };
         let nn = Self {
             device,
             queue,
             limits,
+            options,
             kernels,
+            products: Mutex::new(HashMap::new()),
             attention_shader,
             attention: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending {
@@ -213,8 +269,30 @@ impl Nn {
         &self.queue
     }
 
+    /// What it was made with.
+    pub fn options(&self) -> NnOptions {
+        self.options
+    }
+
     /// A tensor of `shape` holding `data` (whose length must be the shape's product).
     pub fn upload(&self, data: &[f32], shape: &[usize]) -> Result<GpuTensor, GpuError> {
+        self.upload_as(data, shape, Precision::F32)
+    }
+
+    /// A weight matrix for gemm or conv, in the precision of [`NnOptions::precision`].
+    pub fn upload_weights(&self, data: &[f32], shape: &[usize]) -> Result<GpuTensor, GpuError> {
+        self.upload_as(data, shape, self.options.precision)
+    }
+
+    /// A tensor of `shape` holding `data` stored as `precision`: f16 rounds each value to
+    /// the nearest f16 and refuses one beyond its range. Only gemm and conv read f16 (as
+    /// weights); every other op refuses it.
+    pub fn upload_as(
+        &self,
+        data: &[f32],
+        shape: &[usize],
+        precision: Precision,
+    ) -> Result<GpuTensor, GpuError> {
         let len: usize = shape.iter().product();
         if data.len() != len {
             return Err(GpuError::BadInput(format!(
@@ -223,19 +301,28 @@ impl Nn {
             )));
         }
         self.check()?;
-        self.check_size(len, "uploaded tensor")?;
-        let buffer = buffer_with(&self.device, "nn tensor", data, tensor_usage())?;
+        self.check_size(len, precision, "uploaded tensor")?;
+        let buffer = match precision {
+            Precision::F32 => buffer_with(&self.device, "nn tensor", data, tensor_usage())?,
+            Precision::F16 => {
+                let words = precision::f16_words(data, &format!("tensor of shape {shape:?}"))?;
+                buffer_with(&self.device, "nn f16 tensor", &words, tensor_usage())?
+            }
+        };
         Ok(GpuTensor {
             buffer: Arc::new(buffer),
             shape: shape.to_vec(),
+            precision,
         })
     }
 
-    /// Submits the recorded work, waits for it and reads `x` back. Err (never a panic or a
-    /// hang) when the device was lost or an error was recorded.
+    /// Submits the recorded work, waits for it and reads `x` back (an f16 tensor as the f32
+    /// values of its f16s). Err (never a panic or a hang) when the device was lost or an
+    /// error was recorded.
     pub fn download(&self, x: &GpuTensor) -> Result<Vec<f32>, GpuError> {
         self.check()?;
-        let bytes = (x.len() * 4) as u64;
+        // Whole 4-byte words: a copy's size must be a multiple of 4 (the buffer is).
+        let bytes = ((x.len() * x.precision.bytes()) as u64).next_multiple_of(4);
         if bytes == 0 {
             self.flush()?;
             return Ok(Vec::new());
@@ -268,7 +355,13 @@ impl Nn {
             let mapped = readback
                 .get_mapped_range(..)
                 .map_err(|e| GpuError::Readback(e.to_string()))?;
-            bytemuck::cast_slice::<u8, f32>(&mapped).to_vec()
+            match x.precision {
+                Precision::F32 => bytemuck::cast_slice::<u8, f32>(&mapped).to_vec(),
+                Precision::F16 => {
+                    let words = bytemuck::cast_slice::<u8, u16>(&mapped);
+                    precision::f32_from_f16_words(&words[..x.len()])
+                }
+            }
         };
         readback.unmap();
         Ok(values)
@@ -318,8 +411,8 @@ impl Nn {
     }
 
     /// Refuses tensors beyond what one storage binding can hold.
-    fn check_size(&self, len: usize, what: &str) -> Result<(), GpuError> {
-        let bytes = len as u64 * 4;
+    fn check_size(&self, len: usize, precision: Precision, what: &str) -> Result<(), GpuError> {
+        let bytes = len as u64 * precision.bytes() as u64;
         let max = self
             .limits
             .max_storage_buffer_binding_size
@@ -341,7 +434,7 @@ impl Nn {
     /// A new uninitialised tensor for an op's output.
     fn output(&self, shape: &[usize], what: &str) -> Result<GpuTensor, GpuError> {
         let len: usize = shape.iter().product();
-        self.check_size(len, what)?;
+        self.check_size(len, Precision::F32, what)?;
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("nn tensor"),
             size: (len as u64 * 4).max(16),
@@ -351,6 +444,7 @@ impl Nn {
         Ok(GpuTensor {
             buffer: Arc::new(buffer),
             shape: shape.to_vec(),
+            precision: Precision::F32,
         })
     }
 
@@ -371,16 +465,32 @@ impl Nn {
     /// Records one dispatch of `kernel`: `params` (u32 words, f32 as bits) in a uniform
     /// buffer, `inputs` bound read-only, `output` read-write, `groups` workgroups folded into
     /// x and y when beyond the device's per-dimension limit (the shaders linearise them).
+    /// Refuses an input whose precision is not the one the kernel reads it as (an f16 tensor
+    /// given to an f32-only op), so a buffer is never read as the wrong type or length.
     fn dispatch(
         &self,
         kernel: &Kernel,
         params: &[u32],
-        inputs: &[&wgpu::Buffer],
+        inputs: &[&GpuTensor],
         output: &GpuTensor,
         groups: u64,
     ) -> Result<(), GpuError> {
         self.check()?;
-        debug_assert_eq!(inputs.len(), kernel.inputs);
+        debug_assert_eq!(inputs.len(), kernel.inputs.len());
+        for (i, (input, &want)) in inputs.iter().zip(&kernel.inputs).enumerate() {
+            if input.precision != want {
+                return Err(GpuError::BadInput(format!(
+                    "input {i} of the {} kernel must be {want:?}, got {input:?}",
+                    kernel.name
+                )));
+            }
+        }
+        if output.precision != Precision::F32 {
+            return Err(GpuError::BadInput(format!(
+                "the {} kernel writes f32, got output {output:?}",
+                kernel.name
+            )));
+        }
         if groups == 0 {
             return Ok(());
         }
@@ -397,10 +507,10 @@ impl Nn {
             binding: 0,
             resource: uniform.as_entire_binding(),
         }];
-        for (i, buffer) in inputs.iter().enumerate() {
+        for (i, input) in inputs.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
-                resource: buffer.as_entire_binding(),
+                resource: input.buffer.as_entire_binding(),
             });
         }
         entries.push(wgpu::BindGroupEntry {
@@ -448,7 +558,7 @@ impl Nn {
         &self,
         kernel: &Kernel,
         params: &[u32],
-        inputs: &[&wgpu::Buffer],
+        inputs: &[&GpuTensor],
         output: &GpuTensor,
         count: usize,
     ) -> Result<(), GpuError> {
@@ -456,9 +566,9 @@ impl Nn {
         self.dispatch(kernel, params, inputs, output, groups)
     }
 
-    /// `bias` or the dummy buffer.
-    fn or_dummy<'a>(&'a self, tensor: Option<&'a GpuTensor>) -> &'a wgpu::Buffer {
-        tensor.map_or(&self.dummy.buffer, |t| &t.buffer)
+    /// `tensor` or the dummy (an f32 tensor of 4 zeros).
+    fn or_dummy<'a>(&'a self, tensor: Option<&'a GpuTensor>) -> &'a GpuTensor {
+        tensor.unwrap_or(&self.dummy)
     }
 }
 
@@ -466,10 +576,11 @@ impl Kernel {
     fn new(
         device: &wgpu::Device,
         shader: &wgpu::ShaderModule,
-        entry_point: &str,
-        inputs: usize,
+        entry_point: &'static str,
+        inputs: &[Precision],
         constants: &[(&str, f64)],
     ) -> Self {
+        let input_count = inputs.len();
         let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -490,8 +601,8 @@ impl Kernel {
             },
             count: None,
         }];
-        entries.extend((0..inputs).map(|i| storage(i as u32 + 1, true)));
-        entries.push(storage(inputs as u32 + 1, false));
+        entries.extend((0..input_count).map(|i| storage(i as u32 + 1, true)));
+        entries.push(storage(input_count as u32 + 1, false));
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(entry_point),
             entries: &entries,
@@ -515,7 +626,8 @@ impl Kernel {
         Self {
             pipeline,
             layout,
-            inputs,
+            inputs: inputs.to_vec(),
+            name: entry_point,
         }
     }
 }

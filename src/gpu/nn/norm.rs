@@ -54,7 +54,7 @@ impl Nn {
         self.dispatch(
             &self.kernels.group_norm,
             &params,
-            &[x.buffer(), gamma.buffer(), beta.buffer()],
+            &[x, gamma, beta],
             &y,
             sets as u64,
         )?;
@@ -98,7 +98,7 @@ impl Nn {
         self.dispatch(
             &self.kernels.layer_norm,
             &params,
-            &[x.buffer(), gamma.buffer(), beta.buffer()],
+            &[x, gamma, beta],
             &y,
             rows as u64,
         )?;

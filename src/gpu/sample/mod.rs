@@ -5,6 +5,10 @@
 //! [`GpuSampler`] is a [`SamplingDevice`]: a `StableDiffusion` loaded with a
 //! [`GpuSamplerLoader`] hands it each keyframe, and falls back to its CPU model for good
 //! (the keyframe sampled again there, nothing lost) if the device fails.
+//!
+//! The weight matrices are f32 or, where the device has `SHADER_F16`, f16
+//! ([`SamplePrecision`]): half the memory and the bandwidth, within the fixtures' tolerances
+//! (README, "GPU sampling", has the measured differences).
 
 mod clip;
 mod layers;
@@ -18,7 +22,7 @@ use parking_lot::Mutex;
 
 pub use self::clip::GpuClip;
 pub use self::unet::GpuUNet;
-use super::nn::{GpuTensor, Nn};
+use super::nn::{GpuTensor, Nn, NnOptions, Precision};
 use super::{GpuDecode, GpuError};
 use crate::model::device::{DeviceError, DeviceJob, DeviceLoader, DeviceWeights, SamplingDevice};
 use crate::model::{ModelError, Result};
@@ -34,15 +38,33 @@ pub struct GpuSampler {
 }
 
 impl GpuSampler {
-    /// Uploads `weights` to `device` (named `label` in messages and the heads-up display).
+    /// Uploads `weights` to `device` (named `label` in messages and the heads-up display)
+    /// in f32, with the default kernel options.
     pub fn new(
         device: wgpu::Device,
         queue: wgpu::Queue,
         label: String,
         weights: DeviceWeights<'_>,
     ) -> Result<Self> {
+        Self::with_options(device, queue, label, weights, NnOptions::default())
+    }
+
+    /// Uploads `weights` to `device` with the kernels' `options`; f16 weights add ", f16" to
+    /// the label. F16 on a device without `SHADER_F16` is refused before any upload.
+    pub fn with_options(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        label: String,
+        weights: DeviceWeights<'_>,
+        options: NnOptions,
+    ) -> Result<Self> {
         GpuUNet::supports(weights.unet_config).map_err(ModelError::Invalid)?;
-        let nn = Nn::new(device, queue).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        let nn = Nn::with_options(device, queue, options)
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
+        let label = match options.precision {
+            Precision::F32 => label,
+            Precision::F16 => format!("{label}, f16"),
+        };
         let unet = GpuUNet::load(&nn, &weights.unet, weights.unet_config)?;
         let clip = GpuClip::load(&nn, &weights.text, weights.text_config)?;
         nn.flush().map_err(|e| ModelError::Invalid(e.to_string()))?;
@@ -148,6 +170,41 @@ impl SamplingDevice for GpuSampler {
     }
 }
 
+/// What the sampler stores its weight matrices in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SamplePrecision {
+    /// f16 where the device has `SHADER_F16` and f16 was measured within the tolerances
+    /// ([`F16_WITHIN_TOLERANCE`], false: so f32 for now).
+    #[default]
+    Auto,
+    /// f32 always.
+    F32,
+    /// f16; refused (the model samples on the CPU, saying why) without `SHADER_F16`.
+    F16,
+}
+
+/// Whether f16 weights keep the fixture UNet within 1e-3 of diffusers, tiny-sd's keyframe
+/// latents within 1e-3 of `e2e/` and its frames within 2/255. They do not
+/// (`tests/it/gpu_f16.rs` measures it; README, "GPU sampling", has the numbers), so `Auto`
+/// stays f32 and f16 is an explicit choice.
+pub const F16_WITHIN_TOLERANCE: bool = false;
+
+impl SamplePrecision {
+    /// The weights' precision on `device`.
+    pub fn on(self, device: &wgpu::Device) -> Precision {
+        match self {
+            SamplePrecision::Auto
+                if F16_WITHIN_TOLERANCE
+                    && device.features().contains(wgpu::Features::SHADER_F16) =>
+            {
+                Precision::F16
+            }
+            SamplePrecision::Auto | SamplePrecision::F32 => Precision::F32,
+            SamplePrecision::F16 => Precision::F16,
+        }
+    }
+}
+
 /// Loads a model's sampling onto a wgpu device when `choice` wants its adapter (see
 /// [`GpuDecode::wants`]: a hardware one for `Auto`).
 pub struct GpuSamplerLoader {
@@ -159,6 +216,8 @@ pub struct GpuSamplerLoader {
     pub adapter: wgpu::AdapterInfo,
     /// Whether to use it.
     pub choice: GpuDecode,
+    /// What to store the weights in.
+    pub precision: SamplePrecision,
 }
 
 impl DeviceLoader for GpuSamplerLoader {
@@ -169,11 +228,16 @@ impl DeviceLoader for GpuSamplerLoader {
                 super::adapter_label(&self.adapter)
             )));
         }
-        let sampler = GpuSampler::new(
+        let options = NnOptions {
+            precision: self.precision.on(&self.device),
+            ..NnOptions::default()
+        };
+        let sampler = GpuSampler::with_options(
             self.device.clone(),
             self.queue.clone(),
             super::adapter_label(&self.adapter),
             weights,
+            options,
         )?;
         Ok(Arc::new(sampler))
     }
