@@ -151,8 +151,12 @@ pub fn child_render_rss(args: &BenchArgs) -> anyhow::Result<ChildResult> {
     // As `dreamwalk render` does: load the model (TAESD on a hardware GPU when there is
     // one), then render; the load counts in the first half's peak.
     let rendered = (|| -> anyhow::Result<()> {
-        let (engine, note) =
-            headless_engine(&ModelSource::default(), GpuDecode::Auto, GpuDecode::Auto)?;
+        let (engine, note) = headless_engine(
+            &ModelSource::default(),
+            GpuDecode::Auto,
+            Default::default(),
+            GpuDecode::Auto,
+        )?;
         if let Some(note) = note {
             eprintln!("dreamwalk: {note}");
         }

@@ -82,6 +82,7 @@ pub(super) struct Loader {
     pub gpu: Option<GpuTarget>,
     pub gpu_decode: GpuDecode,
     pub gpu_sampling: GpuDecode,
+    pub gpu_precision: SamplePrecision,
 }
 
 impl Loader {
@@ -93,6 +94,7 @@ impl Loader {
             .unwrap_or_else(|| "the built-in demo model".into());
         let (gpu, gpu_decode, gpu_sampling) =
             (self.gpu.clone(), self.gpu_decode, self.gpu_sampling);
+        let precision = self.gpu_precision;
         let (tx, rx) = crossbeam_channel::bounded(1);
         let spawned = std::thread::Builder::new()
             .name("model-loader".into())
@@ -106,7 +108,7 @@ impl Loader {
                         queue: g.queue.clone(),
                         adapter: g.adapter.clone(),
                         choice: gpu_sampling,
-                        precision: SamplePrecision::Auto,
+                        precision,
                     });
                 let sampling = sampling.as_ref().map(|l| l as &dyn DeviceLoader);
                 let loaded = crate::usecase::load_engine_on(&source, sampling)

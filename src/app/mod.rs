@@ -65,6 +65,8 @@ pub struct ViewerOptions {
     pub gpu_decode: GpuDecode,
     /// Where keyframes are sampled (on the same device): see [`GpuDecode::wants`].
     pub gpu_sampling: GpuDecode,
+    /// What the GPU sampler keeps its weights in.
+    pub gpu_precision: crate::gpu::sample::SamplePrecision,
     /// The device to decode on. [`ViewerApp::new`] fills it from eframe's wgpu device;
     /// tests may give a headless one.
     pub gpu: Option<GpuTarget>,

@@ -40,6 +40,7 @@ impl ViewerApp {
             gpu: options.gpu,
             gpu_decode: options.gpu_decode,
             gpu_sampling: options.gpu_sampling,
+            gpu_precision: options.gpu_precision,
         };
         // Replaced by the model's own defaults once it is loaded.
         let controls = Controls::new(&crate::model::ModelDefaults {

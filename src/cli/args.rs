@@ -8,7 +8,8 @@ use anyhow::{bail, Context};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use super::values::{
-    DecoderArg, EasingArg, FitArg, GpuDecodeArg, InterpArg, LoopArg, PredictionArg, UpscaleArg,
+    DecoderArg, EasingArg, FitArg, GpuDecodeArg, GpuPrecisionArg, InterpArg, LoopArg,
+    PredictionArg, UpscaleArg,
 };
 use crate::app::ViewerOptions;
 use crate::audio::Soundtrack;
@@ -141,6 +142,9 @@ pub struct ViewerArgs {
     /// Where TAESD decodes, when it should differ from `--gpu` (same values).
     #[arg(long, value_enum)]
     pub gpu_decode: Option<GpuDecodeArg>,
+    /// What keyframes sampled on the GPU keep their weights in (f16 needs shader-f16).
+    #[arg(long, value_enum, default_value_t = GpuPrecisionArg::Auto)]
+    pub gpu_precision: GpuPrecisionArg,
     /// Decoded (source) frame size, sides multiples of the model's size multiple (8 x the
     /// UNet's down-sampling: 32 for the demo model, 64 for SD 1.5/2.1/Turbo) (default: the
     /// model's, 1024x576 for the demo model).
@@ -174,6 +178,7 @@ impl ViewerArgs {
                 .map(|path| (path, Duration::from_secs_f64(self.screenshot_after))),
             gpu_decode: self.gpu_decode.unwrap_or(self.gpu).into(),
             gpu_sampling: self.gpu.into(),
+            gpu_precision: self.gpu_precision.into(),
             gpu: None,
             source: self.source.map(Size::pair),
             osc: self.osc,
@@ -312,6 +317,9 @@ pub struct RenderArgs {
     /// Where TAESD decodes, when it should differ from `--gpu` (same values).
     #[arg(long, value_enum)]
     pub gpu_decode: Option<GpuDecodeArg>,
+    /// What keyframes sampled on the GPU keep their weights in (f16 needs shader-f16).
+    #[arg(long, value_enum, default_value_t = GpuPrecisionArg::Auto)]
+    pub gpu_precision: GpuPrecisionArg,
     /// CPU bicubic to `--size`, or none (frames stay at the source size).
     #[arg(long, value_enum, default_value_t = UpscaleArg::Cpu)]
     pub upscale: UpscaleArg,

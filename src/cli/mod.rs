@@ -85,8 +85,12 @@ fn render(args: &RenderArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
         }
         None => args.gpu_decode.unwrap_or(args.gpu).into(),
     };
-    let (engine, note) =
-        crate::usecase::headless_engine(&model.source(), args.gpu.into(), gpu_decode)?;
+    let (engine, note) = crate::usecase::headless_engine(
+        &model.source(),
+        args.gpu.into(),
+        args.gpu_precision.into(),
+        gpu_decode,
+    )?;
     if let Some(note) = note {
         eprintln!("dreamwalk: {note}");
     }

@@ -1,6 +1,7 @@
 //! clap's copies of the library's choice enums: clap stays at the edge, the core types carry
 //! no `clap::ValueEnum`. Each maps into its library enum with `From`.
 
+use crate::gpu::sample::SamplePrecision;
 use crate::gpu::GpuDecode;
 use crate::model::schedulers::PredictionType;
 use crate::model::{DecoderKind, Fit};
@@ -101,6 +102,19 @@ value_enum! {
         On,
         /// Always on the CPU.
         Off,
+    }
+}
+
+value_enum! {
+    /// What the GPU sampler stores its weight matrices in.
+    GpuPrecisionArg => SamplePrecision {
+        /// f32 until f16 is measured within the fixtures' tolerances (it is not yet).
+        Auto,
+        /// f32: the results within 1e-4 of diffusers'.
+        F32,
+        /// f16 weights (adapters with shader-f16): half the memory and bandwidth; keyframes
+        /// differ from f32's by a few 1e-2 in latents, about 1/255 in pictures.
+        F16,
     }
 }
 

@@ -71,10 +71,11 @@ pub fn load_engine_on(
 /// finds when `gpu` wants it (see [`GpuDecode::wants`]: a hardware one for `Auto`, any for
 /// `On`): keyframes are sampled there (the CLIP text encoder, the UNet and the scheduler's
 /// arithmetic) and TAESD decodes there. The note says why the CPU works when the GPU was
-/// asked for and cannot.
+/// asked for and cannot. `precision` is what the sampler keeps its weights in.
 pub fn headless_engine(
     source: &ModelSource,
     gpu: GpuDecode,
+    precision: SamplePrecision,
     decode: GpuDecode,
 ) -> Result<(Arc<dyn Engine>, Option<String>), ModelError> {
     if gpu == GpuDecode::Off && decode == GpuDecode::Off {
@@ -94,7 +95,7 @@ pub fn headless_engine(
         queue: ctx.queue.clone(),
         adapter: info.clone(),
         choice: gpu,
-        precision: SamplePrecision::Auto,
+        precision,
     });
     let engine = load_engine_on(source, loader.as_ref().map(|l| l as &dyn DeviceLoader))?;
     Ok(with_gpu_decoder(

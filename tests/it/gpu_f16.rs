@@ -15,12 +15,11 @@
 //! without the feature the f16 kernel tests say so and check nothing else.
 
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use dreamwalk::gpu::nn::{
-    Bias, Conv3x3Opts, Conv3x3Weights, GemmDims, GpuTensor, LinearWeights, MatView, Nn, NnOptions,
-    OutSpec, Precision,
+    Bias, Conv3x3Opts, Conv3x3Weights, GemmDims, LinearWeights, MatView, Nn, NnOptions, OutSpec,
+    Precision,
 };
 use dreamwalk::gpu::sample::{GpuSamplerLoader, GpuUNet, SamplePrecision, F16_WITHIN_TOLERANCE};
 use dreamwalk::gpu::{GpuContext, GpuDecode, GpuError};
@@ -580,69 +579,6 @@ fn products_without_bounds_checks_give_the_same_bits() {
         for ((what, a), (_, b)) in checked.iter().zip(&trusted) {
             same_bits(a, b, &format!("{what} ({precision:?})"));
         }
-    }
-}
-
-/// Milliseconds of the fastest of `runs` calls of `op` (each submitted and waited for).
-fn best_ms(nn: &Nn, runs: usize, op: impl Fn() -> GpuTensor) -> (f64, Vec<f32>) {
-    let mut best = f64::INFINITY;
-    let mut last = Vec::new();
-    for _ in 0..runs {
-        let start = Instant::now();
-        let y = op();
-        last = nn.download(&y).unwrap();
-        best = best.min(start.elapsed().as_secs_f64() * 1e3);
-    }
-    (best, last)
-}
-
-/// gemm 512 x 512 x 512 and a 3x3 conv 64 -> 64 channels on 32x32, with and without bounds
-/// checks, f32 and f16 weights: printed (timings are not asserted), and each pair's results
-/// asserted bit for bit equal.
-#[test]
-fn product_times_with_and_without_bounds_checks() {
-    let ctx = shared_gpu_context();
-    let mut precisions = vec![Precision::F32];
-    if offers_f16(ctx) {
-        precisions.push(Precision::F16);
-    }
-    const RUNS: usize = 5;
-    let d = 512;
-    let a_data = random(d * d, 51);
-    let w_data = random(d * d, 52);
-    let (c, hw) = (64, 32);
-    let x_data = random(c * hw * hw, 53);
-    let cw_data = random(c * c * 9, 54);
-    for precision in precisions {
-        let mut times = Vec::new();
-        let mut results = Vec::new();
-        for trusted in [false, true] {
-            let nn = nn_with(precision, trusted);
-            let a = nn.upload(&a_data, &[d, d]).unwrap();
-            let w = LinearWeights::new(&nn, &w_data, None, d, d).unwrap();
-            let x = nn.upload(&x_data, &[1, c, hw, hw]).unwrap();
-            let conv = Conv3x3Weights::new(&nn, &cw_data, None, c, c).unwrap();
-            // One call first: it compiles the pipeline.
-            let (gemm_ms, gemm_out) = best_ms(&nn, RUNS + 1, || nn.linear(&a, &w, None).unwrap());
-            let (conv_ms, conv_out) = best_ms(&nn, RUNS + 1, || {
-                nn.conv3x3(&x, &conv, &Conv3x3Opts::default()).unwrap()
-            });
-            times.push((gemm_ms, conv_ms));
-            results.push((gemm_out, conv_out));
-        }
-        let [(gemm_checked, conv_checked), (gemm_trusted, conv_trusted)] = times[..] else {
-            unreachable!()
-        };
-        eprintln!(
-            "{} weights {precision:?}, best of {RUNS}: gemm 512^3 {gemm_checked:.1} ms checked, \
-             {gemm_trusted:.1} ms trusted ({:.2}x); conv 64ch 32x32 {conv_checked:.1} ms \
-             checked, {conv_trusted:.1} ms trusted ({:.2}x)",
-            ctx.adapter_name(),
-            gemm_checked / gemm_trusted,
-            conv_checked / conv_trusted,
-        );
-        same_bits(&results[0].0, &results[1].0, "gemm 512^3");
-        same_bits(&results[0].1, &results[1].1, "conv 64ch 32x32");
     }
 }
 

@@ -229,10 +229,36 @@ fn auto_keeps_sampling_on_the_cpu_with_a_software_adapter() {
         description.starts_with("sampling on the CPU (") && description.contains("software"),
         "{description}"
     );
-    let (engine, _) =
-        dreamwalk::usecase::headless_engine(&Default::default(), GpuDecode::Auto, GpuDecode::Off)
-            .unwrap();
+    let (engine, _) = dreamwalk::usecase::headless_engine(
+        &Default::default(),
+        GpuDecode::Auto,
+        Default::default(),
+        GpuDecode::Off,
+    )
+    .unwrap();
     assert_eq!(engine.sampler_description(), "sampling on the CPU");
+}
+
+#[test]
+fn render_with_f16_weights_on_the_gpu_stays_within_the_frame_tolerance() {
+    // `--gpu-precision f16`: lavapipe has shader-f16; the pictures stay within 2/255 of
+    // diffusers' (the latents do not stay within 1e-3: tests/it/gpu_f16.rs).
+    let printed = crate::e2e::render_matches_the_walk_images(&[
+        "--gpu",
+        "on",
+        "--gpu-decode",
+        "off",
+        "--gpu-precision",
+        "f16",
+    ]);
+    let first = printed
+        .lines()
+        .find(|l| l.contains(" | "))
+        .unwrap_or_default();
+    assert!(
+        first.contains("| sampling on ") && first.contains("f16"),
+        "{printed}"
+    );
 }
 
 #[test]
