@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use candle_core::Tensor;
+use dreamwalk::frame::RgbaImage;
 use dreamwalk::model::decoders::{DecoderKind, Tiling as DecodeTiling};
 use dreamwalk::model::tiled::Tiling;
 use dreamwalk::model::x4::{
@@ -86,24 +87,24 @@ fn upscaled_by_hand(base: &dyn Engine, x4: &X4Upscaler, index: usize) -> Tensor 
         .keyframe_latents(&request, index, &mut |_| true)
         .unwrap();
     let picture = base.decode(&latents, DecoderKind::Vae).unwrap();
+    upscaled_latents(x4, &picture, request.keyframes[index].prompt())
+}
+
+/// The x4 latents of `picture` upscaled with `prompt`, the walk's seed and [`x4_options`].
+fn upscaled_latents(x4: &X4Upscaler, picture: &RgbaImage, prompt: &str) -> Tensor {
     let options = x4_options();
-    let output = x4
-        .upscale(
-            &X4Request {
-                image: unit_tensor(&picture).unwrap(),
-                prompt: request.keyframes[index].prompt().to_string(),
-                negative: String::new(),
-                steps: options.steps,
-                guidance: options.guidance,
-                noise_level: options.noise_level,
-                noise: X4Noise::Seed(SEED),
-                tiling: options.tiling,
-                noise_stop: None,
-            },
-            |_| {},
-        )
-        .unwrap();
-    output.latents
+    let request = X4Request {
+        image: unit_tensor(picture).unwrap(),
+        prompt: prompt.to_string(),
+        negative: String::new(),
+        steps: options.steps,
+        guidance: options.guidance,
+        noise_level: options.noise_level,
+        noise: X4Noise::Seed(SEED),
+        tiling: options.tiling,
+        noise_stop: None,
+    };
+    x4.upscale(&request, |_| {}).unwrap().latents
 }
 
 #[test]
@@ -200,25 +201,9 @@ fn a_hires_walk_diffuses_its_inbetweens_in_the_upscalers_space() {
         .diffused_latents(&request, (0, 1), t, &mut |_| true)
         .unwrap();
     let picture = base.decode(&base_latents, DecoderKind::Vae).unwrap();
-    let options = x4_options();
     let prompts = (request.keyframes[0].prompt(), request.keyframes[1].prompt());
-    let by_hand = x4
-        .upscale(
-            &X4Request {
-                image: unit_tensor(&picture).unwrap(),
-                prompt: format!("{}:0.5 | {}:0.5", prompts.0, prompts.1),
-                negative: String::new(),
-                steps: options.steps,
-                guidance: options.guidance,
-                noise_level: options.noise_level,
-                noise: X4Noise::Seed(SEED),
-                tiling: options.tiling,
-                noise_stop: None,
-            },
-            |_| {},
-        )
-        .unwrap()
-        .latents;
+    let mixed = format!("{}:0.5 | {}:0.5", prompts.0, prompts.1);
+    let by_hand = upscaled_latents(&x4, &picture, &mixed);
     let half_diff = max_abs_diff(&half, &by_hand);
     assert!(half_diff < 1e-4, "half-way differs by {half_diff}");
     // Sampled for real: not the slerp of the keyframes' x4 latents.

@@ -107,10 +107,11 @@ pub fn decode_rgb(file: &Path, width: u32, height: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// ffprobe's `comment` tag of a file's container.
-pub fn probe_comment(file: &Path) -> String {
+/// ffprobe's value of one entry (`args` select it) of `file`, as text.
+fn probe_entry(file: &Path, args: &[&str]) -> String {
     let out = Command::new(require_ffprobe())
-        .args(["-v", "error", "-show_entries", "format_tags=comment"])
+        .args(["-v", "error"])
+        .args(args)
         .args(["-of", "default=noprint_wrappers=1:nokey=1"])
         .arg(file)
         .output()
@@ -119,16 +120,14 @@ pub fn probe_comment(file: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// ffprobe's `comment` tag of a file's container.
+pub fn probe_comment(file: &Path) -> String {
+    probe_entry(file, &["-show_entries", "format_tags=comment"])
+}
+
 /// ffprobe's duration of a file's container, in seconds.
 pub fn probe_duration(file: &Path) -> f64 {
-    let out = Command::new(require_ffprobe())
-        .args(["-v", "error", "-show_entries", "format=duration"])
-        .args(["-of", "default=noprint_wrappers=1:nokey=1"])
-        .arg(file)
-        .output()
-        .expect("ffprobe runs");
-    assert!(out.status.success(), "ffprobe {} failed", file.display());
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let text = probe_entry(file, &["-show_entries", "format=duration"]);
     text.parse()
         .unwrap_or_else(|_| panic!("{}: duration {text:?}", file.display()))
 }
@@ -157,15 +156,15 @@ pub fn decode_sound(file: &Path, rate: u32) -> Vec<f32> {
 
 /// ffprobe's start time of stream `stream` ("v:0", "a:0") of `file`, in seconds.
 pub fn probe_start(file: &Path, stream: &str) -> f64 {
-    let out = Command::new(require_ffprobe())
-        .args(["-v", "error", "-select_streams", stream])
-        .args(["-show_entries", "stream=start_time"])
-        .args(["-of", "default=noprint_wrappers=1:nokey=1"])
-        .arg(file)
-        .output()
-        .expect("ffprobe runs");
-    assert!(out.status.success(), "ffprobe {} failed", file.display());
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let text = probe_entry(
+        file,
+        &[
+            "-select_streams",
+            stream,
+            "-show_entries",
+            "stream=start_time",
+        ],
+    );
     text.parse()
         .unwrap_or_else(|_| panic!("{} {stream}: start time {text:?}", file.display()))
 }
